@@ -1,0 +1,18 @@
+"""Write the folds CSV (id, grade, fold): stratified on the grade; for EyePACS both eyes of a patient share a fold.
+
+  python scripts/make_folds.py --config configs/demo.yaml n_folds=5 seed=42
+"""
+
+from retinopathy import cli
+from retinopathy.folds import make_folds
+
+
+def main() -> None:
+    p = cli.parser(__doc__, config_default="configs/demo.yaml")
+    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    args = p.parse_args()
+    make_folds(cli.experiment(args, raw_dir=args.raw_dir))
+
+
+if __name__ == "__main__":
+    cli.run(main)

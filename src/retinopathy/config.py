@@ -1,0 +1,180 @@
+"""One experiment config per run: a dataclass loaded from ``configs/<name>.yaml``, overridden by ``key=value``
+arguments, and written out resolved beside the run's outputs so any result can be re-run."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import UserError
+from .io import write_text
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class Config:
+    """Everything that decides what an experiment produces. Paths come from :class:`~retinopathy.paths.Paths`."""
+
+    #: experiment name: outputs go to models/<name>/ and submissions/<name>.csv (default: the config file's name)
+    name: str = "experiment"
+
+    # --- data ---
+    #: Kaggle slug or alias: aptos2019-blindness-detection (aptos2019) or diabetic-retinopathy-detection (eyepacs2015)
+    competition: str = "aptos2019-blindness-detection"
+    #: folder name under data/raw/ (default: the competition's slug)
+    dataset: str = ""
+    #: a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>
+    raw_dir: str = ""
+    #: when > 0 and the raw folder is missing, synthesize a competition with this many training images there
+    synthetic_images: int = 0
+
+    # --- preprocessing ---
+    #: none | crop | ben | clahe (crop: find the eye, crop and mask it; ben and clahe also crop first)
+    preprocess: str = _choice("ben", "none", "crop", "ben", "clahe")
+    #: side of the square images cached by preprocessing and fed to the network
+    image_size: int = 256
+
+    # --- folds ---
+    n_folds: int = 5
+    seed: int = 42
+
+    # --- model ---
+    #: torchvision or timm architecture name (resnet34, efficientnet_b0, ...)
+    arch: str = "resnet34"
+    pretrained: bool = True
+    #: classification (cross-entropy over grades) or regression (the grade as a number, rounded by thresholds)
+    head: str = _choice("classification", "classification", "regression")
+    #: regression loss; classification always uses cross-entropy
+    regression_loss: str = _choice("smooth_l1", "mse", "smooth_l1")
+    #: dropout of the head
+    ps: float = 0.5
+
+    # --- training ---
+    epochs: int = 10
+    #: epochs with the body frozen before unfreezing (pretrained models only)
+    freeze_epochs: int = 1
+    #: peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)
+    lr: float = 1e-3
+    #: when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head
+    lr_min: float = 0.0
+    wd: float = 1e-2
+    batch_size: int = 32
+    #: class-imbalance handling: none | sampler (oversample rare grades) | loss (class-weighted loss)
+    balance: str = _choice("none", "none", "sampler", "loss")
+    #: 0 keeps natural class frequencies, 1 makes them uniform; in between interpolates (freq ** -alpha)
+    balance_alpha: float = 0.5
+    #: albumentations on training images (flips, rotation, scale, brightness, contrast, hue)
+    augment: bool = True
+    #: dataloader worker processes; -1 picks one per core (0 inside a test)
+    num_workers: int = -1
+    #: mixed precision on CUDA (ignored on CPU)
+    mixed_precision: bool = True
+    #: test-time augmentation with flips at prediction
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UserError(f"config: {f.name} must be one of {' | '.join(choices)}, not '{value}'")
+        for key in ("image_size", "n_folds", "epochs", "batch_size"):
+            if getattr(self, key) < (2 if key == "n_folds" else 1):
+                raise UserError(f"config: {key} must be at least {2 if key == 'n_folds' else 1}, "
+                                f"not {getattr(self, key)}")
+        if not 0.0 <= self.balance_alpha <= 1.0:
+            raise UserError(f"config: balance_alpha must be between 0 and 1, not {self.balance_alpha}")
+
+    @property
+    def dataset_name(self) -> str:
+        """The folder name of this run's data under raw/ and processed/."""
+        if self.dataset:
+            return self.dataset
+        if self.raw_dir:
+            return Path(self.raw_dir).resolve().name
+        from .competitions import get_competition
+        return get_competition(self.competition).slug
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the resolved config (atomically) so the run can be repeated exactly."""
+        return write_text(path, "# resolved config of this run; re-run with --config <this file>\n" + self.to_yaml())
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check one value against its field's type; ints are accepted where floats are expected."""
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(FIELDS)}"
+        raise UserError(f"{source}: unknown config key '{key}'{hint}")
+    kind = _TYPES[FIELDS[key].type]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None and kind is str:
+        return ""
+    if kind in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = kind(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{source}: {key} must be {FIELDS[key].type}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=3", "arch=resnet18"]`` → ``{"epochs": 3, "arch": "resnet18"}``, values read as YAML scalars."""
+    parsed = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not key=value (for example epochs=3)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        parsed[key.strip()] = _coerce(key.strip(), value, f"override '{item}'")
+    return parsed
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """The config in ``path`` (defaults where it is silent), then the ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            available = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+            hint = f"; available: {', '.join(available)}" if available else ""
+            raise UserError(f"config file {path} not found{hint}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+        values = {k: _coerce(str(k), v, str(path)) for k, v in loaded.items()}
+        values.setdefault("name", path.stem)
+    values.update(parse_overrides(overrides))
+    return Config(**values)

@@ -1,0 +1,53 @@
+"""K-fold splits as a column of a CSV: stratified on the grade, and for EyePACS grouped by patient (both eyes of a
+patient in one fold; otherwise the model is validated on the twin of an eye it trained on)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .competitions import Competition, read_labels
+from .errors import UserError
+from .experiment import Experiment
+from .io import write_csv
+
+
+def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
+    """``labels`` (id, grade) with a ``fold`` column added; deterministic from ``seed``."""
+    counts = labels["grade"].value_counts()
+    if len(labels) < n_folds:
+        raise UserError(f"{len(labels)} labelled images cannot make {n_folds} folds; lower n_folds")
+    if counts.min() < n_folds:  # sklearn would only warn; say which grade is too rare to be in every fold
+        rare = ", ".join(f"grade {g}: {c}" for g, c in counts.items() if c < n_folds)
+        print(f"note: some grades have fewer images than folds ({rare}); they will be missing from some folds")
+    folds = np.full(len(labels), -1)
+    if competition.paired_eyes:
+        groups = labels["id"].map(competition.patient)
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(labels, labels["grade"], groups)
+    else:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, labels["grade"])
+    for fold, (_, valid) in enumerate(splits):
+        folds[valid] = fold
+    return labels.assign(fold=folds)
+
+
+def fold_summary(folds: pd.DataFrame) -> str:
+    """A table: images per fold and the share of each grade, so an unbalanced split is seen at once."""
+    table = pd.crosstab(folds["fold"], folds["grade"], normalize="index").mul(100).round(1)
+    table.columns = [f"grade {g} %" for g in table.columns]
+    table.insert(0, "images", folds["fold"].value_counts().sort_index())
+    return table.to_string()
+
+
+def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
+    """Write the experiment's folds CSV (id, grade, fold) and return it."""
+    config = experiment.config
+    labels = read_labels(experiment.raw_dir, experiment.competition)
+    folds = assign_folds(labels, config.n_folds, config.seed, experiment.competition)
+    write_csv(folds, experiment.folds_csv)
+    if verbose:
+        print(f"folds: {len(folds)} images in {config.n_folds} folds → {experiment.folds_csv}")
+        print(fold_summary(folds))
+    return folds

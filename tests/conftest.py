@@ -1,0 +1,38 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retinopathy.synthetic import make_competition
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared(name: str) -> Path:
+    """A folder of the real data beside the checkout; the test is skipped where it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (it sits beside the checkout on developer machines and in CI)")
+    return path
+
+
+def run_script(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of scripts/ as a user would, in ``cwd``."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_aptos(tmp_path_factory) -> Path:
+    """A 40-image synthetic APTOS competition (10 test images), small images."""
+    return make_competition(tmp_path_factory.mktemp("raw") / "tiny-aptos", "aptos2019", n_train=40, n_test=10,
+                            seed=1, max_side=160, workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_eyepacs(tmp_path_factory) -> Path:
+    return make_competition(tmp_path_factory.mktemp("raw") / "tiny-eyepacs", "eyepacs2015", n_train=30, n_test=10,
+                            seed=2, max_side=200, workers=1, progress=False)

@@ -1,0 +1,69 @@
+import pytest
+
+from retinopathy.config import Config, load_config
+from retinopathy.errors import UserError
+
+from conftest import REPO, run_script
+
+
+def test_demo_config_loads_with_its_file_name():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.name == "demo" and config.pretrained is False and config.image_size == 64
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert isinstance(load_config(path), Config)
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("epochs: 2\nlr: 0.01\n")
+    config = load_config(path, ["epochs=5", "lr=1e-3", "pretrained=false", "arch=resnet50", "wd=0", "name=run7"])
+    assert (config.epochs, config.lr, config.pretrained, config.arch, config.wd, config.name) == \
+        (5, 1e-3, False, "resnet50", 0.0, "run7")
+    assert isinstance(config.wd, float)
+
+
+def test_save_then_load_gives_the_same_config(tmp_path):
+    config = load_config(REPO / "configs" / "demo.yaml", ["epochs=3", "head=regression"])
+    saved = config.save(tmp_path / "out" / "config.yaml")
+    assert load_config(saved) == config
+    assert not list((tmp_path / "out").glob("*.tmp")), "written atomically, no temp file left"
+
+
+@pytest.mark.parametrize("content, overrides, message", [
+    ("epoch: 3\n", [], r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
+    ("epochs: three\n", [], r"epochs must be int, not str"),
+    ("epochs: 2.5\n", [], r"epochs must be int"),
+    ("pretrained: 1\n", [], r"pretrained must be bool"),
+    ("head: ordinal\n", [], r"head must be one of classification \| regression"),
+    ("balance_alpha: 2\n", [], r"balance_alpha must be between 0 and 1"),
+    ("epochs: [1\n", [], r"line \d+: not valid YAML"),
+    ("- a\n- b\n", [], r"expected a mapping"),
+    ("", ["epochs"], r"override 'epochs' is not key=value"),
+    ("", ["batchsize=8"], r"unknown config key 'batchsize' \(did you mean 'batch_size'\?\)"),
+    ("", ["n_folds=1"], r"n_folds must be at least 2"),
+])
+def test_bad_config_gives_one_clear_message(tmp_path, content, overrides, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as info:
+        load_config(path, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file .*nope.yaml not found"):
+        load_config("nope.yaml")
+
+
+def test_script_reports_bad_config_in_one_line_without_traceback(tmp_path):
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
+    result = run_script("train_fold.py", "--config", "bad.yaml", "--fold", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.yaml: unknown config key 'learning_rate'")

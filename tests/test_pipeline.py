@@ -1,0 +1,84 @@
+"""The whole pipeline end to end on a tiny synthetic competition: 2 folds, 1 epoch, 32 px, CPU."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retinopathy.config import load_config
+from retinopathy.experiment import Experiment
+from retinopathy.paths import Paths
+from retinopathy.pipeline import run_pipeline
+from retinopathy.predict import load_fold_learners, predict_items
+
+from conftest import REPO, run_script
+
+TINY = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_aptos, tmp_path_factory):
+    """Run the pipeline once; the tests below inspect what it left."""
+    work = tmp_path_factory.mktemp("work")
+    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={tiny_aptos}", "name=tiny"])
+    paths = Paths.default(data_dir=work / "data", output_dir=work)
+    result = run_pipeline(config, paths)
+    return Experiment(config, paths), result, work
+
+
+def test_submission_matches_the_sample(finished, tiny_aptos):
+    experiment, result, _ = finished
+    assert result.submission == experiment.submission and result.submission.is_file()
+    submission = pd.read_csv(result.submission, dtype={"id_code": str})
+    sample = pd.read_csv(tiny_aptos / "sample_submission.csv", dtype={"id_code": str})
+    assert list(submission.columns) == ["id_code", "diagnosis"]
+    assert submission["id_code"].tolist() == sample["id_code"].tolist()
+    assert submission["diagnosis"].isin([0, 1, 2, 3, 4]).all()
+
+
+def test_cv_report_covers_every_training_image(finished, tiny_aptos):
+    experiment, result, _ = finished
+    assert result.cv["n"] == 40 and set(result.cv["folds"]) == {0, 1}
+    assert -1 <= result.cv["pooled"] <= 1 and result.test_qwk is not None
+
+
+def test_fold_outputs(finished):
+    experiment, _, _ = finished
+    for fold in (0, 1):
+        d = experiment.fold_dir(fold)
+        for name in ("export.pkl", "oof.csv", "history.csv", "loss.png", "config.yaml"):
+            assert (d / name).is_file(), name
+        oof = pd.read_csv(d / "oof.csv")
+        assert (oof["fold"] == fold).all() and len(oof) == 20
+        assert np.allclose(oof[[f"prob_{g}" for g in range(5)]].sum(axis=1), 1, atol=1e-4)
+        assert load_config(d / "config.yaml") == experiment.config
+        history = pd.read_csv(d / "history.csv")
+        assert {"train_loss", "valid_loss", "qwk", "accuracy", "error_rate"} <= set(history.columns)
+    assert not list(experiment.dir.rglob("*.tmp")), "no temporary file left behind"
+
+
+def test_exported_learner_reproduces_the_oof_predictions_on_cpu(finished):
+    experiment, _, _ = finished
+    learn = load_fold_learners(experiment)[0]
+    oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})
+    manifest = pd.read_csv(experiment.processed_dir / "manifest.csv", dtype={"id": str})
+    items = oof[["id"]].merge(manifest[["id", "path"]], on="id")
+    probs = predict_items(learn, items)
+    assert np.allclose(probs, oof[[f"prob_{g}" for g in range(5)]].to_numpy(), atol=1e-4)
+
+
+def test_second_run_skips_finished_folds(finished, capsys):
+    experiment, first, _ = finished
+    mtime = (experiment.fold_dir(0) / "export.pkl").stat().st_mtime_ns
+    again = run_pipeline(experiment.config, experiment.paths)
+    assert "fold 0: up to date" in capsys.readouterr().out
+    assert (experiment.fold_dir(0) / "export.pkl").stat().st_mtime_ns == mtime
+    assert again.cv == first.cv
+
+
+def test_predict_script(finished, tiny_aptos):
+    experiment, _, work = finished
+    experiment.submission.unlink()
+    config = experiment.config.save(work / "tiny.yaml")
+    result = run_script("predict.py", "--config", str(config), "--data-dir", str(work / "data"), cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "CV QWK" in result.stdout and experiment.submission.is_file()

@@ -1,0 +1,132 @@
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from retinopathy.errors import UserError
+from retinopathy.preprocess import (ben_graham, crop_to_eye, decode_image, find_eye, prepare, prepare_file,
+                                    preprocess_dataset, resize_pad)
+
+from conftest import shared
+
+
+def disc_image(w, h, cx, cy, r, value=(180, 90, 40)):
+    img = np.zeros((h, w, 3), np.uint8)
+    cv2.circle(img, (cx, cy), r, value, -1)
+    return img
+
+
+@pytest.mark.parametrize("w, h, cx, cy, r", [
+    (400, 300, 200, 150, 140),   # centred
+    (500, 300, 180, 160, 120),   # off-centre
+    (600, 400, 300, 200, 260),   # cut at top and bottom, as in many EyePACS photos
+])
+def test_find_eye_locates_the_circle(w, h, cx, cy, r):
+    eye = find_eye(disc_image(w, h, cx, cy, r))
+    assert abs(eye.cx - cx) < 3 and abs(eye.cy - cy) < 3 and abs(eye.radius - r) < 3
+
+
+def test_find_eye_ignores_text_and_uneven_light():
+    img = disc_image(500, 400, 250, 200, 170)
+    ramp = np.linspace(0.35, 1.0, 500)[None, :, None]  # one side much darker
+    img = (img * ramp).astype(np.uint8)
+    cv2.putText(img, "OD 2015", (5, 390), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+    eye = find_eye(img)
+    assert abs(eye.cx - 250) < 4 and abs(eye.cy - 200) < 4 and abs(eye.radius - 170) < 4
+
+
+def test_blank_image_has_no_eye_and_is_still_prepared():
+    assert find_eye(np.zeros((200, 300, 3), np.uint8)) is None
+    out, eye = prepare(np.zeros((200, 300, 3), np.uint8), "ben", 64)
+    assert eye is None and out.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda im: im[..., 0],                                            # grayscale
+    lambda im: np.dstack([im, np.full(im.shape[:2], 255, np.uint8)]),  # RGBA
+    lambda im: im.astype(np.uint16) * 257,                            # 16-bit
+])
+def test_any_input_format_gives_rgb_uint8(convert):
+    out, eye = prepare(convert(disc_image(160, 120, 80, 60, 50)), "crop", 48)
+    assert out.shape == (48, 48, 3) and out.dtype == np.uint8 and eye is not None
+
+
+def test_tiny_image():
+    out, _ = prepare(disc_image(50, 50, 25, 25, 22), "ben", 128)
+    assert out.shape == (128, 128, 3)
+
+
+def test_resize_pad_keeps_the_aspect():
+    img = np.full((100, 200, 3), 200, np.uint8)
+    out = resize_pad(img, 64)
+    assert out.shape == (64, 64, 3)
+    assert out[:16].max() == 0 and out[-15:].max() == 0 and out[32, :].min() == 200
+
+
+def test_crop_pads_a_cut_circle():
+    img = disc_image(600, 400, 300, 200, 260)
+    eye = find_eye(img)
+    square = crop_to_eye(img, eye)
+    assert abs(square.shape[0] - 520) <= 2 and square.shape[0] == square.shape[1]
+    assert square[2, square.shape[1] // 2].max() == 0, "padded black above the cut"
+
+
+def test_ben_graham_centres_flat_regions_on_grey():
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    assert np.abs(ben_graham(flat).astype(int) - 128).max() <= 1
+
+
+def test_unknown_method():
+    with pytest.raises(UserError, match="unknown preprocessing method 'fancy'"):
+        prepare(np.zeros((10, 10, 3), np.uint8), "fancy", 32)
+
+
+def test_real_eyepacs_edges_found_and_output_masked():
+    folder = shared("eyepacs-sample") / "train"
+    for path in sorted(folder.glob("*.jpeg"))[:4]:
+        img, _ = decode_image(path)
+        eye = find_eye(img)
+        gray = img.max(axis=2).astype(float)
+        h, w = gray.shape
+        agree = checked = 0
+        for angle in np.linspace(0, 2 * np.pi, 72, endpoint=False):
+            dx, dy = np.cos(angle), np.sin(angle)
+            outside = (eye.cx + dx * (eye.radius + 6), eye.cy + dy * (eye.radius + 6))
+            inside = (eye.cx + dx * (eye.radius - 6), eye.cy + dy * (eye.radius - 6))
+            if not (0 <= outside[0] < w and 0 <= outside[1] < h):
+                continue  # the circle is cut by the frame here
+            checked += 1
+            agree += gray[int(outside[1]), int(outside[0])] < 20 < gray[int(inside[1]), int(inside[0])]
+        # Within 6 px of the true edge all round, but for the camera's notch mark outside the rim.
+        assert checked >= 36 and agree >= 0.9 * checked, f"{path.name}: {agree}/{checked} rays agree"
+        out, _, original = prepare_file(path, "crop", 128)
+        assert out.shape == (128, 128, 3) and original == (w, h)
+        assert out[0, 0].max() == 0 and out[64, 2].max() > 10, "eye fills the square; surround masked"
+
+
+def test_batch_stage_is_resumable_and_records_bad_images(tiny_aptos, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for item in tiny_aptos.iterdir():  # a copy whose one image we break; the shared fixture stays intact
+        (raw / item.name).symlink_to(item)
+    (raw / "train_images").unlink()
+    (raw / "train_images").mkdir()
+    ids = pd.read_csv(tiny_aptos / "train.csv", dtype=str)["id_code"]
+    for i in ids:
+        (raw / "train_images" / f"{i}.png").symlink_to(tiny_aptos / "train_images" / f"{i}.png")
+    broken = raw / "train_images" / f"{ids[0]}.png"
+    broken.unlink()
+    broken.write_bytes((tiny_aptos / "train_images" / f"{ids[0]}.png").read_bytes()[:300])
+
+    out = tmp_path / "processed"
+    manifest = preprocess_dataset(raw, out, "ben", 48, workers=1, progress=False)
+    assert len(manifest) == 50
+    bad = manifest.set_index("id").loc[ids[0]]
+    assert bad["status"].startswith("unreadable") and bad["path"] == ""
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == 49 and all(Image.open(p).size == (48, 48) for p in ok["path"])
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in [f"{i}.png" for i in ids[1:]]}
+    again = preprocess_dataset(raw, out, "ben", 48, workers=1, progress=False)
+    assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes, "valid outputs are not redone"
+    assert len(again) == 50 and (again["status"] == "ok").sum() == 49
