@@ -12,8 +12,9 @@ from retinopathy.pipeline import preprocess
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
     p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     args = p.parse_args()
-    preprocess(cli.experiment(args, raw_dir=args.raw_dir))
+    preprocess(cli.experiment(args, raw_dir=args.raw_dir), workers=args.workers)
 
 
 if __name__ == "__main__":

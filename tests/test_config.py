@@ -67,3 +67,15 @@ def test_script_reports_bad_config_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: bad.yaml: unknown config key 'learning_rate'")
+
+
+def test_raw_dir_option_names_the_dataset_after_its_folder(tmp_path, tiny_aptos):
+    import argparse
+
+    from retinopathy import cli
+    args = argparse.Namespace(config=str(REPO / "configs" / "demo.yaml"), data_dir=str(tmp_path), overrides=[])
+    config, paths = cli.resolve(args, raw_dir=str(tiny_aptos))
+    assert config.dataset == tiny_aptos.name and config.synthetic_images == 0
+    assert paths.processed(config.dataset_name, "ben", 64) == tmp_path / "processed" / tiny_aptos.name / "ben-64"
+    demo, _ = cli.resolve(argparse.Namespace(config="configs/demo.yaml", data_dir=None, overrides=[]))
+    assert demo.dataset == "synthetic-aptos2019", "the demo's own data keeps its own folder"

@@ -8,7 +8,7 @@ from retinopathy.errors import UserError
 from retinopathy.preprocess import (ben_graham, crop_to_eye, decode_image, find_eye, prepare, prepare_file,
                                     preprocess_dataset, resize_pad)
 
-from conftest import shared
+from conftest import run_script, shared
 
 
 def disc_image(w, h, cx, cy, r, value=(180, 90, 40)):
@@ -130,3 +130,36 @@ def test_batch_stage_is_resumable_and_records_bad_images(tiny_aptos, tmp_path):
     again = preprocess_dataset(raw, out, "ben", 48, workers=1, progress=False)
     assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes, "valid outputs are not redone"
     assert len(again) == 50 and (again["status"] == "ok").sum() == 49
+
+
+def test_sixteen_bit_png_file(tmp_path):
+    img = (disc_image(120, 100, 60, 50, 45).astype(np.uint16) * 257)
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), img)
+    assert Image.open(path).mode.startswith("I;16") or cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    out, eye, original = prepare_file(path, "crop", 40)
+    assert original == (120, 100) and out.dtype == np.uint8 and eye is not None
+    assert out[20, 20].max() > 30, "16-bit values scaled down, not clipped to black or white"
+
+
+def test_fast_ben_matches_the_full_size_blur():
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8), (0, 0), 6)
+    exact = cv2.addWeighted(img, 4, cv2.GaussianBlur(img, (0, 0), 512 / 30), -4, 128)
+    assert np.abs(ben_graham(img).astype(int) - exact.astype(int)).mean() < 2
+
+
+def test_crop_leaves_no_black_border_outside_the_circle():
+    img = disc_image(640, 480, 300, 250, 200)
+    out, _ = prepare(img, "crop", 100)
+    for y, x in ((50, 1), (50, 98), (1, 50), (98, 50)):  # the eye touches all four sides of the square
+        assert out[y, x].max() > 0, (y, x)
+
+
+def test_contact_sheet_script(tmp_path, tiny_aptos):
+    result = run_script("contact_sheet.py", str(tiny_aptos / "train_images"), "-o", str(tmp_path / "sheet.png"),
+                        "--limit", "3", "--size", "64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.format == "PNG" and sheet.size == (5 * 72, 30 + 3 * 72)
+    assert run_script("contact_sheet.py", str(tmp_path / "empty"), cwd=tmp_path).returncode == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 from .config import Config, load_config
@@ -25,10 +26,23 @@ def parser(description: str | None, config_default: str | None = None, overrides
     return p
 
 
+def _find_config(path: str | None) -> Path | None:
+    """A config path as given, else relative to the repository the running script lives in (so the default
+    ``configs/demo.yaml`` is found from any working directory)."""
+    if path is None or Path(path).exists() or Path(path).is_absolute():
+        return Path(path) if path else None
+    beside_scripts = Path(sys.argv[0]).resolve().parent.parent / path
+    return beside_scripts if beside_scripts.exists() else Path(path)
+
+
 def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
     """The config (file, then overrides, then ``changes`` set by the script's own options) and the paths."""
-    config = load_config(args.config, getattr(args, "overrides", ()))
+    config = load_config(_find_config(args.config), getattr(args, "overrides", ()))
     changes = {k: v for k, v in changes.items() if v is not None}
+    if changes.get("raw_dir"):
+        # Other data, other caches: processed images and folds are filed under the raw folder's name.
+        raw = Path(changes["raw_dir"]).expanduser().resolve()
+        changes.update(raw_dir=str(raw), dataset=raw.name, synthetic_images=0)
     return (config.replace(**changes) if changes else config), Paths.default(data_dir=args.data_dir)
 
 
@@ -46,3 +60,4 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+from .errors import UserError  # noqa: F401  (scripts raise it for bad arguments)

@@ -43,10 +43,11 @@ def ensure_raw_data(experiment: Experiment) -> Path:
                     f"{config.competition}) or pass --raw-dir DIR")
 
 
-def preprocess(experiment: Experiment) -> pd.DataFrame:
+def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFrame:
     """The preprocessing stage for an experiment: cache every image once at its method and size."""
     config = experiment.config
-    manifest = preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, config.image_size)
+    manifest = preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, config.image_size,
+                                  workers=workers)
     status = manifest["status"].str.split(":").str[0].value_counts()
     print(f"preprocess: {len(manifest)} images → {experiment.processed_dir} ("
           + ", ".join(f"{k}: {v}" for k, v in status.items()) + ")")
