@@ -9,9 +9,9 @@ from retinopathy.folds import make_folds
 
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    cli.data_args(p)
     args = p.parse_args()
-    make_folds(cli.experiment(args, raw_dir=args.raw_dir))
+    make_folds(cli.experiment(args))
 
 
 if __name__ == "__main__":

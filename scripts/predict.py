@@ -11,9 +11,9 @@ from retinopathy.predict import report_and_predict
 
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    cli.data_args(p)
     args = p.parse_args()
-    report_and_predict(cli.experiment(args, raw_dir=args.raw_dir))
+    report_and_predict(cli.experiment(args))
 
 
 if __name__ == "__main__":

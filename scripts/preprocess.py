@@ -2,19 +2,22 @@
 data/processed/<dataset>/<method>-<size>/ with a manifest.csv. Resumable; all cores by default.
 
   python scripts/preprocess.py --config configs/demo.yaml
-  python scripts/preprocess.py --raw-dir data/raw/diabetic-retinopathy-detection preprocess=ben image_size=512
+  python scripts/preprocess.py --competition eyepacs2015 --method ben --size 512
 """
 
 from retinopathy import cli
 from retinopathy.pipeline import preprocess
+from retinopathy.preprocess import METHODS
 
 
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    cli.data_args(p)
+    p.add_argument("--method", choices=METHODS, help="none | crop | ben | clahe (the config's `preprocess`)")
+    p.add_argument("--size", type=int, help="output side in pixels (the config's `image_size`)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     args = p.parse_args()
-    preprocess(cli.experiment(args, raw_dir=args.raw_dir), workers=args.workers)
+    preprocess(cli.experiment(args, preprocess=args.method, image_size=args.size), workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from retinopathy.train import train_folds
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
     p.add_argument("--fold", required=True, help="fold number, or 'all'")
-    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout (default: data/raw/<dataset>)")
+    cli.data_args(p)
     args = p.parse_args()
-    train_folds(cli.experiment(args, raw_dir=args.raw_dir), args.fold)
+    train_folds(cli.experiment(args), args.fold)
 
 
 if __name__ == "__main__":

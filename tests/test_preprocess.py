@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from retinopathy.errors import UserError
-from retinopathy.preprocess import (ben_graham, crop_to_eye, decode_image, find_eye, prepare, prepare_file,
-                                    preprocess_dataset, resize_pad)
+from retinopathy.preprocess import (ben_graham, clahe, crop_to_eye, decode_image, find_eye, prepare, prepare_file,
+                                    preprocess_dataset, resize_pad, scale_to_radius)
 
 from conftest import run_script, shared
 
@@ -163,3 +163,32 @@ def test_contact_sheet_script(tmp_path, tiny_aptos):
     sheet = Image.open(tmp_path / "sheet.png")
     assert sheet.format == "PNG" and sheet.size == (5 * 72, 30 + 3 * 72)
     assert run_script("contact_sheet.py", str(tmp_path / "empty"), cwd=tmp_path).returncode == 2
+
+
+def test_scale_to_radius():
+    img = disc_image(400, 300, 200, 150, 120)
+    eye = find_eye(img)
+    scaled = scale_to_radius(img, eye, 60)
+    assert abs(scaled.shape[0] - 150) <= 3 and abs(scaled.shape[1] - 200) <= 3  # found radius is ~120 px
+    assert abs(find_eye(scaled).radius - 60) < 2
+
+
+def test_clahe_raises_local_contrast_and_keeps_the_hue():
+    img = disc_image(200, 200, 100, 100, 90, value=(150, 80, 40))
+    img[80:120, 80:120] = (160, 85, 42)  # a faint patch
+    out = clahe(img)
+    patch, around = out[90:110, 90:110].astype(int).mean((0, 1)), out[60:70, 60:70].astype(int).mean((0, 1))
+    assert abs(patch - around).sum() > abs(np.array([160, 85, 42]) - np.array([150, 80, 40])).sum()
+    assert out[100, 100, 0] > out[100, 100, 2], "still reddish"
+
+
+def test_preprocess_script_options(tmp_path, tiny_aptos):
+    result = run_script("preprocess.py", "--raw-dir", str(tiny_aptos), "--method", "clahe", "--size", "40",
+                        "--workers", "2", "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "data" / "processed" / tiny_aptos.name / "clahe-40"
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 50 and set(manifest["split"]) == {"train", "test"}
+    assert {"id", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status"} <= set(manifest.columns)
+    assert (manifest["status"] == "ok").all() and Image.open(out / f"{manifest['id'][0]}.png").size == (40, 40)
+    assert "preprocess: 50 images" in result.stdout

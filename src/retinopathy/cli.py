@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .competitions import get_competition
 from .config import Config, load_config
 from .errors import UserError
 from .experiment import Experiment
@@ -26,6 +27,13 @@ def parser(description: str | None, config_default: str | None = None, overrides
     return p
 
 
+def data_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--competition and --raw-dir: which competition's data a stage works on."""
+    p.add_argument("--competition", help="aptos2019 or eyepacs2015 (or the Kaggle slug): use data/raw/<slug>")
+    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout anywhere (default: data/raw/<dataset>)")
+    return p
+
+
 def _find_config(path: str | None) -> Path | None:
     """A config path as given, else relative to the repository the running script lives in (so the default
     ``configs/demo.yaml`` is found from any working directory)."""
@@ -39,6 +47,12 @@ def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
     """The config (file, then overrides, then ``changes`` set by the script's own options) and the paths."""
     config = load_config(_find_config(args.config), getattr(args, "overrides", ()))
     changes = {k: v for k, v in changes.items() if v is not None}
+    for key in ("competition", "raw_dir"):  # from data_args, where the script has them
+        if getattr(args, key, None):
+            changes[key] = getattr(args, key)
+    if changes.get("competition"):
+        slug = get_competition(changes["competition"]).slug
+        changes.update(competition=slug, dataset=slug, synthetic_images=0)
     if changes.get("raw_dir"):
         # Other data, other caches: processed images and folds are filed under the raw folder's name.
         raw = Path(changes["raw_dir"]).expanduser().resolve()
