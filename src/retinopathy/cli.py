@@ -74,4 +74,3 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
-from .errors import UserError  # noqa: F401  (scripts raise it for bad arguments)

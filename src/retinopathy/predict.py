@@ -15,7 +15,7 @@ from .errors import UserError
 from .experiment import Experiment
 from .io import write_csv
 from .preprocess import MANIFEST
-from .train import N_GRADES, quadratic_kappa, to_grades
+from .train import DEFAULT_THRESHOLDS, N_GRADES, quadratic_kappa, to_grades
 
 PROB_COLUMNS = [f"prob_{g}" for g in range(N_GRADES)]
 
@@ -155,7 +155,6 @@ def predict_test(experiment: Experiment, verbose: bool = True) -> Path | None:
 
 def experiment_thresholds(experiment: Experiment) -> tuple[float, ...]:
     """Regression cut points: tuned ones saved with the experiment, else the defaults."""
-    from .train import DEFAULT_THRESHOLDS
     path = experiment.dir / "thresholds.csv"
     if path.is_file():
         return tuple(pd.read_csv(path)["threshold"].astype(float))

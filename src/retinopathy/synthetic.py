@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .competitions import APTOS2019, Competition, get_competition
 from .errors import UserError
+from .preprocess import Eye
 
 #: Images per grade in the real training sets (APTOS 2019 of 3,662; EyePACS 2015 of 35,126).
 GRADE_COUNTS = {
@@ -33,13 +33,6 @@ GRADE_COUNTS = {
 
 #: Image shapes (width, height) as fractions of ``max_side``: the aspect ratios real fundus cameras produce.
 _SHAPES = ((1.0, 0.75), (1.0, 0.667), (1.0, 1.0), (1.0, 0.625), (1.0, 0.8))
-
-
-@dataclass(frozen=True)
-class _Eye:
-    cx: float
-    cy: float
-    radius: float
 
 
 def _random_walk(rng: np.random.Generator, start, angle, length, step, wiggle) -> np.ndarray:
@@ -52,7 +45,7 @@ def _random_walk(rng: np.random.Generator, start, angle, length, step, wiggle) -
     return np.array(points)
 
 
-def _draw_vessels(canvas, rng, disc, eye: _Eye, colour, scale) -> None:
+def _draw_vessels(canvas, rng, disc, eye: Eye, colour, scale) -> None:
     """Four arcades leaving the disc, each branching twice, thinner as they go."""
     r = eye.radius
     temporal = 1.0 if disc[0] < eye.cx else -1.0  # arcades curve towards the macula
@@ -69,14 +62,14 @@ def _draw_vessels(canvas, rng, disc, eye: _Eye, colour, scale) -> None:
                 cv2.polylines(canvas, [branch.astype(np.int32)], False, colour, max(1, width // 2), cv2.LINE_AA)
 
 
-def _random_point(rng, eye: _Eye, max_frac=0.9) -> tuple[int, int]:
+def _random_point(rng, eye: Eye, max_frac=0.9) -> tuple[int, int]:
     """A point inside the retina, uniform over its area."""
     rho = eye.radius * max_frac * math.sqrt(rng.uniform())
     theta = rng.uniform(0, 2 * math.pi)
     return int(eye.cx + rho * math.cos(theta)), int(eye.cy + rho * math.sin(theta))
 
 
-def _draw_lesions(img, rng, grade: int, eye: _Eye, disc) -> None:
+def _draw_lesions(img, rng, grade: int, eye: Eye, disc) -> None:
     r = eye.radius
     # (count range per grade) for each lesion kind; grade 0 has none.
     microaneurysms = ((0, 0), (4, 10), (6, 16), (10, 25), (10, 25))[grade]
@@ -121,7 +114,7 @@ def fundus_image(grade: int, rng: np.random.Generator, width: int, height: int) 
     # The retina: sometimes wider than the frame is tall, so the circle is cut at top and bottom.
     radius = min(width, height) / 2 * rng.uniform(0.8, 1.12)
     radius = min(radius, width / 2 * 0.97)
-    eye = _Eye(width / 2 + rng.normal(0, width * 0.02), height / 2 + rng.normal(0, height * 0.02), radius)
+    eye = Eye(width / 2 + rng.normal(0, width * 0.02), height / 2 + rng.normal(0, height * 0.02), radius)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     dist = np.sqrt((xx - eye.cx) ** 2 + (yy - eye.cy) ** 2) / eye.radius
 
