@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from retinopathy.preprocess import _REDUCED, encode_png, prepare_file
+from retinopathy.preprocess import _REDUCED, encode_png, prepare_file, reduction_factor
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eyepacs-sample" / "train"
 
@@ -35,10 +35,8 @@ def naive(path: Path, size: int) -> np.ndarray:
 
 def decode_only(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as im:  # reads the header only
-        w, h = im.size
-    factor = next((f for f, _ in _REDUCED if min(h, w) >= f * size), 1)
-    flag = dict(_REDUCED).get(factor, cv2.IMREAD_COLOR)
-    return cv2.imread(str(path), flag)
+        factor = reduction_factor(im.size, size)
+    return cv2.imread(str(path), _REDUCED.get(factor, cv2.IMREAD_COLOR))
 
 
 def ours(path: Path, size: int) -> np.ndarray:

@@ -192,3 +192,10 @@ def test_preprocess_script_options(tmp_path, tiny_aptos):
     assert {"id", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status"} <= set(manifest.columns)
     assert (manifest["status"] == "ok").all() and Image.open(out / f"{manifest['id'][0]}.png").size == (40, 40)
     assert "preprocess: 50 images" in result.stdout
+
+
+def test_reduction_factor_keeps_the_smaller_side_at_least_the_target():
+    from retinopathy.preprocess import reduction_factor
+    assert reduction_factor((3888, 2592), 512) == 4   # 648 px high after a 1/4 decode
+    assert reduction_factor((3888, 2592), 256) == 8
+    assert reduction_factor((640, 480), 512) == 1 and reduction_factor((640, 480), None) == 1

@@ -246,7 +246,12 @@ def prepare(img: np.ndarray, method: str, size: int) -> tuple[np.ndarray, Eye | 
 
 
 # --------------------------------------------------------------------------------------------- decoding
-_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+_REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+
+
+def reduction_factor(original: tuple[int, int], min_side: int | None) -> int:
+    """The largest JPEG decode reduction (8, 4, 2, else 1) that keeps the smaller side at least ``min_side``."""
+    return next((f for f in _REDUCED if min_side and min(original) >= f * min_side), 1)
 
 
 def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -260,11 +265,10 @@ def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None)
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         original, fmt = im.size, im.format
-        factor = next((f for f, _ in _REDUCED if min_side and min(original) >= f * min_side), 1)
+        factor = reduction_factor(original, min_side)
         if fmt == "JPEG" and factor > 1:
-            flag = dict(_REDUCED)[factor]
             buf = np.frombuffer(source if isinstance(source, bytes) else Path(source).read_bytes(), np.uint8)
-            bgr = cv2.imdecode(buf, flag)
+            bgr = cv2.imdecode(buf, _REDUCED[factor])
             if bgr is not None:
                 return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), original
         im.load()
