@@ -3,6 +3,8 @@ config.yaml). Run one process per fold on a multi-GPU box, or --fold all one aft
 
   python scripts/train_fold.py --config configs/demo.yaml --fold 0
   python scripts/train_fold.py --config configs/demo.yaml --fold all epochs=10 arch=resnet34
+  python scripts/train_fold.py --config configs/demo.yaml --fold 0 --resume      # after an interruption
+  torchrun --nproc_per_node 4 scripts/train_fold.py --config configs/x.yaml --fold 0   # one fold on 4 GPUs
 """
 
 from retinopathy import cli
@@ -12,9 +14,11 @@ from retinopathy.train import train_folds
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
     p.add_argument("--fold", required=True, help="fold number, or 'all'")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on from the last finished epoch of an interrupted run with the same config")
     cli.data_args(p)
     args = p.parse_args()
-    train_folds(cli.experiment(args), args.fold)
+    train_folds(cli.experiment(args), args.fold, resume=args.resume)
 
 
 if __name__ == "__main__":

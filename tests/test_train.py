@@ -56,3 +56,75 @@ def test_fold_spec():
         parse_fold_spec("3", 3)
     with pytest.raises(UserError, match="a fold number"):
         parse_fold_spec("first", 3)
+
+
+def _tiny_experiment(raw, tmp_path, *overrides):
+    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={raw}", "name=t", *overrides])
+    experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    make_folds(experiment, verbose=False)
+    return experiment
+
+
+def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
+    from fastai.callback.core import Callback
+
+    class CtrlC(Callback):
+        order = 100  # after the epoch's checkpoint, as a real Ctrl-C during the next epoch would be
+
+        def after_epoch(self):
+            if self.epoch == 0:
+                raise KeyboardInterrupt
+
+    class CountEpochs(Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def before_epoch(self):
+            self.epochs.append(self.epoch)
+
+    experiment = _tiny_experiment(tiny_aptos, tmp_path, "epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(experiment, 0, verbose=False, callbacks=[CtrlC()])
+    fold_dir = experiment.fold_dir(0)
+    assert (fold_dir / "checkpoints" / "last.pth").is_file() and not (fold_dir / "export.pkl").exists()
+
+    counter = CountEpochs()
+    result = train_fold(experiment, 0, verbose=False, resume=True, callbacks=[counter])
+    assert len(counter.epochs) == 2, "only the two unfinished epochs are trained again"
+    history = pd.read_csv(result.dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2] and history["qwk"].notna().all()
+    assert (result.dir / "export.pkl").is_file() and not (result.dir / "checkpoints").exists()
+
+
+def test_resume_ignores_a_checkpoint_from_another_config(tiny_aptos, tmp_path):
+    from fastai.callback.core import Callback
+
+    class CtrlC(Callback):
+        order = 100
+
+        def after_epoch(self):
+            raise KeyboardInterrupt
+
+    experiment = _tiny_experiment(tiny_aptos, tmp_path, "epochs=2")
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(experiment, 0, verbose=False, callbacks=[CtrlC()])
+    changed = Experiment(experiment.config.replace(lr=1e-2), experiment.paths)
+    result = train_fold(changed, 0, verbose=False, resume=True)
+    assert len(pd.read_csv(result.dir / "history.csv")) == 2, "a different config starts from scratch"
+
+
+@pytest.mark.parametrize("mode", ["plot", "pick"])
+def test_lr_find_saves_its_plot_and_can_pick_the_rate(tiny_aptos, tmp_path, mode):
+    import json
+
+    from PIL import Image
+    experiment = _tiny_experiment(tiny_aptos, tmp_path, f"lr_find={mode}")
+    result = train_fold(experiment, 0, verbose=False)
+    with Image.open(result.dir / "lr_find.png") as plot:
+        plot.verify()
+    suggestion = json.loads((result.dir / "lr_find.json").read_text())["suggestion"]
+    assert len(pd.read_csv(result.dir / "lr_find.csv")) > 10
+    expected = suggestion if mode == "pick" else experiment.config.lr
+    assert result.lr == pytest.approx(expected)
+    assert suggestion != pytest.approx(experiment.config.lr)

@@ -67,6 +67,9 @@ class Config:
     #: when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head
     lr_min: float = 0.0
     wd: float = 1e-2
+    #: fastai's learning-rate finder before training: off | plot (save lr_find.png) | pick (also train at its
+    #: suggestion, the valley; with lr_min > 0 the slice keeps its ratio)
+    lr_find: str = _choice("off", "off", "plot", "pick")
     batch_size: int = 32
     #: class-imbalance handling: none | sampler (oversample rare grades) | loss (class-weighted loss)
     balance: str = _choice("none", "none", "sampler", "loss")
@@ -76,7 +79,7 @@ class Config:
     augment: bool = True
     #: dataloader worker processes; -1 picks one per core (0 inside a test)
     num_workers: int = -1
-    #: mixed precision on CUDA (ignored on CPU)
+    #: mixed precision: float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it natively
     mixed_precision: bool = True
     #: test-time augmentation with flips at prediction
     tta: bool = False
