@@ -21,8 +21,10 @@ def shared(name: str) -> Path:
 
 def run_script(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of scripts/ as a user would, in ``cwd``."""
+    merged = {**os.environ, **(env or {})}
+    merged = {k: v for k, v in merged.items() if v is not None}  # None in ``env`` unsets a variable
     return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+                          text=True, env=merged, timeout=600)
 
 
 @pytest.fixture(scope="session")

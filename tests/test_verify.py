@@ -1,0 +1,48 @@
+"""The image verifier: real folders pass clean, every kind of bad file is caught and quarantined, labels checked."""
+
+import shutil
+
+from conftest import run_script, shared
+from retinopathy.verify import check_image, verify_dataset
+
+
+def test_real_folders_are_clean(tmp_path):
+    for name in ("eyepacs-sample", "aptos2019-224"):
+        folder = shared(name)
+        done = run_script("verify_images.py", "--raw-dir", str(folder), "--dry-run", cwd=tmp_path)
+        assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stdout + done.stderr
+
+
+def test_truncated_real_jpeg_is_caught(tmp_path):
+    real = sorted((shared("eyepacs-sample") / "train").glob("*.jpeg"))[0]
+    assert check_image(str(real)) == ""
+    truncated = tmp_path / real.name
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size * 2 // 3])
+    assert "cannot decode" in check_image(str(truncated))
+    text = tmp_path / "notes.jpeg"
+    text.write_text("not a photograph")
+    assert check_image(str(text)) == "not an image (unrecognised format)"
+
+
+def test_bad_files_quarantined_and_labels_cross_checked(tiny_eyepacs, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_eyepacs, raw)
+    images = sorted((raw / "train").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:300])
+    (raw / "train" / "stray.txt").write_text("hello")
+    (raw / "train" / "999_left.jpeg").write_bytes(images[1].read_bytes())  # an image with no label
+    labels = (raw / "trainLabels.csv").read_text().splitlines()
+    (raw / "trainLabels.csv").write_text("\n".join(labels + [labels[1], "1234_left,7"]) + "\n")
+    before = (raw / "trainLabels.csv").read_bytes()
+
+    done = run_script("verify_images.py", "--raw-dir", str(raw), cwd=tmp_path)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "2 bad" in out and "duplicate ids in the labels: 1" in out and "grades outside 0-4: 1" in out
+    assert "training images without a label: 1 (e.g. 999_left)" in out
+    assert "labels without an image: 2" in out  # the truncated image's label and 1234_left
+    assert (raw / "quarantine" / "train" / images[0].name).is_file() and not images[0].exists()
+    assert (raw / "quarantine" / "train" / "stray.txt").is_file()
+    assert (raw / "trainLabels.csv").read_bytes() == before, "the labels file is never edited"
+    again = verify_dataset(raw, progress=False)
+    assert not again.bad, "a second pass finds the bad files already set aside"
