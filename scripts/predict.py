@@ -1,19 +1,29 @@
 """Predict the test set with every trained fold, average them, and write submissions/<exp>.csv (validated against
-the sample submission). Prints the CV report of the out-of-fold predictions first.
+the sample submission). First: the CV report of the out-of-fold predictions, the post-processing tuned on them
+(regression thresholds; for EyePACS, blending a patient's two eyes), and a row in reports/results.csv.
 
   python scripts/predict.py --config configs/demo.yaml
   python scripts/predict.py --config configs/demo.yaml tta=true
+  python scripts/predict.py --experiments demo demo-regression     # weighted ensemble, weights tuned on OOF
 """
 
 from retinopathy import cli
-from retinopathy.predict import report_and_predict
+from retinopathy.paths import Paths
+from retinopathy.predict import ensemble_experiments, load_experiment, report_and_predict
 
 
 def main() -> None:
     p = cli.parser(__doc__, config_default="configs/demo.yaml")
     cli.data_args(p)
+    p.add_argument("--experiments", nargs="+", metavar="NAME",
+                   help="trained experiments (models/<NAME>/) to ensemble instead of one config")
+    p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")
     args = p.parse_args()
-    report_and_predict(cli.experiment(args))
+    if args.experiments:
+        paths = Paths.default(data_dir=args.data_dir)
+        ensemble_experiments([load_experiment(n, paths) for n in args.experiments], args.name)
+    else:
+        report_and_predict(cli.experiment(args))
 
 
 if __name__ == "__main__":

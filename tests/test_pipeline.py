@@ -82,3 +82,34 @@ def test_predict_script(finished, tiny_aptos):
     result = run_script("predict.py", "--config", str(config), "--data-dir", str(work / "data"), cwd=work)
     assert result.returncode == 0, result.stderr
     assert "CV QWK" in result.stdout and experiment.submission.is_file()
+
+
+def test_results_table_traces_the_run(finished):
+    experiment, result, work = finished
+    table = pd.read_csv(work / "reports" / "results.csv")
+    row = table[table["experiment"] == "tiny"].iloc[-1]
+    assert row["oof_qwk"] == pytest.approx(result.cv["pooled"], abs=1e-4)
+    assert row["config"].endswith("models/tiny/config.yaml") and row["submission"].endswith("tiny.csv")
+    assert row["commit"] != "" and len(str(row["commit"])) >= 7
+    assert "| tiny |" in (work / "reports" / "results.md").read_text()
+
+
+def test_ensemble_of_two_experiments(finished, tiny_aptos):
+    experiment, _, work = finished
+    regression = experiment.config.replace(name="tiny-reg", head="regression", balance="loss")
+    run_pipeline(regression, experiment.paths)
+    tuning = __import__("json").loads((experiment.paths.experiment("tiny-reg") / "tuning.json").read_text())
+    assert tuning["oof_qwk_tuned"] >= tuning["oof_qwk"] - 1e-9, "tuned thresholds never do worse on OOF"
+    assert tuning["thresholds"] == sorted(tuning["thresholds"])
+
+    done = run_script("predict.py", "--experiments", "tiny", "tiny-reg", "--data-dir", str(work / "data"), cwd=work)
+    assert done.returncode == 0, done.stderr
+    out = work / "submissions" / "ensemble-tiny+tiny-reg.csv"
+    submission = pd.read_csv(out, dtype={"id_code": str})
+    sample = pd.read_csv(tiny_aptos / "sample_submission.csv", dtype={"id_code": str})
+    assert submission["id_code"].tolist() == sample["id_code"].tolist()
+    weights = __import__("json").loads((work / "models" / "ensemble-tiny+tiny-reg" / "tuning.json").read_text())["weights"]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1) and min(weights) >= 0
+
+    unknown = run_script("predict.py", "--experiments", "tiny", "nope", "--data-dir", str(work / "data"), cwd=work)
+    assert unknown.returncode == 2 and "no experiment 'nope'" in unknown.stderr and "tiny-reg" in unknown.stderr

@@ -59,3 +59,37 @@ def kaggle_errors(competition: str, what: str = "") -> Iterator[None]:
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
         raise UserError(f"cannot reach Kaggle ({type(e).__name__}): check the network connection (and any proxy "
                         "settings), then run this again; finished files are kept") from None
+
+
+def submit(path, message: str, competition: str, poll_seconds: float = 10.0, timeout: float = 1800.0,
+           echo=print) -> dict:
+    """Upload a submission with ``competition_submit``, then poll ``competition_submissions`` until Kaggle has
+    scored it (or ``timeout`` passes). Returns {"ref", "status", "public_score", "message"}."""
+    import time
+
+    api = kaggle_api()
+    with kaggle_errors(competition):
+        response = api.competition_submit(str(path), message, competition, quiet=True)
+    ref = getattr(response, "ref", None)
+    text = getattr(response, "message", "") or ""
+    if not ref:
+        raise UserError(f"Kaggle did not accept the submission: {text or 'no reason given'}")
+    echo(f"submitted {path} to {competition} (ref {ref}): {text}")
+    deadline = time.time() + timeout
+    status = "PENDING"
+    while True:
+        with kaggle_errors(competition, "listing submissions"):
+            mine = [s for s in (api.competition_submissions(competition) or []) if s is not None and s.ref == ref]
+        if mine:
+            status = getattr(mine[0].status, "name", str(mine[0].status)).upper()
+            if status.endswith("COMPLETE"):
+                return {"ref": ref, "status": "COMPLETE", "public_score": mine[0].public_score, "message": text}
+            if status.endswith("ERROR"):
+                reason = getattr(mine[0], "error_description", "") or "no reason given"
+                raise UserError(f"Kaggle could not score submission {ref}: {reason}")
+        if time.time() > deadline:
+            echo(f"still {status.lower()} after {timeout:.0f}s; see https://www.kaggle.com/competitions/"
+                 f"{competition}/submissions")
+            return {"ref": ref, "status": status, "public_score": None, "message": text}
+        echo(f"scoring… (status {status.lower()}, next check in {poll_seconds:.0f}s)")
+        time.sleep(poll_seconds)

@@ -14,7 +14,7 @@ from .errors import UserError
 from .experiment import Experiment
 from .folds import make_folds
 from .paths import Paths
-from .predict import cv_report, predict_test, print_cv_report
+from .predict import append_results, cv_report, predict_test, print_cv_report, tune_experiment
 from .preprocess import preprocess_dataset
 from .synthetic import make_competition
 from .train import fold_is_done, quadratic_kappa, train_fold
@@ -23,6 +23,7 @@ from .train import fold_is_done, quadratic_kappa, train_fold
 @dataclass
 class PipelineResult:
     cv: dict
+    tuning: dict
     submission: Path | None
     test_qwk: float | None
     seconds: float
@@ -66,10 +67,12 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
         if fold_is_done(experiment, fold):
             print(f"fold {fold}: up to date in {experiment.fold_dir(fold)}, skipped")
             continue
-        train_fold(experiment, fold)
+        train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
     cv = cv_report(experiment)
     print_cv_report(cv)
+    tuning = tune_experiment(experiment)
     submission = predict_test(experiment)
+    append_results(experiment, cv, tuning, submission)
     test_qwk = None
     solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers
     if submission is not None and solution.is_file():
@@ -81,4 +84,4 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
         print(f"test QWK against the synthetic competition's hidden answers: {test_qwk:.4f}")
     seconds = time.time() - start
     print(f"done in {seconds:.0f}s. submission: {submission if submission else '(no test set)'}")
-    return PipelineResult(cv, submission, test_qwk, seconds)
+    return PipelineResult(cv, tuning, submission, test_qwk, seconds)

@@ -511,6 +511,8 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     write_csv(history, history_file)
     plot_history(history, out / "loss.png", f"{config.name} · fold {fold}")
 
+    # OOF predictions from exactly what is exported: float32, runnable on any CPU.
+    learn = remove_speed_callbacks(learn)
     preds, _ = learn.get_preds(dl=dls.valid)
     valid = dls.valid.items
     oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy()})
@@ -522,7 +524,6 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     oof["pred"] = to_grades(preds.numpy())
     write_csv(oof, out / "oof.csv")
 
-    learn = remove_speed_callbacks(learn)  # the exported learner must run on any CPU, in float32
     learn.dls.train.num_workers = learn.dls.valid.num_workers = 0
     with atomic_path(out / "export.pkl") as tmp:
         learn.export(tmp)

@@ -1,0 +1,49 @@
+"""OOF post-processing: thresholds, experiment weights, EyePACS eye blending."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retinopathy.ensemble import (blend_eyes, optimize_thresholds, optimize_weights, partner_ids, qwk_at,
+                                  tune_eye_blend)
+from retinopathy.train import DEFAULT_THRESHOLDS
+
+
+def test_thresholds_recover_a_shifted_scale():
+    rng = np.random.default_rng(0)
+    grades = rng.choice(5, size=600, p=[0.5, 0.1, 0.25, 0.05, 0.1])
+    values = grades * 0.6 + 0.9 + rng.normal(0, 0.15, size=600)  # a model whose scale is off
+    before = qwk_at(values, grades, DEFAULT_THRESHOLDS)
+    tuned = optimize_thresholds(values, grades)
+    after = qwk_at(values, grades, tuned)
+    assert after > before + 0.1 and after > 0.9
+    assert list(tuned) == sorted(tuned)
+
+
+def test_thresholds_never_worse_than_the_start():
+    grades = np.array([0, 1, 2, 3, 4] * 10)
+    values = grades.astype(float)
+    assert qwk_at(values, grades, optimize_thresholds(values, grades)) == pytest.approx(1.0)
+
+
+def test_weights_favour_the_better_experiment():
+    rng = np.random.default_rng(1)
+    grades = rng.integers(0, 5, size=500)
+    good = grades + rng.normal(0, 0.3, size=500)
+    noise = rng.uniform(0, 4, size=500)
+    weights = optimize_weights([noise, good], grades)
+    assert weights.sum() == pytest.approx(1) and weights[1] > 0.7
+
+
+def test_eye_blending_uses_the_other_eye():
+    ids = pd.Series([f"{p}_{side}" for p in range(300) for side in ("left", "right")])
+    assert partner_ids(ids.iloc[:2]).tolist() == ["0_right", "0_left"]
+    rng = np.random.default_rng(2)
+    patient_grade = np.repeat(rng.integers(0, 5, size=300), 2)
+    values = patient_grade + rng.normal(0, 0.8, size=600)  # both eyes share the grade; each view is noisy
+    weight = tune_eye_blend(ids, values, patient_grade, DEFAULT_THRESHOLDS)
+    assert weight > 0.2
+    blended = blend_eyes(ids, values, weight)
+    assert qwk_at(blended, patient_grade, DEFAULT_THRESHOLDS) > qwk_at(values, patient_grade, DEFAULT_THRESHOLDS)
+    lonely = blend_eyes(pd.Series(["5_left"]), np.array([2.0]), 0.5)
+    assert lonely.tolist() == [2.0], "an eye without its partner keeps its own value"
