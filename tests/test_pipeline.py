@@ -113,3 +113,22 @@ def test_ensemble_of_two_experiments(finished, tiny_aptos):
 
     unknown = run_script("predict.py", "--experiments", "tiny", "nope", "--data-dir", str(work / "data"), cwd=work)
     assert unknown.returncode == 2 and "no experiment 'nope'" in unknown.stderr and "tiny-reg" in unknown.stderr
+
+
+def test_interpret_report(finished):
+    from PIL import Image
+    experiment, _, work = finished
+    done = run_script("interpret.py", "--config", str(experiment.config.save(work / "tiny.yaml")),
+                      "--data-dir", str(work / "data"), cwd=work)
+    assert done.returncode == 0, done.stderr
+    out = work / "reports" / "tiny"
+    for name in ("top_losses.png", "least_sure.png", "confusion_matrix.png", "curves.png"):
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 200
+    per_grade = pd.read_csv(out / "per_grade.csv")
+    assert per_grade["support"].sum() == 40 and {"precision", "recall"} <= set(per_grade.columns)
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "arch: resnet18" in page and "fold 1" in page
+    losses = pd.read_csv(out / "top_losses.csv")
+    assert losses["loss"].is_monotonic_decreasing and len(losses) == 16
