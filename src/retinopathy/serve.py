@@ -1,0 +1,259 @@
+"""CPU inference for the grader and the Starlette app around it.
+
+Models are the folds' ``export.pkl`` files (fastai learners), loaded once at start-up, on the CPU. An upload goes
+through the very preprocessing function training used (method and size from the ``config.yaml`` beside each
+export), then through each model, averaged like the fold ensemble at prediction time. Inference runs in a worker
+thread, one request at a time (a CPU-bound model gains nothing from running two at once), so the event loop keeps
+answering ``/health`` and new connections while a prediction runs.
+
+Loading a model unpickles it, and unpickling runs code: only files the operator names are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import time
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .competitions import GRADE_NAMES
+from .config import load_config
+from .ensemble import cut, scalar_scores
+from .errors import UserError
+from .preprocess import decode_image, encode_png, prepare
+from .train import DEFAULT_THRESHOLDS
+
+DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
+DEFAULT_MAX_PIXELS = 40_000_000  # about 7700 x 5200; EyePACS tops out near 18 megapixels
+
+
+class BadImage(Exception):
+    """An upload the grader cannot use; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Prediction:
+    grade: int
+    grade_name: str
+    probabilities: list[float] | None
+    value: float | None
+    preprocessed_png: bytes
+    ms: float
+
+
+def check_model_paths(paths: list[Path]) -> list:
+    """Each model's training config (from beside it), or a UserError naming what is missing or mismatched."""
+    if not paths:
+        raise UserError("no model to serve: pass --config (its trained folds) or --model path/to/export.pkl")
+    configs = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise UserError(f"{p}: model file not found")
+        config_file = p.parent / "config.yaml"
+        if not config_file.is_file():
+            raise UserError(f"{config_file} not found: the config that trained {p.name} must sit beside it "
+                            "(train_fold.py writes it there) so the same preprocessing is applied")
+        configs.append(load_config(config_file))
+    first = configs[0]
+    for p, c in zip(paths[1:], configs[1:]):
+        if (c.preprocess, c.image_size, c.head) != (first.preprocess, first.image_size, first.head):
+            raise UserError(f"{p}: trained with preprocess={c.preprocess}, image_size={c.image_size}, head={c.head}; "
+                            f"{paths[0]} with {first.preprocess}, {first.image_size}, {first.head}: serve models of "
+                            "one experiment together")
+    return configs
+
+
+class Grader:
+    """One or more exported fold learners on the CPU, and everything needed to grade a photograph."""
+
+    def __init__(self, model_paths: list[Path], threads: int | None = None, bf16: bool = False):
+        from fastai.learner import load_learner
+        from fastai.vision.all import Normalize
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.paths = [Path(p).resolve() for p in model_paths]
+        configs = check_model_paths(self.paths)
+        first = configs[0]
+        self.config = first
+        self.method, self.size = first.preprocess, first.image_size
+        self.regression = first.head == "regression"
+        tuning_file = self.paths[0].parent.parent / "tuning.json"
+        self.thresholds = (json.loads(tuning_file.read_text())["thresholds"] if tuning_file.is_file()
+                           else list(DEFAULT_THRESHOLDS))
+        self.models, self.norms = [], []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+            for p in self.paths:
+                learn = load_learner(p, cpu=True)
+                norm = [t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)]
+                mean, std = ((norm[0].mean.cpu().float(), norm[0].std.cpu().float()) if norm else
+                             (torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)))
+                model = learn.model.eval().cpu()
+                if bf16:
+                    model = model.to(memory_format=torch.channels_last)
+                self.models.append(model)
+                self.norms.append((mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)))
+        self.bf16 = bf16
+        digest = hashlib.sha256()
+        for p in self.paths:
+            digest.update(p.read_bytes())
+        self.model_id = f"{first.name}-{len(self.paths)}x{first.arch}-{digest.hexdigest()[:10]}"
+
+    # --------------------------------------------------------------------------------------- input checks
+    @staticmethod
+    def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
+        """Refuse what is not a complete image of sane size, before any expensive decoding."""
+        if not data:
+            raise BadImage(400, "empty upload: send a fundus photograph (JPEG or PNG) in the 'file' field")
+        if len(data) > max_bytes:
+            raise BadImage(413, f"upload is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                width, height, fmt = im.width, im.height, im.format
+        except Image.DecompressionBombError:
+            raise BadImage(413, "image dimensions are too large to decode safely") from None
+        except Exception:  # noqa: BLE001 - PIL raises many kinds for "not an image"
+            raise BadImage(415, "not an image: send a fundus photograph as JPEG or PNG") from None
+        if width * height > max_pixels:
+            raise BadImage(413, f"image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+                                f"{max_pixels / 1e6:.0f} MP")
+        if fmt == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise BadImage(422, "the JPEG is truncated (no end-of-image marker): upload the complete file")
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        try:
+            img, _ = decode_image(data, min_side=self.size)
+            out, _ = prepare(img, self.method, self.size)
+        except Exception as e:  # noqa: BLE001 - a decoder failure on a user's file is a 422, not a 500
+            raise BadImage(422, f"the image could not be decoded ({str(e).splitlines()[0][:120] or type(e).__name__})"
+                                "; upload the complete file") from None
+        return out
+
+    @torch.inference_mode()
+    def outputs(self, img: np.ndarray) -> np.ndarray:
+        """The fold-averaged model output for one prepared RGB image: probabilities (5) or a value (1)."""
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255)
+        outs = []
+        for model, (mean, std) in zip(self.models, self.norms):
+            xb = (x - mean) / std
+            if self.bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = model(xb.contiguous(memory_format=torch.channels_last)).float()
+            else:
+                out = model(xb)
+            outs.append(out.softmax(1) if not self.regression else out)
+        return torch.stack(outs).mean(0)[0].numpy()
+
+    def predict(self, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Prediction:
+        start = time.perf_counter()
+        self.check_upload(data, max_bytes, max_pixels)
+        img = self.preprocess(data)
+        out = self.outputs(img)
+        if self.regression:
+            value = float(out[0])
+            grade, probabilities = int(cut([value], self.thresholds)[0]), None
+        else:
+            probabilities = [float(p) for p in out]
+            value, grade = float(scalar_scores(out[None])[0]), int(np.argmax(out))
+        return Prediction(grade, GRADE_NAMES[grade], probabilities, value, encode_png(img),
+                          (time.perf_counter() - start) * 1000)
+
+
+def models_of_experiment(experiment) -> list[Path]:
+    from .predict import trained_folds
+    folds = trained_folds(experiment)
+    if not folds:
+        raise UserError(f"no trained fold in {experiment.dir}: train one first (scripts/train_fold.py)")
+    return [experiment.fold_dir(k) / "export.pkl" for k in folds]
+
+
+# ------------------------------------------------------------------------------------------- the web app
+PAGE = Path(__file__).with_name("grader.html")
+
+
+def create_app(grader: Grader | None = None, model_paths: list[Path] | None = None, threads: int | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, bf16: bool = False):
+    """The Starlette app. Models load in the lifespan (once, at start-up) unless a ``grader`` is given."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.routing import Route
+
+    state = {"grader": grader}
+    one_at_a_time = asyncio.Semaphore(1)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if state["grader"] is None:
+            state["grader"] = await run_in_threadpool(Grader, model_paths or [], threads, bf16)
+        yield
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    async def page(request: Request):
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    async def health(request: Request):
+        g = state["grader"]
+        return JSONResponse({"status": "ok", "model_id": g.model_id, "models": len(g.models),
+                             "preprocess": g.method, "image_size": g.size, "head": g.config.head})
+
+    async def predict(request: Request):
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_bytes + 64 * 1024:  # multipart framing on top of the file
+            return error(413, f"upload is {declared / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            return error(415, "send the photograph as multipart/form-data in a field named 'file' "
+                              "(curl -F file=@photo.jpeg)")
+        try:
+            async with request.form(max_files=1, max_fields=4) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    return error(400, "no file: send the photograph in a multipart field named 'file'")
+                data = await upload.read(max_bytes + 1)
+        except HTTPException as e:
+            return error(e.status_code, f"malformed upload: {e.detail}")
+        except Exception as e:  # noqa: BLE001 - a broken multipart body is the client's mistake
+            return error(400, f"malformed upload ({type(e).__name__})")
+        g = state["grader"]
+        try:
+            async with one_at_a_time:
+                result = await run_in_threadpool(g.predict, data, max_bytes, max_pixels)
+        except BadImage as e:
+            return error(e.status, e.message)
+        body = {"grade": result.grade, "grade_name": result.grade_name, "probabilities": result.probabilities,
+                "value": result.value, "model_id": g.model_id, "ms": round(result.ms, 1)}
+        if request.query_params.get("image") in ("1", "true"):
+            body["preprocessed"] = "data:image/png;base64," + base64.b64encode(result.preprocessed_png).decode()
+        return JSONResponse(body)
+
+    async def http_error(request: Request, exc: HTTPException):
+        messages = {404: f"no such page: {request.url.path} (try / or POST /predict)",
+                    405: f"{request.method} is not allowed on {request.url.path}"}
+        return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    async def server_error(request: Request, exc: Exception):
+        return error(500, f"internal error ({type(exc).__name__}); the server keeps running")
+
+    routes = [Route("/", page), Route("/health", health), Route("/predict", predict, methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, Exception: server_error})

@@ -1,0 +1,178 @@
+"""The grader: the JSON API through Starlette's TestClient (bad inputs included), a real uvicorn server under
+load, and the web page in headless Chromium."""
+
+import base64
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, shared
+from retinopathy.config import load_config
+from retinopathy.paths import Paths
+from retinopathy.pipeline import run_pipeline
+from retinopathy.predict import load_fold_learners, predict_items
+from retinopathy.serve import Grader, create_app
+
+TINY = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_aptos, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={tiny_aptos}", "name=served"])
+    paths = Paths.default(data_dir=work / "data", output_dir=work)
+    run_pipeline(config, paths)
+    from retinopathy.experiment import Experiment
+    experiment = Experiment(config, paths)
+    return experiment, [experiment.fold_dir(k) / "export.pkl" for k in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from starlette.testclient import TestClient
+    with TestClient(create_app(model_paths=trained[1], threads=1, max_bytes=2 * 2**20)) as c:
+        yield c
+
+
+def photo() -> Path:
+    return sorted((shared("eyepacs-sample") / "train").glob("*.jpeg"))[0]
+
+
+def post(client, data: bytes, name="x.jpeg", query=""):
+    return client.post("/predict" + query, files={"file": (name, data, "application/octet-stream")})
+
+
+def test_predict_a_real_photograph(client, trained):
+    r = post(client, photo().read_bytes(), query="?image=1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["grade"] in range(5) and body["grade_name"] in {"No DR", "Mild", "Moderate", "Severe",
+                                                                "Proliferative DR"}
+    assert len(body["probabilities"]) == 5 and sum(body["probabilities"]) == pytest.approx(1, abs=1e-4)
+    assert body["grade"] == int(np.argmax(body["probabilities"])) and body["ms"] > 0
+    assert body["model_id"].startswith("served-2xresnet18-")
+    png = base64.b64decode(body["preprocessed"].split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.size == (32, 32)
+    assert client.get("/health").json()["models"] == 2
+
+
+def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path):
+    experiment, models = trained
+    grader = Grader(models)
+    img = grader.preprocess(photo().read_bytes())
+    Image.fromarray(img).save(tmp_path / "seen.png")
+    ours = grader.outputs(img)
+    import pandas as pd
+    items = pd.DataFrame({"id": ["x"], "path": [str(tmp_path / "seen.png")]})
+    theirs = np.mean([predict_items(learn, items) for learn in load_fold_learners(experiment).values()], axis=0)[0]
+    assert np.allclose(ours, theirs, atol=1e-5)
+
+
+def truncated_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()[:5000]
+
+
+def bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buf, "PNG")  # 81 megapixels in a few kilobytes
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make, status, words", [
+    (lambda: b"", 400, "empty upload"),
+    (lambda: b"hello, I am not a picture", 415, "not an image"),
+    (lambda: photo().read_bytes()[:200_000], 422, "truncated"),
+    (truncated_png, 422, "could not be decoded"),
+    (lambda: b"\xff" * (3 * 2**20), 413, "limit is 2 MB"),
+    (bomb, 413, "MP"),
+])
+def test_bad_uploads_get_clear_4xx(client, make, status, words):
+    r = post(client, make())
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_wrong_requests(client):
+    assert client.get("/predict").status_code == 405 and "not allowed" in client.get("/predict").json()["error"]
+    assert client.get("/nope").status_code == 404 and "no such page" in client.get("/nope").json()["error"]
+    r = client.post("/predict", data={"other": "x"})
+    assert r.status_code in (400, 415) and "error" in r.json()
+    assert client.post("/predict", content=b"raw", headers={"content-type": "image/jpeg"}).status_code == 415
+    assert client.get("/health").status_code == 200, "still serving after every bad request"
+    assert "<input id=\"file\" type=\"file\"" in client.get("/").text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(trained[1][0]),
+                             "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_load_200_requests_from_20_clients(server):
+    data = photo().read_bytes()
+
+    def client_session(n):
+        with httpx.Client(base_url=server, timeout=60) as c:
+            return [c.post("/predict", files={"file": ("p.jpeg", data)}).status_code for _ in range(n)]
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = [s for batch in pool.map(client_session, [10] * 20) for s in batch]
+    assert len(statuses) == 200 and set(statuses) == {200}
+
+
+def test_web_page_in_headless_chromium(server):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(photo()))
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "grade").text.startswith("Grade "))
+        text = driver.find_element(By.ID, "grade").text
+        assert any(name in text for name in ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR"))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5
+        assert driver.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png;base64,")
+    finally:
+        driver.quit()
