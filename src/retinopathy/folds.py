@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from .cleaning import apply_decisions, decisions_path
 from .competitions import Competition, read_labels
 from .errors import UserError
 from .experiment import Experiment
@@ -44,7 +45,8 @@ def fold_summary(folds: pd.DataFrame) -> str:
 def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
     """Write the experiment's folds CSV (id, grade, fold) and return it."""
     config = experiment.config
-    labels = read_labels(experiment.raw_dir, experiment.competition)
+    labels = apply_decisions(read_labels(experiment.raw_dir, experiment.competition), decisions_path(experiment),
+                             verbose)
     folds = assign_folds(labels, config.n_folds, config.seed, experiment.competition)
     write_csv(folds, experiment.folds_csv)
     if verbose:
