@@ -1,0 +1,148 @@
+"""Grader latency and throughput: a real uvicorn server (scripts/serve.py, one torch thread) and a client in this
+separate process on loopback, posting a real full-resolution EyePACS photograph.
+
+For each model, float32 beside bfloat16 + channels-last (--bf16), in one run:
+  latency      50 sequential requests after a warm-up: p50 and p95 of the round trip, and the server's own ms
+  throughput   200 requests from 20 concurrent clients: requests per second, errors
+
+Models: the demo's fold 0 (models/demo/fold0/export.pkl; `make demo` makes it) and a resnet34 at 256 px (built
+here with random weights: speed does not depend on the weights). Prediction agreement between the two precisions
+is printed too.
+
+  python benchmarks/serve.py
+  python benchmarks/serve.py --requests 20 --skip-demo
+
+Goal (issue #8): p50 at most 60 ms for resnet34 at 256 px on one core.
+"""
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "serve"
+PHOTO_DIR = REPO.parent / "shared" / "data" / "eyepacs-sample" / "train"
+
+
+def build_resnet34_256() -> Path:
+    """An exported resnet34 learner at 256 px (untrained), with its config beside it, as training leaves it."""
+    from retinopathy.config import load_config
+    from retinopathy.experiment import Experiment
+    from retinopathy.folds import make_folds
+    from retinopathy.paths import Paths
+    from retinopathy.pipeline import ensure_raw_data, preprocess
+    from retinopathy.train import build_dataloaders, build_learner, training_table
+
+    config = load_config(REPO / "configs" / "demo.yaml", ["name=resnet34-256", "arch=resnet34", "image_size=256",
+                                                           "synthetic_images=40", "n_folds=2", "num_workers=0",
+                                                           "dataset=serve-bench"])
+    experiment = Experiment(config, Paths(data=OUT / "data", output=OUT))
+    export = experiment.fold_dir(0) / "export.pkl"
+    if export.is_file():
+        return export
+    ensure_raw_data(experiment)
+    preprocess(experiment, workers=1)
+    make_folds(experiment, verbose=False)
+    learn = build_learner(build_dataloaders(training_table(experiment), experiment, 0), experiment,
+                          experiment.fold_dir(0))
+    experiment.fold_dir(0).mkdir(parents=True, exist_ok=True)
+    learn.export(export)
+    config.save(experiment.fold_dir(0) / "config.yaml")
+    return export
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(model: Path, photo: bytes, bf16: bool, n: int, clients: int, total: int) -> dict:
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(model), "--port", str(port),
+           "--threads", "1"] + (["--bf16"] if bf16 else [])
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"server did not start: {server.stderr.read()[-2000:]}")
+                time.sleep(0.3)
+        files = {"file": ("photo.jpeg", photo, "image/jpeg")}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(5):
+                client.post("/predict", files=files)
+            round_trips, server_ms, answers = [], [], []
+            for _ in range(n):
+                start = time.perf_counter()
+                body = client.post("/predict", files=files).json()
+                round_trips.append((time.perf_counter() - start) * 1000)
+                server_ms.append(body["ms"])
+                answers.append(body["probabilities"] or [body["value"]])
+
+        def session(k):
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return [c.post("/predict", files=files).status_code for _ in range(k)]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            statuses = [s for batch in pool.map(session, [total // clients] * clients) for s in batch]
+        elapsed = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    q = statistics.quantiles(round_trips, n=20)
+    return {"p50": statistics.median(round_trips), "p95": q[18], "server_p50": statistics.median(server_ms),
+            "rps": len(statuses) / elapsed, "errors": sum(s != 200 for s in statuses), "answer": answers[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photo", type=Path, default=None, help="a fundus photograph (default: a real EyePACS one)")
+    p.add_argument("--requests", type=int, default=50, help="sequential requests for the latency figures")
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--total", type=int, default=200, help="requests in the concurrent run")
+    p.add_argument("--skip-demo", action="store_true", help="only the resnet34 at 256 px")
+    args = p.parse_args()
+    photo_path = args.photo or sorted(PHOTO_DIR.glob("*.jpeg"))[0]
+    photo = photo_path.read_bytes()
+    models = {}
+    demo = REPO / "models" / "demo" / "fold0" / "export.pkl"
+    if not args.skip_demo:
+        if demo.is_file():
+            models["demo (resnet18, 64 px)"] = demo
+        else:
+            print(f"{demo} not found: run `make demo` first to include the demo model")
+    models["resnet34, 256 px"] = build_resnet34_256()
+    print(f"photo: {photo_path.name} ({len(photo) / 2**20:.1f} MB); server: 1 torch thread; client: this process")
+    rows = []
+    for name, path in models.items():
+        results = {}
+        for bf16 in (False, True):
+            r = measure(path, photo, bf16, args.requests, args.clients, args.total)
+            results[bf16] = r
+            rows.append(f"| {name} | {'bf16 + channels-last' if bf16 else 'float32'} | {r['p50']:.1f} | "
+                        f"{r['p95']:.1f} | {r['server_p50']:.1f} | {r['rps']:.1f} | {r['errors']} |")
+            print(rows[-1], flush=True)
+        a, b = results[False]["answer"], results[True]["answer"]
+        print(f"  {name}: float32 {[round(x, 3) for x in a]} vs bf16 {[round(x, 3) for x in b]}; "
+              f"bf16 speed-up {results[False]['p50'] / results[True]['p50']:.2f}x at p50")
+    print("\n| model | precision | p50 ms | p95 ms | server p50 ms | req/s (20 clients) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
