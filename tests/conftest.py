@@ -38,3 +38,19 @@ def tiny_aptos(tmp_path_factory) -> Path:
 def tiny_eyepacs(tmp_path_factory) -> Path:
     return make_competition(tmp_path_factory.mktemp("raw") / "tiny-eyepacs", "eyepacs2015", n_train=30, n_test=10,
                             seed=2, max_side=200, workers=1, progress=False)
+
+
+#: one epoch at 32 px on two folds: enough to exercise every stage in seconds
+TINY_TRAINING = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
+
+
+def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str):
+    """Run the whole pipeline on ``raw`` with outputs under ``work``; returns (experiment, result)."""
+    from retinopathy.config import load_config
+    from retinopathy.experiment import Experiment
+    from retinopathy.paths import Paths
+    from retinopathy.pipeline import run_pipeline
+
+    config = load_config(REPO / "configs" / "demo.yaml", TINY_TRAINING + [f"raw_dir={raw}", f"name={name}", *overrides])
+    paths = Paths.default(data_dir=work / "data", output_dir=work)
+    return Experiment(config, paths), run_pipeline(config, paths)

@@ -4,7 +4,6 @@ import json
 
 import nbformat
 import pandas as pd
-import pytest
 
 from conftest import REPO
 

@@ -5,24 +5,17 @@ import pandas as pd
 import pytest
 
 from retinopathy.config import load_config
-from retinopathy.experiment import Experiment
-from retinopathy.paths import Paths
 from retinopathy.pipeline import run_pipeline
 from retinopathy.predict import load_fold_learners, predict_items
 
-from conftest import REPO, run_script
-
-TINY = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
-
+from conftest import run_script, tiny_pipeline
 
 @pytest.fixture(scope="module")
 def finished(tiny_aptos, tmp_path_factory):
     """Run the pipeline once; the tests below inspect what it left."""
     work = tmp_path_factory.mktemp("work")
-    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={tiny_aptos}", "name=tiny"])
-    paths = Paths.default(data_dir=work / "data", output_dir=work)
-    result = run_pipeline(config, paths)
-    return Experiment(config, paths), result, work
+    experiment, result = tiny_pipeline(tiny_aptos, work, "tiny")
+    return experiment, result, work
 
 
 def test_submission_matches_the_sample(finished, tiny_aptos):

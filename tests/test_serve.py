@@ -16,24 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, shared
-from retinopathy.config import load_config
-from retinopathy.paths import Paths
-from retinopathy.pipeline import run_pipeline
+from conftest import REPO, shared, tiny_pipeline
 from retinopathy.predict import load_fold_learners, predict_items
 from retinopathy.serve import Grader, create_app
 
-TINY = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):
-    work = tmp_path_factory.mktemp("serve")
-    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={tiny_aptos}", "name=served"])
-    paths = Paths.default(data_dir=work / "data", output_dir=work)
-    run_pipeline(config, paths)
-    from retinopathy.experiment import Experiment
-    experiment = Experiment(config, paths)
+    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path_factory.mktemp("serve"), "served")
     return experiment, [experiment.fold_dir(k) / "export.pkl" for k in (0, 1)]
 
 

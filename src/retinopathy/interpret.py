@@ -20,7 +20,7 @@ from .experiment import Experiment
 from .io import atomic_path, write_csv, write_text
 from .predict import PROB_COLUMNS, load_oof, load_tuning
 from .preprocess import MANIFEST
-from .train import N_GRADES, quadratic_kappa
+from .train import N_GRADES, draw_history, quadratic_kappa
 
 
 def _plt():
@@ -153,18 +153,9 @@ def curves(experiment: Experiment, out: Path) -> dict[int, list[str]]:
     verdicts = {}
     for ax, fold in zip(axes[0], folds):
         history = pd.read_csv(experiment.fold_dir(fold) / "history.csv")
-        epochs = np.arange(1, len(history) + 1)
-        ax.plot(epochs, history["train_loss"], "o-", label="train loss")
-        ax.plot(epochs, history["valid_loss"], "o-", label="valid loss")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax2 = ax.twinx()
-        ax2.plot(epochs, history["qwk"], "s--", color="tab:green", label="valid QWK")
-        ax2.set_ylim(min(0, float(np.nanmin(history["qwk"]))), 1)
+        draw_history(ax, history, legend_size=8)
         verdicts[fold] = diagnose(history)
         ax.set_title(f"fold {fold}: " + ("; ".join(v.split(":")[0] for v in verdicts[fold]) or "healthy"), fontsize=10)
-        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     _save(fig, out / "curves.png")
     return verdicts
 

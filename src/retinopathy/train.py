@@ -274,13 +274,8 @@ def fold_is_done(experiment: Experiment, fold: int) -> bool:
             and saved.read_text().split("\n", 1)[1] == experiment.config.to_yaml())
 
 
-def plot_history(history: pd.DataFrame, path: Path, title: str) -> None:
-    """Loss curves and validation QWK per epoch, one PNG a person can read at a glance."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def draw_history(ax, history: pd.DataFrame, legend_size=None) -> None:
+    """Train and valid loss (left axis) and validation QWK (right axis) per epoch on one matplotlib axis."""
     epochs = np.arange(1, len(history) + 1)
     ax.plot(epochs, history["train_loss"], "o-", label="train loss")
     ax.plot(epochs, history["valid_loss"], "o-", label="valid loss")
@@ -289,9 +284,19 @@ def plot_history(history: pd.DataFrame, path: Path, title: str) -> None:
     ax2 = ax.twinx()
     ax2.plot(epochs, history["qwk"], "s--", color="tab:green", label="valid QWK")
     ax2.set_ylabel("QWK")
-    ax2.set_ylim(min(0, history["qwk"].min()), 1)
+    ax2.set_ylim(min(0, float(np.nanmin(history["qwk"]))), 1)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=legend_size)
+
+
+def plot_history(history: pd.DataFrame, path: Path, title: str) -> None:
+    """Loss curves and validation QWK per epoch, one PNG a person can read at a glance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw_history(ax, history)
     ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
