@@ -485,12 +485,17 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
         if main_process:
             cbs.insert(0, CSVLogger(fname="history.csv", append=True))
         if distributed:
-            with learn.distrib_ctx(cpu=not torch.cuda.is_available()):
+            # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
+            with learn.distrib_ctx(sync_bn=torch.cuda.is_available(), cpu=not torch.cuda.is_available()):
                 fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
         else:
             fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)  # the best epoch is reloaded at the end
-    if not main_process:
-        return None
+    if distributed:
+        torch.distributed.barrier()  # every process has finished fitting
+        if not main_process:
+            return None
+        # Process 0 writes the outputs alone; fastai gathers predictions whenever WORLD_SIZE > 1.
+        os.environ["WORLD_SIZE"] = "1"
     peak = phases[-1][2]
     return _finish_fold(learn, dls, experiment, fold, start, verbose, peak.stop if isinstance(peak, slice) else peak)
 
