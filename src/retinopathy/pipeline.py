@@ -14,7 +14,7 @@ from .errors import UserError
 from .experiment import Experiment
 from .folds import make_folds
 from .paths import Paths
-from .predict import append_results, cv_report, predict_test, print_cv_report, tune_experiment
+from .predict import report_and_predict
 from .preprocess import preprocess_dataset
 from .synthetic import make_competition
 from .train import fold_is_done, quadratic_kappa, train_fold
@@ -68,11 +68,7 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
             print(f"fold {fold}: up to date in {experiment.fold_dir(fold)}, skipped")
             continue
         train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
-    cv = cv_report(experiment)
-    print_cv_report(cv)
-    tuning = tune_experiment(experiment)
-    submission = predict_test(experiment)
-    append_results(experiment, cv, tuning, submission)
+    cv, tuning, submission = report_and_predict(experiment)
     test_qwk = None
     solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers
     if submission is not None and solution.is_file():

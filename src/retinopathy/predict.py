@@ -289,8 +289,9 @@ def append_results(experiment: Experiment, cv: dict, tuning: dict | None, submis
     return csv_path
 
 
-def report_and_predict(experiment: Experiment, verbose: bool = True) -> Path | None:
-    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table."""
+def report_and_predict(experiment: Experiment, verbose: bool = True) -> tuple[dict, dict, Path | None]:
+    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table.
+    Returns (CV report, tuning, submission path or None)."""
     cv = cv_report(experiment)
     print_cv_report(cv)
     tuning = tune_experiment(experiment, verbose)
@@ -298,7 +299,7 @@ def report_and_predict(experiment: Experiment, verbose: bool = True) -> Path | N
     table = append_results(experiment, cv, tuning, submission)
     if verbose:
         print(f"results table: {table} (and results.md)")
-    return submission
+    return cv, tuning, submission
 
 
 # ----------------------------------------------------------------------------------------- several experiments
