@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from .competitions import GRADE_NAMES
-from .ensemble import cut
+from .ensemble import PROB_COLUMNS, cut
 from .errors import UserError
 from .experiment import Experiment
 from .io import atomic_path, write_csv, write_text
-from .predict import PROB_COLUMNS, load_oof, load_tuning
+from .predict import load_oof, load_tuning
 from .preprocess import MANIFEST
 from .train import N_GRADES, draw_history, quadratic_kappa
 

@@ -15,15 +15,14 @@ import torch
 from fastai.callback.core import Callback
 
 from .competitions import EYEPACS2015, GRADES, Competition, read_labels, read_test_ids
-from .ensemble import (blend_eyes, cut, oof_values, optimize_thresholds, optimize_weights, qwk_at, scalar_scores,
+from .ensemble import (PROB_COLUMNS, blend_eyes, cut, oof_values, optimize_thresholds, optimize_weights, qwk_at, scalar_scores,
                        tune_eye_blend)
 from .errors import UserError
 from .experiment import Experiment
 from .io import write_csv, write_text
 from .preprocess import MANIFEST
-from .train import DEFAULT_THRESHOLDS, N_GRADES, quadratic_kappa, to_grades
+from .train import DEFAULT_THRESHOLDS, quadratic_kappa, to_grades
 
-PROB_COLUMNS = [f"prob_{g}" for g in range(N_GRADES)]
 
 
 def trained_folds(experiment: Experiment) -> list[int]:
@@ -197,13 +196,16 @@ def predict_test(experiment: Experiment, verbose: bool = True) -> Path | None:
 TUNING = "tuning.json"
 
 
+def plain_tuning(experiment: Experiment) -> dict:
+    """The untuned rule: argmax for a classifier, the default thresholds for a regression head, no eye blending."""
+    return {"use_values": experiment.config.head == "regression", "thresholds": list(DEFAULT_THRESHOLDS),
+            "eye_blend": 0.0}
+
+
 def load_tuning(experiment: Experiment) -> dict:
     """How the experiment's outputs become grades: tuned by :func:`tune_experiment`, else the plain rule."""
     path = experiment.dir / TUNING
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"use_values": experiment.config.head == "regression", "thresholds": list(DEFAULT_THRESHOLDS),
-            "eye_blend": 0.0}
+    return json.loads(path.read_text()) if path.is_file() else plain_tuning(experiment)
 
 
 def tune_experiment(experiment: Experiment, verbose: bool = True) -> dict:
@@ -214,7 +216,7 @@ def tune_experiment(experiment: Experiment, verbose: bool = True) -> dict:
     grades, values = oof["grade"].to_numpy(int), oof_values(oof)
     regression = experiment.config.head == "regression"
     before = quadratic_kappa(_fold_scores(oof), grades)
-    tuning = {"use_values": regression, "thresholds": list(DEFAULT_THRESHOLDS), "eye_blend": 0.0}
+    tuning = plain_tuning(experiment)
     best = before
     if regression:
         tuning["thresholds"] = list(optimize_thresholds(values, grades))
