@@ -2,15 +2,18 @@
 
   python scripts/serve.py --config configs/demo.yaml                 # every trained fold, averaged
   python scripts/serve.py --model models/demo/fold0/export.pkl --port 8080 --threads 2
+  python scripts/export_onnx.py --config configs/demo.yaml && python scripts/serve.py --config configs/demo.yaml --engine int8
   curl -F file=@photo.jpeg http://127.0.0.1:8000/predict
 
-Loading a model unpickles it, and unpickling runs code: serve only model files you made or trust.
+Loading an export.pkl unpickles it, and unpickling runs code: serve only model files you made or trust (ONNX files
+hold no code).
 """
 
 from pathlib import Path
 
 from retinopathy import cli
-from retinopathy.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_model_paths, create_app,
+from retinopathy.engines import ENGINE_HELP, ENGINES
+from retinopathy.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_model_paths, create_app, engine_file,
                               models_of_experiment)
 
 
@@ -18,15 +21,15 @@ def main() -> None:
     import uvicorn
 
     p = cli.parser(__doc__, config_default=None)
-    p.add_argument("--model", type=Path, action="append", help="an export.pkl to serve (repeat for an ensemble)")
+    p.add_argument("--model", type=Path, action="append",
+                   help="an export.pkl or .onnx to serve (repeat for an ensemble); config.yaml must sit beside it")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for inference (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20, help="largest upload, MB (default 30)")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest image, megapixels (default 40)")
-    p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 + channels-last inference (faster on CPUs with AVX512-BF16/AMX; see benchmarks)")
+    p.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP + " (default torch)")
     args = p.parse_args()
     if args.model:
         models = args.model
@@ -34,10 +37,13 @@ def main() -> None:
         models = models_of_experiment(cli.experiment(args))
     else:
         p.error("give --config configs/<exp>.yaml (its trained folds) or --model path/to/export.pkl")
-    check_model_paths(models)  # a missing file is one line here, not a traceback from the server's start-up
+    # A missing file is one line here, not a traceback from the server's start-up.
+    for path in models:
+        engine_file(Path(path), args.engine)
+    check_model_paths(models)
     app = create_app(model_paths=models, threads=args.threads, max_bytes=int(args.max_mb * 2**20),
-                     max_pixels=int(args.max_megapixels * 1e6), bf16=args.bf16)
-    print(f"serving {len(models)} model(s) on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+                     max_pixels=int(args.max_megapixels * 1e6), engine=args.engine)
+    print(f"serving {len(models)} model(s) ({args.engine}) on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

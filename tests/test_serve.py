@@ -3,6 +3,7 @@ load, and the web page in headless Chromium."""
 
 import base64
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, shared, tiny_pipeline
+from conftest import REPO, run_script, shared, tiny_pipeline
+from retinopathy.errors import UserError
 from retinopathy.predict import load_fold_learners, predict_items
 from retinopathy.serve import Grader, create_app
 
@@ -62,10 +65,67 @@ def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path):
     img = grader.preprocess(photo().read_bytes())
     Image.fromarray(img).save(tmp_path / "seen.png")
     ours = grader.outputs(img)
-    import pandas as pd
     items = pd.DataFrame({"id": ["x"], "path": [str(tmp_path / "seen.png")]})
     theirs = np.mean([predict_items(learn, items) for learn in load_fold_learners(experiment).values()], axis=0)[0]
     assert np.allclose(ours, theirs, atol=1e-5)
+
+
+def test_bf16_engine_close_to_float32(trained):
+    img = Grader(trained[1]).preprocess(photo().read_bytes())
+    float32, bf16 = Grader(trained[1]).outputs(img), Grader(trained[1], engine="bf16").outputs(img)
+    assert bf16.shape == (5,) and np.allclose(bf16, float32, atol=0.03), (bf16, float32)
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The ONNX files of both folds, made by the export script as a user would run it."""
+    experiment, models = trained
+    env = {"RETINOPATHY_OUTPUT_DIR": str(experiment.paths.output), "RETINOPATHY_DATA_DIR": str(experiment.paths.data)}
+    config = str(experiment.dir / "config.yaml")
+    first = run_script("export_onnx.py", "--config", config, "--calibration-images", "12", cwd=REPO, env=env)
+    assert first.returncode == 0, first.stderr
+    again = run_script("export_onnx.py", "--config", config, cwd=REPO, env=env)
+    return experiment, models, first.stdout, again
+
+
+def test_export_onnx_checks_each_fold_against_pytorch(exported):
+    experiment, models, stdout, again = exported
+    for fold in (0, 1):
+        report = json.loads((experiment.fold_dir(fold) / "onnx.json").read_text())
+        n_valid = len(pd.read_csv(experiment.folds_csv).query("fold == @fold"))
+        assert report["onnx"]["images"] == n_valid and report["onnx"]["grade_agreement"] == 1.0
+        assert report["onnx"]["max_abs_diff"] < 1e-4, "ONNX Runtime float32 computes what PyTorch does"
+        assert 0 <= report["int8"]["grade_agreement"] <= 1 and report["int8"]["calibration_images"] == 12
+        assert f"fold {fold}: against PyTorch float32 on fold {fold} validation images" in stdout
+    assert again.returncode == 0 and again.stdout.count("already exported") == 2, "up-to-date folds are skipped"
+
+
+def test_onnx_engines_serve_the_same_grader(exported):
+    from starlette.testclient import TestClient
+    _, models, _, _ = exported
+    img = Grader(models).preprocess(photo().read_bytes())
+    reference = Grader(models).outputs(img)
+    onnx = Grader(models, engine="onnx")
+    assert [f.name for f in onnx.files] == ["model.onnx"] * 2 and np.allclose(onnx.outputs(img), reference, atol=1e-5)
+    int8 = Grader(models, engine="int8").outputs(img)
+    assert int8.sum() == pytest.approx(1, abs=1e-4) and np.abs(int8 - reference).max() < 0.15, (int8, reference)
+    only_onnx = Grader([m.parent / "model.onnx" for m in models])  # no pickle loaded at all
+    assert only_onnx.engine == "onnx" and "-onnx-" in only_onnx.model_id
+    with TestClient(create_app(model_paths=models, threads=1, engine="int8")) as client:
+        body = post(client, photo().read_bytes()).json()
+        assert body["grade"] == int(np.argmax(body["probabilities"])) and "-int8-" in body["model_id"]
+        assert client.get("/health").json()["engine"] == "int8"
+
+
+def test_missing_onnx_file_is_one_line(trained, tmp_path):
+    fold = tmp_path / "exp" / "fold0"
+    fold.mkdir(parents=True)
+    for name in ("export.pkl", "config.yaml"):
+        shutil.copy(trained[1][0].parent / name, fold / name)
+    with pytest.raises(UserError, match="model-int8.onnx not found: make it with python scripts/export_onnx.py"):
+        Grader([fold / "export.pkl"], engine="int8")
+    r = run_script("serve.py", "--model", str(fold / "export.pkl"), "--engine", "onnx", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model.onnx not found" in r.stderr, r.stderr
 
 
 def truncated_png() -> bytes:

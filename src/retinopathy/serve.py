@@ -6,7 +6,8 @@ export), then through each model, averaged like the fold ensemble at prediction 
 thread, one request at a time (a CPU-bound model gains nothing from running two at once), so the event loop keeps
 answering ``/health`` and new connections while a prediction runs.
 
-Loading a model unpickles it, and unpickling runs code: only files the operator names are loaded.
+Loading an ``export.pkl`` unpickles it, and unpickling runs code: only files the operator names are loaded. The
+ONNX engines load ``model.onnx`` files instead, which hold no code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import hashlib
 import io
 import json
 import time
-import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from .competitions import GRADE_NAMES
 from .config import load_config
 from .ensemble import cut, scalar_scores
 from .errors import UserError
+from .engines import ENGINES, ONNX_FILES, OnnxRunner, TorchRunner, load_learner_quietly, serving_model
 from .preprocess import decode_image, encode_png, prepare
 from .train import DEFAULT_THRESHOLDS
 
@@ -55,10 +56,23 @@ class Prediction:
     ms: float
 
 
+def engine_file(path: Path, engine: str) -> Path:
+    """The file a fold runs from: an ``.onnx`` path as given, else ``export.pkl`` (torch, bf16) or the ONNX file
+    the export step wrote beside it (onnx, int8)."""
+    if path.suffix == ".onnx" or engine not in ONNX_FILES:
+        return path
+    onnx = path.parent / ONNX_FILES[engine]
+    if not onnx.is_file():
+        raise UserError(f"{onnx} not found: make it with python scripts/export_onnx.py --config "
+                        f"{path.parent / 'config.yaml'} (or serve with --engine torch)")
+    return onnx
+
+
 def check_model_paths(paths: list[Path]) -> list:
     """Each model's training config (from beside it), or a UserError naming what is missing or mismatched."""
     if not paths:
-        raise UserError("no model to serve: pass --config (its trained folds) or --model path/to/export.pkl")
+        raise UserError("no model to serve: pass --config (its trained folds) or --model path/to/export.pkl "
+                        "(or model.onnx)")
     configs = []
     for p in map(Path, paths):
         if not p.is_file():
@@ -78,12 +92,14 @@ def check_model_paths(paths: list[Path]) -> list:
 
 
 class Grader:
-    """One or more exported fold learners on the CPU, and everything needed to grade a photograph."""
+    """One or more trained folds on the CPU, and everything needed to grade a photograph.
 
-    def __init__(self, model_paths: list[Path], threads: int | None = None, bf16: bool = False):
-        from fastai.learner import load_learner
-        from fastai.vision.all import Normalize
+    ``engine`` says how the folds run (see :data:`~retinopathy.engines.ENGINES`); an ``.onnx`` path always runs in
+    ONNX Runtime. Every engine computes the same :class:`~retinopathy.engines.ServingModel`."""
 
+    def __init__(self, model_paths: list[Path], threads: int | None = None, engine: str = "torch"):
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
         if threads:
             torch.set_num_threads(threads)
         self.paths = [Path(p).resolve() for p in model_paths]
@@ -95,24 +111,16 @@ class Grader:
         tuning_file = self.paths[0].parent.parent / "tuning.json"
         self.thresholds = (json.loads(tuning_file.read_text())["thresholds"] if tuning_file.is_file()
                            else list(DEFAULT_THRESHOLDS))
-        self.models, self.norms = [], []
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-            for p in self.paths:
-                learn = load_learner(p, cpu=True)
-                norm = [t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)]
-                mean, std = ((norm[0].mean.cpu().float(), norm[0].std.cpu().float()) if norm else
-                             (torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)))
-                model = learn.model.eval().cpu()
-                if bf16:
-                    model = model.to(memory_format=torch.channels_last)
-                self.models.append(model)
-                self.norms.append((mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)))
-        self.bf16 = bf16
+        self.files = [engine_file(p, engine) for p in self.paths]
+        all_onnx = all(f.suffix == ".onnx" for f in self.files)
+        self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
+        self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
+                        TorchRunner(serving_model(load_learner_quietly(f), self.regression), bf16=engine == "bf16")
+                        for f in self.files]
         digest = hashlib.sha256()
-        for p in self.paths:
-            digest.update(p.read_bytes())
-        self.model_id = f"{first.name}-{len(self.paths)}x{first.arch}-{digest.hexdigest()[:10]}"
+        for f in self.files:
+            digest.update(f.read_bytes())
+        self.model_id = f"{first.name}-{len(self.files)}x{first.arch}-{self.engine}-{digest.hexdigest()[:10]}"
 
     # --------------------------------------------------------------------------------------- input checks
     @staticmethod
@@ -144,20 +152,9 @@ class Grader:
                                 "; upload the complete file") from None
         return out
 
-    @torch.inference_mode()
     def outputs(self, img: np.ndarray) -> np.ndarray:
-        """The fold-averaged model output for one prepared RGB image: probabilities (5) or a value (1)."""
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255)
-        outs = []
-        for model, (mean, std) in zip(self.models, self.norms):
-            xb = (x - mean) / std
-            if self.bf16:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    out = model(xb.contiguous(memory_format=torch.channels_last)).float()
-            else:
-                out = model(xb)
-            outs.append(out.softmax(1) if not self.regression else out)
-        return torch.stack(outs).mean(0)[0].numpy()
+        """The fold-averaged output for one prepared RGB image: probabilities (5) or a value (1)."""
+        return np.mean([run(img[None]) for run in self.runners], axis=0)[0]
 
     def predict(self, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                 with_image: bool = False) -> Prediction:
@@ -190,7 +187,7 @@ PAGE = Path(__file__).with_name("grader.html")
 
 
 def create_app(grader: Grader | None = None, model_paths: list[Path] | None = None, threads: int | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, bf16: bool = False):
+               max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "torch"):
     """The Starlette app. Models load in the lifespan (once, at start-up) unless a ``grader`` is given."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -205,7 +202,7 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
     @asynccontextmanager
     async def lifespan(app):
         if state["grader"] is None:
-            state["grader"] = await run_in_threadpool(Grader, model_paths or [], threads, bf16)
+            state["grader"] = await run_in_threadpool(Grader, model_paths or [], threads, engine)
         yield
 
     def error(status: int, message: str) -> JSONResponse:
@@ -216,7 +213,7 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
 
     async def health(request: Request):
         g = state["grader"]
-        return JSONResponse({"status": "ok", "model_id": g.model_id, "models": len(g.models),
+        return JSONResponse({"status": "ok", "model_id": g.model_id, "models": len(g.runners), "engine": g.engine,
                              "preprocess": g.method, "image_size": g.size, "head": g.config.head})
 
     async def predict(request: Request):
