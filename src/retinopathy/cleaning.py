@@ -62,14 +62,14 @@ def record_decisions(path: Path, drops: list[str], relabels: dict[str, int]) -> 
 def cleaner_learner(experiment, fold: int = 0):
     """Fold ``fold``'s exported classifier with dataloaders over the preprocessed image files (train: the other
     folds, valid: this one), ready for fastai's ``ImageClassifierCleaner``, which shows images by file name."""
-    from fastai.learner import load_learner
     from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, Normalize
 
+    from .engines import load_learner_quietly
     from .train import N_GRADES, training_table
 
     if experiment.config.head != "classification":
         raise UserError("ImageClassifierCleaner needs a classification head; this experiment is a regression")
-    learn = load_learner(experiment.fold_dir(fold) / "export.pkl", cpu=True)
+    learn = load_learner_quietly(experiment.fold_dir(fold) / "export.pkl")
     table = training_table(experiment)
     grade_of = dict(zip(table["path"], table["grade"]))
     valid_idx = list(table.index[table["fold"] == fold])

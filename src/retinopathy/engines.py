@@ -59,13 +59,14 @@ def serving_model(learn, regression: bool) -> ServingModel:
     return ServingModel(learn.model.cpu(), mean, std, regression).eval()
 
 
-def load_learner_quietly(path: Path):
+def load_learner_quietly(path: Path, cpu: bool = True):
+    """fastai's ``load_learner`` without its warning that pickles can run code: only files the operator named (or
+    the experiment's own exports, found through its config) reach this point."""
     from fastai.learner import load_learner
 
     with warnings.catch_warnings():
-        # fastai warns that pickles can run code: only files the operator named reach this point.
         warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-        return load_learner(path, cpu=True)
+        return load_learner(path, cpu=cpu)
 
 
 # ------------------------------------------------------------------------------------------ the runners

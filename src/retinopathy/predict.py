@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,16 +80,13 @@ def predict_items(learn, items: pd.DataFrame, tta: bool = False) -> np.ndarray:
 
 
 def load_fold_learners(experiment: Experiment):
-    from fastai.learner import load_learner
+    from .engines import load_learner_quietly
 
     folds = trained_folds(experiment)
     if not folds:
         raise UserError(f"no trained fold in {experiment.dir}: run scripts/train_fold.py first")
     cpu = not torch.cuda.is_available()
-    with warnings.catch_warnings():
-        # fastai warns that pickles can run code: these are this experiment's own exports, named by its config.
-        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-        return {k: load_learner(experiment.fold_dir(k) / "export.pkl", cpu=cpu) for k in folds}
+    return {k: load_learner_quietly(experiment.fold_dir(k) / "export.pkl", cpu=cpu) for k in folds}
 
 
 def validate_submission(submission: pd.DataFrame, sample_ids: list[str], competition: Competition,
