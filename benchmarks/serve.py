@@ -1,16 +1,19 @@
-"""Grader latency and throughput: a real uvicorn server (scripts/serve.py, one torch thread) and a client in this
-separate process on loopback, posting a real full-resolution EyePACS photograph.
+"""Grader latency and throughput: a real uvicorn server (scripts/serve.py, one inference thread) and a client in
+this separate process on loopback, posting a real full-resolution EyePACS photograph.
 
-For each model, float32 beside bfloat16 + channels-last (--bf16), in one run:
+For each model, the four engines side by side in one run (PyTorch float32, PyTorch bfloat16 + channels-last, ONNX
+Runtime float32, ONNX Runtime int8; the ONNX files come from the export step, scripts/export_onnx.py):
   latency      50 sequential requests after a warm-up: p50 and p95 of the round trip, and the server's own ms
   throughput   200 requests from 20 concurrent clients: requests per second, errors
+  model only   the network alone on one prepared image, one thread (torch.compile too), to show where time goes
 
 Models: the demo's fold 0 (models/demo/fold0/export.pkl; `make demo` makes it) and a resnet34 at 256 px (built
-here with random weights: speed does not depend on the weights). Prediction agreement between the two precisions
-is printed too.
+here with random weights: speed does not depend on the weights; how much int8 changes a trained model's grades is
+what the export step measures on real validation images). Each engine's answer on the photograph is printed
+beside float32's.
 
   python benchmarks/serve.py
-  python benchmarks/serve.py --requests 20 --skip-demo
+  python benchmarks/serve.py --requests 20 --skip-demo --engines torch int8
 
 Goal (issue #8): p50 at most 60 ms for resnet34 at 256 px on one core.
 """
@@ -25,14 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "serve"
 PHOTO_DIR = REPO.parent / "shared" / "data" / "eyepacs-sample" / "train"
 
 
-def build_resnet34_256() -> Path:
-    """An exported resnet34 learner at 256 px (untrained), with its config beside it, as training leaves it."""
+ENGINE_NAMES = {"torch": "PyTorch float32", "bf16": "PyTorch bf16 + channels-last", "onnx": "ONNX Runtime float32",
+                "int8": "ONNX Runtime int8"}
+
+
+def build_resnet34_256():
+    """An exported resnet34 learner at 256 px (untrained), with its config beside it, as training leaves it; and
+    its experiment."""
     from retinopathy.config import load_config
     from retinopathy.experiment import Experiment
     from retinopathy.folds import make_folds
@@ -46,7 +55,7 @@ def build_resnet34_256() -> Path:
     experiment = Experiment(config, Paths(data=OUT / "data", output=OUT))
     export = experiment.fold_dir(0) / "export.pkl"
     if export.is_file():
-        return export
+        return export, experiment
     ensure_raw_data(experiment)
     preprocess(experiment, workers=1)
     make_folds(experiment, verbose=False)
@@ -55,7 +64,43 @@ def build_resnet34_256() -> Path:
     experiment.fold_dir(0).mkdir(parents=True, exist_ok=True)
     learn.export(export)
     config.save(experiment.fold_dir(0) / "config.yaml")
-    return export
+    return export, experiment
+
+
+def demo_experiment():
+    from retinopathy.paths import Paths
+    from retinopathy.predict import load_experiment
+    return load_experiment("demo", Paths.default(data_dir=REPO / "data", output_dir=REPO))
+
+
+def model_only(export: Path, config, onnx_files: dict, n: int = 30) -> dict:
+    """Milliseconds per image for the network alone (one thread, prepared input), engine by engine."""
+    import torch
+
+    from retinopathy.engines import OnnxRunner, TorchRunner, load_learner_quietly, serving_model
+
+    torch.set_num_threads(1)
+    size, regression = config.image_size, config.head == "regression"
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+
+    def fresh():
+        return serving_model(load_learner_quietly(export), regression)
+
+    compiled = TorchRunner(fresh())
+    compiled.model = torch.compile(compiled.model)
+    runners = {"torch": TorchRunner(fresh()), "torch.compile": compiled, "bf16": TorchRunner(fresh(), bf16=True)}
+    runners.update({engine: OnnxRunner(path, threads=1) for engine, path in onnx_files.items()})
+    out = {}
+    for name, run in runners.items():
+        for _ in range(5):
+            run(image)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            run(image)
+            times.append((time.perf_counter() - start) * 1000)
+        out[name] = statistics.median(times)
+    return out
 
 
 def free_port() -> int:
@@ -64,10 +109,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(model: Path, photo: bytes, bf16: bool, n: int, clients: int, total: int) -> dict:
+def measure(model: Path, photo: bytes, engine: str, n: int, clients: int, total: int) -> dict:
     port = free_port()
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(model), "--port", str(port),
-           "--threads", "1"] + (["--bf16"] if bf16 else [])
+           "--threads", "1", "--engine", engine]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -109,12 +154,15 @@ def measure(model: Path, photo: bytes, bf16: bool, n: int, clients: int, total: 
 
 
 def main() -> None:
+    from retinopathy.engines import ENGINES, export_fold, onnx_files
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photo", type=Path, default=None, help="a fundus photograph (default: a real EyePACS one)")
     p.add_argument("--requests", type=int, default=50, help="sequential requests for the latency figures")
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--total", type=int, default=200, help="requests in the concurrent run")
     p.add_argument("--skip-demo", action="store_true", help="only the resnet34 at 256 px")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     args = p.parse_args()
     photo_path = args.photo or sorted(PHOTO_DIR.glob("*.jpeg"))[0]
     photo = photo_path.read_bytes()
@@ -122,26 +170,37 @@ def main() -> None:
     demo = REPO / "models" / "demo" / "fold0" / "export.pkl"
     if not args.skip_demo:
         if demo.is_file():
-            models["demo (resnet18, 64 px)"] = demo
+            models["demo (resnet18, 64 px)"] = (demo, demo_experiment())
         else:
             print(f"{demo} not found: run `make demo` first to include the demo model")
     models["resnet34, 256 px"] = build_resnet34_256()
-    print(f"photo: {photo_path.name} ({len(photo) / 2**20:.1f} MB); server: 1 torch thread; client: this process")
-    rows = []
-    for name, path in models.items():
+    print(f"photo: {photo_path.name} ({len(photo) / 2**20:.1f} MB); server: 1 inference thread; client: this process")
+    rows, model_rows = [], []
+    for name, (path, experiment) in models.items():
+        if {"onnx", "int8"} & set(args.engines):
+            export_fold(experiment, 0, verbose=False)  # skipped when up to date
         results = {}
-        for bf16 in (False, True):
-            r = measure(path, photo, bf16, args.requests, args.clients, args.total)
-            results[bf16] = r
-            rows.append(f"| {name} | {'bf16 + channels-last' if bf16 else 'float32'} | {r['p50']:.1f} | "
-                        f"{r['p95']:.1f} | {r['server_p50']:.1f} | {r['rps']:.1f} | {r['errors']} |")
+        for engine in args.engines:
+            r = results[engine] = measure(path, photo, engine, args.requests, args.clients, args.total)
+            rows.append(f"| {name} | {ENGINE_NAMES[engine]} | {r['p50']:.1f} | {r['p95']:.1f} | "
+                        f"{r['server_p50']:.1f} | {r['rps']:.1f} | {r['errors']} |")
             print(rows[-1], flush=True)
-        a, b = results[False]["answer"], results[True]["answer"]
-        print(f"  {name}: float32 {[round(x, 3) for x in a]} vs bf16 {[round(x, 3) for x in b]}; "
-              f"bf16 speed-up {results[False]['p50'] / results[True]['p50']:.2f}x at p50")
-    print("\n| model | precision | p50 ms | p95 ms | server p50 ms | req/s (20 clients) | errors |")
+        base = results[args.engines[0]]
+        for engine, r in results.items():
+            print(f"  {name}, {engine}: {[round(x, 3) for x in r['answer']]}; p50 {base['p50'] / r['p50']:.2f}x "
+                  f"faster than {args.engines[0]}")
+        onnx = {e: f for e, f in onnx_files(path.parent).items() if e in args.engines}
+        ms = model_only(path, experiment.config, onnx)
+        model_rows.append(f"| {name} | " + " | ".join(f"{ms[k]:.1f}" if k in ms else "–" for k in
+                                                     ("torch", "torch.compile", "bf16", "onnx", "int8")) + " |")
+        print(model_rows[-1], flush=True)
+    print("\n| model | engine | p50 ms | p95 ms | server p50 ms | req/s (20 clients) | errors |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\nThe network alone, one thread, ms per image (median):")
+    print("\n| model | PyTorch float32 | torch.compile | bf16 + channels-last | ONNX Runtime float32 | ONNX Runtime int8 |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(model_rows))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Run it where the model was trained (int8 calibration reads the preprocessed imag
 export.pkl files.
 """
 
+import shlex
+
 from retinopathy import cli
 from retinopathy.engines import export_fold
 from retinopathy.errors import UserError
@@ -36,7 +38,9 @@ def main() -> None:
     for fold in folds:
         export_fold(experiment, fold, int8=args.int8, calibration_images=args.calibration_images,
                     check_images=args.check_images, force=args.force)
-    print(f"serve them with: python scripts/serve.py --config {args.config} --engine {'int8' if args.int8 else 'onnx'}")
+    same = [f"--{k.replace('_', '-')}={v}" for k in ("config", "data_dir", "raw_dir", "competition")
+            if (v := getattr(args, k, None))] + list(args.overrides)
+    print(f"serve them with: python scripts/serve.py {shlex.join(same)} --engine {'int8' if args.int8 else 'onnx'}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def main() -> None:
     import uvicorn
 
     p = cli.parser(__doc__, config_default=None)
+    cli.data_args(p)
     p.add_argument("--model", type=Path, action="append",
                    help="an export.pkl or .onnx to serve (repeat for an ensemble); config.yaml must sit beside it")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
