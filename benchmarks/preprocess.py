@@ -69,8 +69,8 @@ def main() -> None:
             timings[name].append((time.perf_counter() - start) / len(files))
     ms = {name: statistics.median(t) * 1000 for name, t in timings.items()}
     print(f"{len(files)} images from {args.images}, {args.size} px, 1 core, median of {args.rounds} rounds\n")
-    print(f"| way | ms / image | images / s / core | vs naive | vs decode-only |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| way | ms / image | images / s / core | vs naive | vs decode-only |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, value in ms.items():
         print(f"| {name} | {value:.1f} | {1000 / value:.1f} | {ms['naive'] / value:.2f}x | "
               f"{ms['decode-only'] / value:.0%} |")
