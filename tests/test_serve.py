@@ -128,6 +128,17 @@ def test_missing_onnx_file_is_one_line(trained, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model.onnx not found" in r.stderr, r.stderr
 
 
+def test_onnx_file_of_another_size_is_refused(exported, tmp_path):
+    experiment, models, _, _ = exported
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    shutil.copy(models[0].parent / "model.onnx", fold / "model.onnx")
+    config = (models[0].parent / "config.yaml").read_text().replace("image_size: 32", "image_size: 48")
+    (fold / "config.yaml").write_text(config)
+    with pytest.raises(UserError, match="takes 32 px images but config.yaml beside it says image_size=48"):
+        Grader([fold / "model.onnx"])
+
+
 def truncated_png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "PNG")

@@ -103,6 +103,8 @@ class OnnxRunner:
             raise UserError(f"{path}: not a usable ONNX model ({str(e).splitlines()[0][:160]}); "
                             "export it again with scripts/export_onnx.py") from None
         self.input = self.session.get_inputs()[0].name
+        shape = self.session.get_inputs()[0].shape  # [1, size, size, 3] as exported
+        self.image_size = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)

@@ -117,6 +117,10 @@ class Grader:
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
                         TorchRunner(serving_model(load_learner_quietly(f), self.regression), bf16=engine == "bf16")
                         for f in self.files]
+        for f, run in zip(self.files, self.runners):
+            if getattr(run, "image_size", self.size) not in (self.size, None):
+                raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
+                                f"{self.size}: export it again (scripts/export_onnx.py --force)")
         digest = hashlib.sha256()
         for f in self.files:
             digest.update(f.read_bytes())
