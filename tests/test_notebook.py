@@ -33,5 +33,7 @@ def test_notebook_runs_in_demo_mode(tmp_path, monkeypatch):
     assert decisions["action"].tolist() == ["drop"], "the cleaner's choice was saved for the pipeline"
     assert (tmp_path / "submissions" / "demo.csv").is_file()
     assert (tmp_path / "reports" / "demo" / "index.html").is_file()
+    assert json.loads((tmp_path / "models" / "demo" / "fold0" / "onnx.json").read_text())["onnx"]["grade_agreement"] == 1
+    assert (tmp_path / "models" / "demo" / "fold0" / "model-int8.onnx").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "KAGGLE_KEY" not in text
