@@ -39,9 +39,9 @@ def main() -> None:
     else:
         p.error("give --config configs/<exp>.yaml (its trained folds) or --model path/to/export.pkl")
     # A missing file is one line here, not a traceback from the server's start-up.
+    check_model_paths(models)
     for path in models:
         engine_file(Path(path), args.engine)
-    check_model_paths(models)
     app = create_app(model_paths=models, threads=args.threads, max_bytes=int(args.max_mb * 2**20),
                      max_pixels=int(args.max_megapixels * 1e6), engine=args.engine)
     print(f"serving {len(models)} model(s) ({args.engine}) on http://{args.host}:{args.port}/ (Ctrl-C stops)")
