@@ -123,32 +123,31 @@ def export_onnx(model: ServingModel, size: int, path: Path) -> Path:
     return path
 
 
-class _Calibration:
-    """ONNX Runtime's calibration reader over prepared images (uint8 HWC arrays)."""
-
-    def __init__(self, name: str, images: Iterable[np.ndarray]):
-        self.name, self.images = name, iter(images)
-
-    def get_next(self):
-        img = next(self.images, None)
-        return None if img is None else {self.name: np.ascontiguousarray(img[None], dtype=np.uint8)}
-
-
 def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.ndarray]) -> Path:
     """Static int8 quantisation with ONNX Runtime: the convolutions (where the time goes) get per-channel int8
     weights and uint8 inputs whose ranges are measured on ``calibration_images`` (the fold's training images, so
-    nothing of the validation fold leaks); the head and the outputs stay float32. Measured on real APTOS folds,
-    leaving the head in float keeps more grades unchanged than quantising every operator, at the same speed."""
+    nothing of the validation fold leaks); the head and the outputs stay float32 (probabilities quantised to
+    1/255 steps would no longer sum to 1). On a real APTOS fold, quantising the convolutions only kept 99.3% of
+    grades against 98.3% for ORT's default set of operators, at the same speed."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})("image", calibration_images)
+    class Images(CalibrationDataReader):
+        """The calibration images, one batch of one at a time, as ONNX Runtime asks for them."""
+
+        def __init__(self):
+            self.images = iter(calibration_images)
+
+        def get_next(self):
+            img = next(self.images, None)
+            return None if img is None else {"image": np.ascontiguousarray(img[None], dtype=np.uint8)}
+
     with atomic_path(out) as tmp, _quiet_root_logger():
         pre = tmp.with_suffix(".pre.onnx")
         try:
             # ORT's graph clean-up before quantising; its symbolic shape inference fails on fastai's concat pooling
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(pre), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv"])
         finally:
