@@ -14,8 +14,7 @@ import shlex
 
 from retinopathy import cli
 from retinopathy.engines import export_fold
-from retinopathy.errors import UserError
-from retinopathy.predict import trained_folds
+from retinopathy.predict import require_trained_folds
 from retinopathy.train import parse_fold_spec
 
 
@@ -31,9 +30,7 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="export again even where the files are up to date")
     args = p.parse_args()
     experiment = cli.experiment(args)
-    trained = trained_folds(experiment)
-    if not trained:
-        raise UserError(f"no trained fold in {experiment.dir}: train one first (scripts/train_fold.py)")
+    trained = require_trained_folds(experiment)
     folds = trained if args.folds == "all" else parse_fold_spec(args.folds, experiment.config.n_folds)
     for fold in folds:
         export_fold(experiment, fold, int8=args.int8, calibration_images=args.calibration_images,

@@ -7,6 +7,9 @@ grade (sum of grade x probability), so experiments of either head can be average
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
@@ -14,6 +17,19 @@ from scipy.optimize import minimize
 from .train import DEFAULT_THRESHOLDS, N_GRADES, quadratic_kappa
 
 PROB_COLUMNS = [f"prob_{g}" for g in range(N_GRADES)]
+TUNING = "tuning.json"
+
+
+def plain_tuning(head: str) -> dict:
+    """The untuned rule: argmax for a classifier, the default thresholds for a regression head, no eye blending."""
+    return {"use_values": head == "regression", "thresholds": list(DEFAULT_THRESHOLDS), "eye_blend": 0.0}
+
+
+def read_tuning(directory: Path, head: str) -> dict:
+    """How an experiment's outputs become grades: its ``tuning.json`` (from ``predict.tune_experiment``) in
+    ``directory``, else the plain rule for its head."""
+    path = directory / TUNING
+    return json.loads(path.read_text()) if path.is_file() else plain_tuning(head)
 
 
 def scalar_scores(scores: np.ndarray) -> np.ndarray:

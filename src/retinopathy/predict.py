@@ -14,19 +14,27 @@ import torch
 from fastai.callback.core import Callback
 
 from .competitions import EYEPACS2015, GRADES, Competition, read_labels, read_test_ids
-from .ensemble import (PROB_COLUMNS, blend_eyes, cut, oof_values, optimize_thresholds, optimize_weights, qwk_at, scalar_scores,
-                       tune_eye_blend)
+from .ensemble import (PROB_COLUMNS, TUNING, blend_eyes, cut, oof_values, optimize_thresholds, optimize_weights,
+                       plain_tuning, qwk_at, read_tuning, scalar_scores, tune_eye_blend)
 from .errors import UserError
 from .experiment import Experiment
 from .io import write_csv, write_text
 from .preprocess import MANIFEST
-from .train import DEFAULT_THRESHOLDS, quadratic_kappa, to_grades
+from .train import quadratic_kappa, to_grades
 
 
 
 def trained_folds(experiment: Experiment) -> list[int]:
     """The folds of this experiment whose exported learner exists."""
     return [k for k in range(experiment.config.n_folds) if (experiment.fold_dir(k) / "export.pkl").is_file()]
+
+
+def require_trained_folds(experiment: Experiment) -> list[int]:
+    """:func:`trained_folds`, or a UserError saying to train one first."""
+    folds = trained_folds(experiment)
+    if not folds:
+        raise UserError(f"no trained fold in {experiment.dir}: run scripts/train_fold.py first")
+    return folds
 
 
 def _fold_scores(oof: pd.DataFrame) -> np.ndarray:
@@ -36,9 +44,7 @@ def _fold_scores(oof: pd.DataFrame) -> np.ndarray:
 
 def load_oof(experiment: Experiment) -> pd.DataFrame:
     """Every trained fold's out-of-fold predictions in one table."""
-    folds = trained_folds(experiment)
-    if not folds:
-        raise UserError(f"no trained fold in {experiment.dir}: run scripts/train_fold.py first")
+    folds = require_trained_folds(experiment)
     return pd.concat([pd.read_csv(experiment.fold_dir(k) / "oof.csv", dtype={"id": str}) for k in folds],
                      ignore_index=True)
 
@@ -82,9 +88,7 @@ def predict_items(learn, items: pd.DataFrame, tta: bool = False) -> np.ndarray:
 def load_fold_learners(experiment: Experiment):
     from .engines import load_learner_quietly
 
-    folds = trained_folds(experiment)
-    if not folds:
-        raise UserError(f"no trained fold in {experiment.dir}: run scripts/train_fold.py first")
+    folds = require_trained_folds(experiment)
     cpu = not torch.cuda.is_available()
     return {k: load_learner_quietly(experiment.fold_dir(k) / "export.pkl", cpu=cpu) for k in folds}
 
@@ -189,19 +193,8 @@ def predict_test(experiment: Experiment, verbose: bool = True) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------- OOF tuning
-TUNING = "tuning.json"
-
-
-def plain_tuning(experiment: Experiment) -> dict:
-    """The untuned rule: argmax for a classifier, the default thresholds for a regression head, no eye blending."""
-    return {"use_values": experiment.config.head == "regression", "thresholds": list(DEFAULT_THRESHOLDS),
-            "eye_blend": 0.0}
-
-
 def load_tuning(experiment: Experiment) -> dict:
-    """How the experiment's outputs become grades: tuned by :func:`tune_experiment`, else the plain rule."""
-    path = experiment.dir / TUNING
-    return json.loads(path.read_text()) if path.is_file() else plain_tuning(experiment)
+    return read_tuning(experiment.dir, experiment.config.head)
 
 
 def tune_experiment(experiment: Experiment, verbose: bool = True) -> dict:
@@ -212,7 +205,7 @@ def tune_experiment(experiment: Experiment, verbose: bool = True) -> dict:
     grades, values = oof["grade"].to_numpy(int), oof_values(oof)
     regression = experiment.config.head == "regression"
     before = quadratic_kappa(_fold_scores(oof), grades)
-    tuning = plain_tuning(experiment)
+    tuning = plain_tuning(experiment.config.head)
     best = before
     if regression:
         tuning["thresholds"] = list(optimize_thresholds(values, grades))

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ from PIL import Image
 
 from .competitions import GRADE_NAMES
 from .config import load_config
-from .ensemble import cut, scalar_scores
+from .ensemble import cut, read_tuning, scalar_scores
 from .errors import UserError
 from .engines import ENGINES, ONNX_FILES, OnnxRunner, TorchRunner, load_learner_quietly, serving_model
 from .preprocess import decode_image, encode_png, prepare
-from .train import DEFAULT_THRESHOLDS
 
 DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7700 x 5200; EyePACS tops out near 18 megapixels
@@ -108,9 +106,8 @@ class Grader:
         self.config = first
         self.method, self.size = first.preprocess, first.image_size
         self.regression = first.head == "regression"
-        tuning_file = self.paths[0].parent.parent / "tuning.json"
-        self.thresholds = (json.loads(tuning_file.read_text())["thresholds"] if tuning_file.is_file()
-                           else list(DEFAULT_THRESHOLDS))
+        # fold<K>/export.pkl: the experiment's folder, with its tuned thresholds, is two levels up
+        self.thresholds = read_tuning(self.paths[0].parent.parent, first.head)["thresholds"]
         self.files = [engine_file(p, engine) for p in self.paths]
         all_onnx = all(f.suffix == ".onnx" for f in self.files)
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
@@ -179,11 +176,8 @@ class Grader:
 
 
 def models_of_experiment(experiment) -> list[Path]:
-    from .predict import trained_folds
-    folds = trained_folds(experiment)
-    if not folds:
-        raise UserError(f"no trained fold in {experiment.dir}: train one first (scripts/train_fold.py)")
-    return [experiment.fold_dir(k) / "export.pkl" for k in folds]
+    from .predict import require_trained_folds
+    return [experiment.fold_dir(k) / "export.pkl" for k in require_trained_folds(experiment)]
 
 
 # ------------------------------------------------------------------------------------------- the web app
