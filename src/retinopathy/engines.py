@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ensemble import grade_rule
 from .errors import UserError
 from .io import atomic_path, write_text
 
@@ -185,13 +186,6 @@ def agreement(reference: np.ndarray, outputs: np.ndarray, to_grade, labels: np.n
     qwk = (lambda g: float(quadratic_kappa(g, labels))) if labels is not None else (lambda g: None)
     return Agreement(len(reference), float(np.abs(reference - outputs).max()), float(np.mean(ref_grades == grades)),
                      qwk(ref_grades), qwk(grades))
-
-
-def grade_rule(regression: bool, thresholds) -> callable:
-    """Outputs → grades the way the grader does it: tuned thresholds on a value, argmax of probabilities."""
-    from .ensemble import cut
-
-    return (lambda out: cut(out[:, 0], thresholds)) if regression else (lambda out: out.argmax(1))
 
 
 def onnx_files(fold_dir: Path) -> dict[str, Path]:

@@ -49,6 +49,12 @@ def cut(values: np.ndarray, thresholds) -> np.ndarray:
     return np.digitize(np.asarray(values, float).reshape(-1), np.sort(np.asarray(thresholds, float)))
 
 
+def grade_rule(regression: bool, thresholds):
+    """One photograph's outputs → its grade, as the grader decides it: (n × 1) values cut at the thresholds,
+    (n × 5) probabilities by argmax."""
+    return (lambda out: cut(out[:, 0], thresholds)) if regression else (lambda out: out.argmax(1))
+
+
 def qwk_at(values, grades, thresholds) -> float:
     return quadratic_kappa(cut(values, thresholds), grades)
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .competitions import GRADE_NAMES
 from .config import load_config
-from .ensemble import cut, read_tuning, scalar_scores
+from .ensemble import grade_rule, read_tuning, scalar_scores
 from .errors import UserError
 from .engines import ENGINES, ONNX_FILES, OnnxRunner, TorchRunner, load_learner_quietly, serving_model
 from .preprocess import decode_image, encode_png, prepare
@@ -107,7 +107,8 @@ class Grader:
         self.method, self.size = first.preprocess, first.image_size
         self.regression = first.head == "regression"
         # fold<K>/export.pkl: the experiment's folder, with its tuned thresholds, is two levels up
-        self.thresholds = read_tuning(self.paths[0].parent.parent, first.head)["thresholds"]
+        thresholds = read_tuning(self.paths[0].parent.parent, first.head)["thresholds"]
+        self.to_grade = grade_rule(self.regression, thresholds)
         self.files = [engine_file(p, engine) for p in self.paths]
         all_onnx = all(f.suffix == ".onnx" for f in self.files)
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
@@ -165,12 +166,9 @@ class Grader:
         self.check_upload(data, max_bytes, max_pixels)
         img = self.preprocess(data)
         out = self.outputs(img)
-        if self.regression:
-            value = float(out[0])
-            grade, probabilities = int(cut([value], self.thresholds)[0]), None
-        else:
-            probabilities = [float(p) for p in out]
-            value, grade = float(scalar_scores(out[None])[0]), int(np.argmax(out))
+        grade = int(self.to_grade(out[None])[0])
+        value = float(scalar_scores(out[None])[0])  # the regression value, or the expected grade
+        probabilities = None if self.regression else [float(p) for p in out]
         return Prediction(grade, GRADE_NAMES[grade], probabilities, value, encode_png(img) if with_image else b"",
                           (time.perf_counter() - start) * 1000)
 
