@@ -17,24 +17,14 @@ from .competitions import GRADE_NAMES
 from .ensemble import PROB_COLUMNS, cut
 from .errors import UserError
 from .experiment import Experiment
-from .io import atomic_path, write_csv, write_text
+from .io import pyplot, save_figure, write_csv, write_text
 from .predict import load_oof, load_tuning
 from .preprocess import MANIFEST
 from .train import N_GRADES, draw_history, quadratic_kappa
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 # ----------------------------------------------------------------------------------------- per-image losses
@@ -65,7 +55,7 @@ def image_grid(rows: pd.DataFrame, path: Path, title: str, columns: int = 4) -> 
     """The preprocessed images the model saw, each titled with actual and predicted grade, loss and probability."""
     from PIL import Image
 
-    plt = _plt()
+    plt = pyplot()
     n = max(1, len(rows))
     nrows = int(np.ceil(n / columns))
     fig, axes = plt.subplots(nrows, columns, figsize=(3 * columns, 3.3 * nrows), squeeze=False)
@@ -86,7 +76,7 @@ def confusion_report(oof: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, float]
     """Confusion matrix PNG (counts and row-normalised) and per-grade precision / recall / support."""
     from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
-    plt = _plt()
+    plt = pyplot()
     labels = list(range(N_GRADES))
     truth, pred = oof["grade"].astype(int), oof["pred"].astype(int)
     counts = confusion_matrix(truth, pred, labels=labels)
@@ -145,7 +135,7 @@ def diagnose(history: pd.DataFrame) -> list[str]:
 
 def curves(experiment: Experiment, out: Path) -> dict[int, list[str]]:
     """One PNG with every fold's train/valid loss and QWK per epoch; returns each fold's diagnosis."""
-    plt = _plt()
+    plt = pyplot()
     folds = [k for k in range(experiment.config.n_folds) if (experiment.fold_dir(k) / "history.csv").is_file()]
     if not folds:
         raise UserError(f"no training history in {experiment.dir}: train a fold first")

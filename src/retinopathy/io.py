@@ -39,3 +39,19 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: plots are written to files, on machines without a display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100, **savefig_options) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and the figure closed."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_options)
+    pyplot().close(fig)
+    return Path(path)

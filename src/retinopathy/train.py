@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import UserError
 from .experiment import Experiment
-from .io import atomic_path, write_csv, write_text
+from .io import atomic_path, pyplot, save_figure, write_csv, write_text
 from .preprocess import MANIFEST
 
 #: Regression predictions are cut into grades at these values unless thresholds were tuned on OOF predictions.
@@ -291,17 +291,11 @@ def draw_history(ax, history: pd.DataFrame, legend_size=None) -> None:
 
 def plot_history(history: pd.DataFrame, path: Path, title: str) -> None:
     """Loss curves and validation QWK per epoch, one PNG a person can read at a glance."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     draw_history(ax, history)
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------- fitting, resumable
@@ -373,16 +367,13 @@ def _resume_state(out: Path, config) -> dict | None:
 def run_lr_find(learn, out: Path, config) -> float:
     """fastai's learning-rate finder: its plot (with the suggestion marked) saved as ``lr_find.png``, the curve as
     ``lr_find.csv``; returns the suggested rate (the valley)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from fastai.callback.schedule import valley
 
     suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=False)
     recorder = learn.recorder
     curve = pd.DataFrame({"lr": [float(x) for x in recorder.lrs], "loss": [float(x) for x in recorder.losses]})
     write_csv(curve, out / "lr_find.csv")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     shown = curve.iloc[:-5] if len(curve) > 10 else curve  # the last points shoot up and flatten the plot
     ax.plot(shown["lr"], shown["loss"])
     ax.axvline(suggestion.valley, color="tab:red", linestyle="--", label=f"valley {suggestion.valley:.1e}")
@@ -395,9 +386,7 @@ def run_lr_find(learn, out: Path, config) -> float:
     fig.tight_layout()
     write_text(out / "lr_find.json", json.dumps({"suggestion": float(suggestion.valley),
                                                  "used": config.lr_find == "pick"}))
-    with atomic_path(out / "lr_find.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "lr_find.png")
     return float(suggestion.valley)
 
 
