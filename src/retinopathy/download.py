@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .competitions import Competition
 from .errors import UserError
-from .io import write_text
+from .io import atomic_path, write_text
 from .kaggle_client import kaggle_api, kaggle_errors
 
 DOWNLOADS = ".downloads"
@@ -83,12 +83,10 @@ def extract(archive: Path, dest: Path, progress: bool = True) -> list[Path]:
 
 def join_parts(parts: list[Path], joined: Path) -> Path:
     """Concatenate ``x.zip.001``, ``x.zip.002``… (one zip cut into pieces) into ``x.zip``, atomically."""
-    tmp = joined.with_name(joined.name + ".joining")
-    with open(tmp, "wb") as out:
+    with atomic_path(joined) as tmp, open(tmp, "wb") as out:
         for part in tqdm(parts, desc=f"join {joined.name}", unit="part"):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 16 * 2**20)
-    os.replace(tmp, joined)
     return joined
 
 
@@ -102,7 +100,7 @@ def unpack(downloads: Path, dest: Path, progress: bool = True) -> None:
     queue_again = True
     while queue_again:
         queue_again = False
-        files = sorted(p for p in downloads.iterdir() if p.is_file() and not p.name.endswith((".extracted", ".joining"))
+        files = sorted(p for p in downloads.iterdir() if p.is_file() and not p.name.endswith((".extracted", ".tmp"))
                        and ".kaggle-partial" not in p.name)
         parts: dict[str, list[Path]] = {}
         for f in files:
