@@ -16,9 +16,9 @@ from sklearn.metrics import recall_score
 from retinopathy.config import load_config
 from retinopathy.paths import Paths
 from retinopathy.pipeline import run_pipeline
-from retinopathy.predict import load_oof
+from retinopathy.inference.oof import load_oof, oof_outputs
 from retinopathy.experiment import Experiment
-from retinopathy.train import quadratic_kappa, to_grades
+from retinopathy.metrics import GradeRule, quadratic_kappa
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "aptos2019-224"
@@ -43,10 +43,9 @@ def main() -> None:
         start = time.time()
         run_pipeline(config, paths, folds=folds)
         oof = load_oof(Experiment(config, paths))
-        scores = (oof[[f"prob_{g}" for g in range(5)]].to_numpy() if "prob_0" in oof else oof[["value"]].to_numpy())
-        pred, truth = to_grades(scores), oof["grade"].to_numpy()
+        pred, truth = GradeRule.plain(config.head).grades(oof_outputs(oof)), oof["grade"].to_numpy()
         recall = recall_score(truth, pred, labels=list(range(5)), average=None, zero_division=0)
-        rows.append({"balance": mode, "OOF QWK": quadratic_kappa(scores, truth), "accuracy": float((pred == truth).mean()),
+        rows.append({"balance": mode, "OOF QWK": quadratic_kappa(pred, truth), "accuracy": float((pred == truth).mean()),
                      **{f"recall {g}": r for g, r in enumerate(recall)}, "minutes": (time.time() - start) / 60})
     print(f"\n{config.head}, {config.arch}, {config.image_size} px, {config.epochs} epochs, folds {folds} of 5, "
           f"balance_alpha {config.balance_alpha}, {args.images}")

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from retinopathy.preprocess import _REDUCED, encode_png, prepare_file, reduction_factor
+from retinopathy.preprocessing.image_io import _REDUCED, encode_png, prepare_file, reduction_factor
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eyepacs-sample" / "train"
 

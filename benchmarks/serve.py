@@ -44,10 +44,12 @@ def build_resnet34_256():
     its experiment."""
     from retinopathy.config import load_config
     from retinopathy.experiment import Experiment
-    from retinopathy.folds import make_folds
+    from retinopathy.data.folds import make_folds, training_table
     from retinopathy.paths import Paths
-    from retinopathy.pipeline import ensure_raw_data, preprocess
-    from retinopathy.train import build_dataloaders, build_learner, training_table
+    from retinopathy.pipeline import ensure_raw_data
+    from retinopathy.preprocessing.stage import preprocess
+    from retinopathy.training.dataloaders import build_dataloaders
+    from retinopathy.training.models import build_learner
 
     config = load_config(REPO / "configs" / "demo.yaml", ["name=resnet34-256", "arch=resnet34", "image_size=256",
                                                            "synthetic_images=40", "n_folds=2", "num_workers=0",
@@ -69,7 +71,7 @@ def build_resnet34_256():
 
 def demo_experiment():
     from retinopathy.paths import Paths
-    from retinopathy.predict import load_experiment
+    from retinopathy.inference.ensemble import load_experiment
     return load_experiment("demo", Paths.default(data_dir=REPO / "data", output_dir=REPO))
 
 
@@ -77,7 +79,9 @@ def model_only(export: Path, config, onnx_files: dict, n: int = 30) -> dict:
     """Milliseconds per image for the network alone (one thread, prepared input), engine by engine."""
     import torch
 
-    from retinopathy.engines import OnnxRunner, TorchRunner, load_learner_quietly, serving_model
+    from retinopathy.experiment import load_learner_quietly
+    from retinopathy.inference.engines import OnnxRunner
+    from retinopathy.inference.torch_engine import TorchRunner, serving_model
 
     torch.set_num_threads(1)
     size, regression = config.image_size, config.head == "regression"
@@ -154,7 +158,8 @@ def measure(model: Path, photo: bytes, engine: str, n: int, clients: int, total:
 
 
 def main() -> None:
-    from retinopathy.engines import ENGINES, export_fold, onnx_files
+    from retinopathy.inference.engines import ENGINES
+    from retinopathy.inference.export import export_fold, onnx_files
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photo", type=Path, default=None, help="a fundus photograph (default: a real EyePACS one)")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from retinopathy import cli
 from retinopathy.io import atomic_path
-from retinopathy.preprocess import contact_sheet, encode_png
 
 
 def main() -> None:
@@ -19,6 +18,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="tile size in pixels")
     p.add_argument("--limit", type=int, default=10, help="at most this many images")
     args = p.parse_args()
+    from retinopathy.preprocessing.contact_sheet import contact_sheet
+    from retinopathy.preprocessing.image_io import encode_png
+
     if not args.images.exists():
         raise cli.UserError(f"{args.images}: no such file or folder")
     files = [args.images] if args.images.is_file() else sorted(

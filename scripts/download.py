@@ -13,10 +13,10 @@ folder costs no network at all.
 import argparse
 
 from retinopathy import cli
-from retinopathy.competitions import get_competition
-from retinopathy.download import download, list_files
+from retinopathy.data.competitions import get_competition
+from retinopathy.data.download import download, list_files
+from retinopathy.data.verify import verify_dataset
 from retinopathy.paths import Paths
-from retinopathy.verify import verify_dataset
 
 
 def main() -> None:

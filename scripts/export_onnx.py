@@ -13,9 +13,6 @@ export.pkl files.
 import shlex
 
 from retinopathy import cli
-from retinopathy.engines import export_fold
-from retinopathy.predict import require_trained_folds
-from retinopathy.train import parse_fold_spec
 
 
 def main() -> None:
@@ -29,8 +26,11 @@ def main() -> None:
                    help="validation images to compare on (default: the whole validation fold)")
     p.add_argument("--force", action="store_true", help="export again even where the files are up to date")
     args = p.parse_args()
+    from retinopathy.inference.export import export_fold
+    from retinopathy.training.train import parse_fold_spec
+
     experiment = cli.experiment(args)
-    trained = require_trained_folds(experiment)
+    trained = experiment.require_trained_folds()
     folds = trained if args.folds == "all" else parse_fold_spec(args.folds, experiment.config.n_folds)
     for fold in folds:
         export_fold(experiment, fold, int8=args.int8, calibration_images=args.calibration_images,

@@ -7,7 +7,6 @@ diagnosis (under-fitting, over-fitting, learning rate too high), lr_find plots, 
 """
 
 from retinopathy import cli
-from retinopathy.interpret import interpret
 
 
 def main() -> None:
@@ -16,6 +15,8 @@ def main() -> None:
     p.add_argument("--fold", type=int, help="only this fold's out-of-fold images (default: every fold)")
     p.add_argument("--top", type=int, default=16, help="images in each grid (default 16)")
     args = p.parse_args()
+    from retinopathy.reports.interpret import interpret
+
     page = interpret(cli.experiment(args), fold=args.fold, top=args.top)
     print(f"interpretation → {page} (open it in a browser; it works offline)")
 

@@ -4,7 +4,7 @@
 """
 
 from retinopathy import cli
-from retinopathy.folds import make_folds
+from retinopathy.data.folds import make_folds
 
 
 def main() -> None:

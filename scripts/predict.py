@@ -9,7 +9,6 @@ the sample submission). First: the CV report of the out-of-fold predictions, the
 
 from retinopathy import cli
 from retinopathy.paths import Paths
-from retinopathy.predict import ensemble_experiments, load_experiment, report_and_predict
 
 
 def main() -> None:
@@ -19,6 +18,9 @@ def main() -> None:
                    help="trained experiments (models/<NAME>/) to ensemble instead of one config")
     p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")
     args = p.parse_args()
+    from retinopathy.inference.ensemble import ensemble_experiments, load_experiment
+    from retinopathy.pipeline import report_and_predict
+
     if args.experiments:
         paths = Paths.default(data_dir=args.data_dir)
         ensemble_experiments([load_experiment(n, paths) for n in args.experiments], args.name)

@@ -6,8 +6,7 @@ data/processed/<dataset>/<method>-<size>/ with a manifest.csv. Resumable; all co
 """
 
 from retinopathy import cli
-from retinopathy.pipeline import preprocess
-from retinopathy.preprocess import METHODS
+from retinopathy.preprocessing.fundus import METHODS
 
 
 def main() -> None:
@@ -17,6 +16,8 @@ def main() -> None:
     p.add_argument("--size", type=int, help="output side in pixels (the config's `image_size`)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     args = p.parse_args()
+    from retinopathy.preprocessing.stage import preprocess
+
     preprocess(cli.experiment(args, preprocess=args.method, image_size=args.size), workers=args.workers)
 
 

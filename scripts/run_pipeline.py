@@ -8,7 +8,6 @@ With no arguments it synthesizes a small competition under data/ and runs config
 """
 
 from retinopathy import cli
-from retinopathy.pipeline import run_pipeline
 
 
 def main() -> None:
@@ -16,6 +15,8 @@ def main() -> None:
     cli.data_args(p)
     p.add_argument("--folds", type=int, nargs="+", help="train only these folds (default: all)")
     args = p.parse_args()
+    from retinopathy.pipeline import run_pipeline
+
     run_pipeline(*cli.resolve(args), folds=args.folds)
 
 

@@ -12,8 +12,8 @@ hold no code).
 from pathlib import Path
 
 from retinopathy import cli
-from retinopathy.engines import ENGINE_HELP, ENGINES
-from retinopathy.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_model_paths, create_app, engine_file,
+from retinopathy.inference.engines import ENGINE_HELP, ENGINES
+from retinopathy.inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_model_paths, create_app, engine_file,
                               models_of_experiment)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from retinopathy import cli
-from retinopathy.competitions import read_test_ids
+from retinopathy.data.competitions import read_test_ids
+from retinopathy.data.kaggle_client import submit
 from retinopathy.errors import UserError
-from retinopathy.kaggle_client import submit
-from retinopathy.predict import validate_submission
+from retinopathy.inference.submission import validate_submission
 
 
 def main() -> None:

@@ -6,7 +6,6 @@
 import argparse
 
 from retinopathy import cli
-from retinopathy.synthetic import make_competition
 
 
 def main() -> None:
@@ -18,6 +17,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=512, help="largest image side in pixels")
     args = p.parse_args()
+    from retinopathy.data.synthetic import make_competition
+
     out = make_competition(args.out_dir, args.competition, args.n_train, args.n_test, args.seed, args.max_side)
     print(f"synthetic competition written to {out}")
 

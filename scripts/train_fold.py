@@ -8,7 +8,6 @@ config.yaml). Run one process per fold on a multi-GPU box, or --fold all one aft
 """
 
 from retinopathy import cli
-from retinopathy.train import train_folds
 
 
 def main() -> None:
@@ -18,6 +17,8 @@ def main() -> None:
                    help="carry on from the last finished epoch of an interrupted run with the same config")
     cli.data_args(p)
     args = p.parse_args()
+    from retinopathy.training.train import train_folds
+
     train_folds(cli.experiment(args), args.fold, resume=args.resume)
 
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from retinopathy import cli
-from retinopathy.competitions import get_competition
+from retinopathy.data.competitions import get_competition
+from retinopathy.data.verify import verify_dataset
 from retinopathy.paths import Paths
-from retinopathy.verify import verify_dataset
 
 
 def main() -> None:

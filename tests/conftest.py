@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from retinopathy.synthetic import make_competition
+from retinopathy.data.synthetic import make_competition
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

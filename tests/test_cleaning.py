@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from retinopathy.cleaning import apply_decisions, read_decisions, record_decisions
+from retinopathy.data.cleaning import apply_decisions, read_decisions, record_decisions
 from retinopathy.errors import UserError
 
 

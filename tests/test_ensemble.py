@@ -4,9 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinopathy.ensemble import (blend_eyes, optimize_thresholds, optimize_weights, partner_ids, qwk_at,
-                                  tune_eye_blend)
-from retinopathy.train import DEFAULT_THRESHOLDS
+from retinopathy.inference.tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blend
+from retinopathy.metrics import DEFAULT_THRESHOLDS, blend_eyes, partner_ids
 
 
 def test_thresholds_recover_a_shifted_scale():

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels
+from retinopathy.data.competitions import APTOS2019, EYEPACS2015, read_labels
 from retinopathy.errors import UserError
-from retinopathy.folds import assign_folds, fold_summary
+from retinopathy.data.folds import assign_folds, fold_summary
 
 from conftest import shared
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from retinopathy.interpret import diagnose
+from retinopathy.reports.interpret import diagnose
 
 
 def history(train, valid, qwk=None):

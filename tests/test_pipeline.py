@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 
 from retinopathy.config import load_config
+from retinopathy.inference.predict import load_fold_learners, predict_items
+from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
-from retinopathy.predict import load_fold_learners, predict_items
 
 from conftest import run_script, tiny_pipeline
+
 
 @pytest.fixture(scope="module")
 def finished(tiny_aptos, tmp_path_factory):
@@ -31,7 +33,14 @@ def test_submission_matches_the_sample(finished, tiny_aptos):
 def test_cv_report_covers_every_training_image(finished, tiny_aptos):
     experiment, result, _ = finished
     assert result.cv["n"] == 40 and set(result.cv["folds"]) == {0, 1}
-    assert -1 <= result.cv["pooled"] <= 1 and result.test_qwk is not None
+    oof = pd.concat([pd.read_csv(experiment.fold_dir(k) / "oof.csv") for k in (0, 1)])
+    assert result.cv["pooled"] == pytest.approx(quadratic_kappa(oof["pred"], oof["grade"])), \
+        "the pooled CV score is the QWK of the folds' own OOF grades"
+    assert np.sum(result.cv["confusion"]) == 40
+    submission = pd.read_csv(result.submission, dtype={"id_code": str})
+    truth = pd.read_csv(tiny_aptos / "solution.csv", dtype={"id_code": str}).merge(submission, on="id_code",
+                                                                                 suffixes=("", "_pred"))
+    assert result.test_qwk == pytest.approx(quadratic_kappa(truth["diagnosis_pred"], truth["diagnosis"]))
 
 
 def test_fold_outputs(finished):

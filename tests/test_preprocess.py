@@ -5,8 +5,10 @@ import pytest
 from PIL import Image
 
 from retinopathy.errors import UserError
-from retinopathy.preprocess import (ben_graham, clahe, crop_to_eye, decode_image, find_eye, prepare, prepare_file,
-                                    preprocess_dataset, resize_pad, scale_to_radius)
+from retinopathy.preprocessing.fundus import (ben_graham, clahe, crop_to_eye, find_eye, prepare, resize_pad,
+                                             scale_to_radius)
+from retinopathy.preprocessing.image_io import decode_image, prepare_file
+from retinopathy.preprocessing.stage import preprocess_dataset
 
 from conftest import run_script, shared
 
@@ -195,7 +197,7 @@ def test_preprocess_script_options(tmp_path, tiny_aptos):
 
 
 def test_reduction_factor_keeps_the_smaller_side_at_least_the_target():
-    from retinopathy.preprocess import reduction_factor
+    from retinopathy.preprocessing.image_io import reduction_factor
     assert reduction_factor((3888, 2592), 512) == 4   # 648 px high after a 1/4 decode
     assert reduction_factor((3888, 2592), 256) == 8
     assert reduction_factor((640, 480), 512) == 1 and reduction_factor((640, 480), None) == 1

@@ -6,7 +6,9 @@ import torch
 import torchvision
 
 from retinopathy.errors import UserError
-from retinopathy.train import build_dataloaders, build_learner, torchvision_weights_file, training_table
+from retinopathy.data.folds import training_table
+from retinopathy.training.dataloaders import build_dataloaders
+from retinopathy.training.models import build_learner, torchvision_weights_file
 
 from test_train import _tiny_experiment
 

@@ -20,8 +20,8 @@ from PIL import Image
 
 from conftest import REPO, run_script, shared, tiny_pipeline
 from retinopathy.errors import UserError
-from retinopathy.predict import load_fold_learners, predict_items
-from retinopathy.serve import Grader, create_app
+from retinopathy.inference.predict import load_fold_learners, predict_items
+from retinopathy.inference.serve import Grader, create_app
 
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels, read_test_ids
+from retinopathy.data.competitions import APTOS2019, EYEPACS2015, read_labels, read_test_ids
 from retinopathy.errors import UserError
-from retinopathy.preprocess import find_eye
-from retinopathy.synthetic import fundus_image, make_competition
+from retinopathy.preprocessing.fundus import find_eye
+from retinopathy.data.synthetic import fundus_image, make_competition
 
 
 def test_aptos_layout(tiny_aptos):

@@ -6,11 +6,13 @@ import pytest
 
 from retinopathy.config import load_config
 from retinopathy.experiment import Experiment
-from retinopathy.folds import make_folds
-from retinopathy.paths import Paths
-from retinopathy.pipeline import preprocess
-from retinopathy.train import class_weights, parse_fold_spec, quadratic_kappa, to_grades, train_fold
+from retinopathy.data.folds import make_folds
 from retinopathy.errors import UserError
+from retinopathy.metrics import GradeRule, output_kappa, quadratic_kappa
+from retinopathy.paths import Paths
+from retinopathy.preprocessing.stage import preprocess
+from retinopathy.training.losses import class_weights
+from retinopathy.training.train import parse_fold_spec, train_fold
 
 from conftest import REPO
 
@@ -29,7 +31,8 @@ def test_one_epoch(tiny_aptos, tmp_path, head, balance):
     oof = pd.read_csv(result.dir / "oof.csv")
     assert len(oof) == 20 and oof["pred"].between(0, 4).all()
     assert ("value" in oof) == (head == "regression") and ("prob_0" in oof) == (head == "classification")
-    assert -1 <= result.qwk <= 1 and (result.dir / "export.pkl").is_file()
+    assert result.qwk == pytest.approx(quadratic_kappa(oof["pred"], oof["grade"])), "the fold's score is its OOF QWK"
+    assert (result.dir / "export.pkl").is_file()
 
 
 def test_class_weights_interpolate_from_natural_to_uniform():
@@ -43,11 +46,12 @@ def test_class_weights_interpolate_from_natural_to_uniform():
 
 
 def test_grades_from_outputs_and_kappa():
-    assert to_grades(np.array([[0.1, 0.7, 0.1, 0.05, 0.05]])).tolist() == [1]
-    assert to_grades(np.array([-0.2, 0.49, 0.5, 2.6, 9.0])).tolist() == [0, 0, 1, 3, 4]
+    assert GradeRule.plain("classification")(np.array([[0.1, 0.7, 0.1, 0.05, 0.05]])).tolist() == [1]
+    assert GradeRule.plain("regression")(np.array([-0.2, 0.49, 0.5, 2.6, 9.0])).tolist() == [0, 0, 1, 3, 4]
     y = np.array([0, 1, 2, 3, 4, 0, 2])
-    assert quadratic_kappa(np.eye(5)[y], y) == pytest.approx(1.0)
-    assert quadratic_kappa(np.eye(5)[4 - y], y) < 0
+    assert output_kappa(np.eye(5)[y], y) == pytest.approx(1.0)
+    assert output_kappa(np.eye(5)[4 - y], y) < 0
+    assert quadratic_kappa(y, y) == pytest.approx(1.0) and quadratic_kappa(4 - y, y) < 0
 
 
 def test_fold_spec():

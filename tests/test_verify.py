@@ -3,7 +3,7 @@
 import shutil
 
 from conftest import run_script, shared
-from retinopathy.verify import check_image, verify_dataset
+from retinopathy.data.verify import check_image, verify_dataset
 
 
 def test_real_folders_are_clean(tmp_path):

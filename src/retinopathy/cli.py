@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .competitions import get_competition
+from .data.competitions import get_competition
 from .config import Config, load_config
 from .errors import UserError
 from .experiment import Experiment

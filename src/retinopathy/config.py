@@ -104,7 +104,7 @@ class Config:
             return self.dataset
         if self.raw_dir:
             return Path(self.raw_dir).resolve().name
-        from .competitions import get_competition
+        from .data.competitions import get_competition
         return get_competition(self.competition).slug
 
     def to_yaml(self) -> str:

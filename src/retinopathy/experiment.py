@@ -1,14 +1,17 @@
-"""An experiment: one config plus the paths it reads and writes, resolved once and shared by every stage."""
+"""An experiment: one config plus the paths it reads and writes, resolved once and shared by every stage, and the
+fold artefacts it has produced so far."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .competitions import Competition, detect_competition
 from .config import Config
-from .paths import Paths
+from .data.competitions import Competition, detect_competition
+from .errors import UserError
+from .paths import MANIFEST, Paths
 
 
 @dataclass(frozen=True)
@@ -20,29 +23,62 @@ class Experiment:
 
     @property
     def raw_dir(self) -> Path:
+        """The competition folder in Kaggle layout."""
         if self.config.raw_dir:
             return Path(self.config.raw_dir).expanduser().resolve()
         return self.paths.raw(self.config.dataset_name)
 
     @functools.cached_property
     def competition(self) -> Competition:
+        """Which competition the raw folder holds, told by its files."""
         return detect_competition(self.raw_dir)
 
     @property
     def processed_dir(self) -> Path:
+        """The preprocessed images of this config's method and size."""
         return self.paths.processed(self.config.dataset_name, self.config.preprocess, self.config.image_size)
 
     @property
+    def manifest_csv(self) -> Path:
+        """The preprocessing stage's table of every prepared image (id, split, status, path, ...)."""
+        return self.processed_dir / MANIFEST
+
+    @property
     def folds_csv(self) -> Path:
+        """The folds CSV this config trains on."""
         return self.paths.folds(self.config.dataset_name, self.config.n_folds, self.config.seed)
 
     @property
     def dir(self) -> Path:
+        """The experiment's folder under models/."""
         return self.paths.experiment(self.config.name)
 
     def fold_dir(self, fold: int) -> Path:
+        """One fold's folder: export.pkl, oof.csv, history.csv, config.yaml, ..."""
         return self.paths.fold_dir(self.config.name, fold)
 
     @property
     def submission(self) -> Path:
+        """The submission CSV the prediction stage writes."""
         return self.paths.submission(self.config.name)
+
+    def trained_folds(self) -> list[int]:
+        """The folds whose exported learner exists."""
+        return [k for k in range(self.config.n_folds) if (self.fold_dir(k) / "export.pkl").is_file()]
+
+    def require_trained_folds(self) -> list[int]:
+        """:meth:`trained_folds`, or a UserError saying to train one first."""
+        folds = self.trained_folds()
+        if not folds:
+            raise UserError(f"no trained fold in {self.dir}: run scripts/train_fold.py first")
+        return folds
+
+
+def load_learner_quietly(path: Path, cpu: bool = True):
+    """fastai's ``load_learner`` without its warning that pickles can run code: only files the operator named (or
+    the experiment's own exports, found through its config) reach this point."""
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        return load_learner(path, cpu=cpu)

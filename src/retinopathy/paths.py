@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR_ENV = "RETINOPATHY_DATA_DIR"
+#: the preprocessing stage's table of every image it prepared (one per processed folder)
+MANIFEST = "manifest.csv"
 OUTPUT_DIR_ENV = "RETINOPATHY_OUTPUT_DIR"
 
 
@@ -31,14 +33,17 @@ class Paths:
 
     @property
     def models(self) -> Path:
+        """Every experiment's trained folds, one folder per experiment."""
         return self.output / "models"
 
     @property
     def submissions(self) -> Path:
+        """Submission CSVs, one per experiment or ensemble."""
         return self.output / "submissions"
 
     @property
     def reports(self) -> Path:
+        """Interpretation pages and the results table."""
         return self.output / "reports"
 
     def raw(self, dataset: str) -> Path:
@@ -50,13 +55,17 @@ class Paths:
         return self.data / "processed" / dataset / f"{method}-{size}"
 
     def folds(self, dataset: str, n_folds: int, seed: int) -> Path:
+        """The folds CSV (id, grade, fold) of one split."""
         return self.data / "processed" / dataset / f"folds-{n_folds}-seed{seed}.csv"
 
     def experiment(self, name: str) -> Path:
+        """An experiment's folder of trained folds."""
         return self.models / name
 
     def fold_dir(self, name: str, fold: int) -> Path:
+        """One fold's outputs."""
         return self.experiment(name) / f"fold{fold}"
 
     def submission(self, name: str) -> Path:
+        """An experiment's submission CSV."""
         return self.submissions / f"{name}.csv"

@@ -1,4 +1,5 @@
-"""The whole pipeline for one config: data → preprocess → folds → train every fold → ensemble → submission."""
+"""The whole pipeline for one config: data → preprocess → folds → train every fold → report, tune and predict →
+submission; and the prediction stage that the pipeline and ``scripts/predict.py`` share."""
 
 from __future__ import annotations
 
@@ -8,22 +9,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from .competitions import get_competition
 from .config import Config
+from .data.competitions import get_competition
+from .data.folds import make_folds
+from .data.synthetic import make_competition
 from .errors import UserError
 from .experiment import Experiment
-from .folds import make_folds
+from .inference.oof import cv_report
+from .inference.predict import predict_test
+from .inference.tuning import tune_experiment
+from .metrics import GradeRule, quadratic_kappa
 from .paths import Paths
-from .predict import report_and_predict
-from .preprocess import preprocess_dataset
-from .synthetic import make_competition
-from .train import fold_is_done, quadratic_kappa, train_fold
+from .preprocessing.stage import preprocess
+from .reports.results import append_results, print_cv_report
+from .training.train import fold_is_done, train_fold
 
 
 @dataclass
 class PipelineResult:
+    """What one pipeline run produced."""
+
     cv: dict
-    tuning: dict
+    rule: GradeRule
     submission: Path | None
     test_qwk: float | None
     seconds: float
@@ -44,17 +51,6 @@ def ensure_raw_data(experiment: Experiment) -> Path:
                     f"{config.competition}) or pass --raw-dir DIR")
 
 
-def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFrame:
-    """The preprocessing stage for an experiment: cache every image once at its method and size."""
-    config = experiment.config
-    manifest = preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, config.image_size,
-                                  workers=workers)
-    status = manifest["status"].str.split(":").str[0].value_counts()
-    print(f"preprocess: {len(manifest)} images → {experiment.processed_dir} ("
-          + ", ".join(f"{k}: {v}" for k, v in status.items()) + ")")
-    return manifest
-
-
 def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -> PipelineResult:
     """Run every stage; stages whose outputs are up to date are skipped, so an interrupted run resumes."""
     start = time.time()
@@ -68,7 +64,7 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
             print(f"fold {fold}: up to date in {experiment.fold_dir(fold)}, skipped")
             continue
         train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
-    cv, tuning, submission = report_and_predict(experiment)
+    cv, rule, submission = report_and_predict(experiment)
     test_qwk = None
     solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers
     if submission is not None and solution.is_file():
@@ -80,4 +76,17 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
         print(f"test QWK against the synthetic competition's hidden answers: {test_qwk:.4f}")
     seconds = time.time() - start
     print(f"done in {seconds:.0f}s. submission: {submission if submission else '(no test set)'}")
-    return PipelineResult(cv, tuning, submission, test_qwk, seconds)
+    return PipelineResult(cv, rule, submission, test_qwk, seconds)
+
+
+def report_and_predict(experiment: Experiment, verbose: bool = True) -> tuple[dict, GradeRule, Path | None]:
+    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table.
+    Returns (CV report, the tuned grade rule, submission path or None)."""
+    cv = cv_report(experiment)
+    print_cv_report(cv)
+    rule = tune_experiment(experiment, verbose)
+    submission = predict_test(experiment, verbose)
+    table = append_results(experiment, cv, rule, submission)
+    if verbose:
+        print(f"results table: {table} (and results.md)")
+    return cv, rule, submission

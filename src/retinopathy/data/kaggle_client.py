@@ -10,7 +10,7 @@ import contextlib
 import io
 from typing import Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 CREDENTIALS_HELP = ("set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put kaggle.json in ~/.kaggle/ "
                     "(kaggle.com → Settings → API → Create New Token)")

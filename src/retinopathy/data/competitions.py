@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
-
-GRADES = (0, 1, 2, 3, 4)
-GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
+from ..errors import UserError
+from ..metrics import GRADES
 
 
 @dataclass(frozen=True)

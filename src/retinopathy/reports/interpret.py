@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .competitions import GRADE_NAMES
-from .ensemble import PROB_COLUMNS, cut
-from .errors import UserError
-from .experiment import Experiment
-from .io import pyplot, save_figure, write_csv, write_text
-from .predict import load_oof, load_tuning
-from .preprocess import MANIFEST
-from .train import N_GRADES, draw_history, quadratic_kappa
+from ..errors import UserError
+from ..experiment import Experiment
+from ..inference.oof import load_oof, oof_outputs
+from ..inference.tuning import read_rule
+from ..io import pyplot, save_figure, write_csv, write_text
+from ..metrics import GRADE_NAMES, GRADES, quadratic_kappa
+from ..plots import draw_history
 
 
 def _save(fig, path: Path) -> Path:
@@ -32,22 +31,21 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
     """OOF rows with the predicted grade (post-processed as at prediction), each image's loss, and how sure the
     model was: the probability of its pick (classification) or the distance to the nearest threshold (regression)."""
     oof = load_oof(experiment)
-    tuning = load_tuning(experiment)
+    rule = read_rule(experiment)
     grades = oof["grade"].to_numpy(int)
-    if "value" in oof:
-        values = oof["value"].to_numpy(float)
-        thresholds = np.asarray(tuning["thresholds"], float)
-        oof["pred"] = cut(values, thresholds)
+    outputs = oof_outputs(oof)
+    oof["pred"] = rule.grades(outputs, oof["id"])
+    if "value" in oof or rule.use_values:
+        values = rule.values(outputs, oof["id"])
+        thresholds = np.asarray(rule.thresholds, float)
         oof["loss"] = np.abs(values - grades)
         oof["sureness"] = np.min(np.abs(values[:, None] - thresholds[None, :]), axis=1)
         oof["shown"] = [f"value {v:.2f}" for v in values]
     else:
-        probs = oof[PROB_COLUMNS].to_numpy(float)
-        oof["pred"] = probs.argmax(1)
-        oof["loss"] = -np.log(np.clip(probs[np.arange(len(oof)), grades], 1e-7, 1))
-        oof["sureness"] = probs.max(1)
-        oof["shown"] = [f"p {p:.2f}" for p in probs[np.arange(len(oof)), oof["pred"]]]
-    manifest = pd.read_csv(experiment.processed_dir / MANIFEST, dtype={"id": str}, keep_default_na=False)
+        oof["loss"] = -np.log(np.clip(outputs[np.arange(len(oof)), grades], 1e-7, 1))
+        oof["sureness"] = outputs.max(1)
+        oof["shown"] = [f"p {p:.2f}" for p in outputs[np.arange(len(oof)), oof["pred"]]]
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
     return oof.merge(manifest[["id", "path"]], on="id", how="left")
 
 
@@ -77,7 +75,7 @@ def confusion_report(oof: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, float]
     from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
     plt = pyplot()
-    labels = list(range(N_GRADES))
+    labels = list(GRADES)
     truth, pred = oof["grade"].astype(int), oof["pred"].astype(int)
     counts = confusion_matrix(truth, pred, labels=labels)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))

@@ -1,21 +1,23 @@
 """K-fold splits as a column of a CSV: stratified on the grade, and for EyePACS grouped by patient (both eyes of a
-patient in one fold; otherwise the model is validated on the twin of an eye it trained on)."""
+patient in one fold; otherwise the model is validated on the twin of an eye it trained on); and the training table,
+the folds joined with the preprocessed images."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .cleaning import apply_decisions, decisions_path
 from .competitions import Competition, read_labels
-from .errors import UserError
-from .experiment import Experiment
-from .io import write_csv
+from ..errors import UserError
+from ..experiment import Experiment
+from ..io import write_csv
 
 
 def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
     """``labels`` (id, grade) with a ``fold`` column added; deterministic from ``seed``."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # 1 s to import: only when splitting
+
     counts = labels["grade"].value_counts()
     if len(labels) < n_folds:
         raise UserError(f"{len(labels)} labelled images cannot make {n_folds} folds; lower n_folds")
@@ -53,3 +55,18 @@ def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
         print(f"folds: {len(folds)} images in {config.n_folds} folds → {experiment.folds_csv}")
         print(fold_summary(folds))
     return folds
+
+
+def training_table(experiment: Experiment) -> pd.DataFrame:
+    """Folds joined with the preprocessed images: columns id, grade, fold, path (bad images left out, and said)."""
+    for path, stage in ((experiment.folds_csv, "make_folds.py"), (experiment.manifest_csv, "preprocess.py")):
+        if not path.is_file():
+            raise UserError(f"{path} not found: run scripts/{stage} with this config first")
+    folds = pd.read_csv(experiment.folds_csv, dtype={"id": str})
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    usable = manifest[manifest["path"] != ""][["id", "path"]]
+    table = folds.merge(usable, on="id", how="inner")
+    dropped = len(folds) - len(table)
+    if dropped:
+        print(f"note: {dropped} labelled image(s) have no preprocessed file (see {experiment.manifest_csv})")
+    return table.reset_index(drop=True)

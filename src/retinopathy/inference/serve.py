@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .competitions import GRADE_NAMES
-from .config import load_config
-from .ensemble import grade_rule, read_tuning, scalar_scores
-from .errors import UserError
-from .engines import ENGINES, ONNX_FILES, OnnxRunner, TorchRunner, load_learner_quietly, serving_model
-from .preprocess import decode_image, encode_png, prepare
+from ..config import load_config
+from ..errors import UserError
+from ..metrics import GRADE_NAMES, GradeRule, scalar_scores
+from ..preprocessing.fundus import prepare
+from ..preprocessing.image_io import decode_image, encode_png
+from .engines import ENGINES, ONNX_FILES, OnnxRunner
 
 DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7700 x 5200; EyePACS tops out near 18 megapixels
@@ -98,23 +97,19 @@ class Grader:
     def __init__(self, model_paths: list[Path], threads: int | None = None, engine: str = "torch"):
         if engine not in ENGINES:
             raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
-        if threads:
-            torch.set_num_threads(threads)
         self.paths = [Path(p).resolve() for p in model_paths]
         configs = check_model_paths(self.paths)
         first = configs[0]
         self.config = first
         self.method, self.size = first.preprocess, first.image_size
         self.regression = first.head == "regression"
-        # fold<K>/export.pkl: the experiment's folder, with its tuned thresholds, is two levels up
-        thresholds = read_tuning(self.paths[0].parent.parent, first.head)["thresholds"]
-        self.to_grade = grade_rule(self.regression, thresholds)
+        # fold<K>/export.pkl: the experiment's folder, with its tuning.json, is two levels up
+        self.rule = GradeRule.read(self.paths[0].parent.parent, first.head)
         self.files = [engine_file(p, engine) for p in self.paths]
         all_onnx = all(f.suffix == ".onnx" for f in self.files)
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
-                        TorchRunner(serving_model(load_learner_quietly(f), self.regression), bf16=engine == "bf16")
-                        for f in self.files]
+                        self._torch_runner(f, threads, bf16=engine == "bf16") for f in self.files]
         for f, run in zip(self.files, self.runners):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
@@ -123,6 +118,17 @@ class Grader:
         for f in self.files:
             digest.update(f.read_bytes())
         self.model_id = f"{first.name}-{len(self.files)}x{first.arch}-{self.engine}-{digest.hexdigest()[:10]}"
+
+    def _torch_runner(self, export: Path, threads: int | None, bf16: bool):
+        """A fold's export.pkl in PyTorch: torch and fastai are imported only for these engines."""
+        import torch
+
+        from ..experiment import load_learner_quietly
+        from .torch_engine import TorchRunner, serving_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchRunner(serving_model(load_learner_quietly(export), self.regression), bf16=bf16)
 
     # --------------------------------------------------------------------------------------- input checks
     @staticmethod
@@ -166,7 +172,7 @@ class Grader:
         self.check_upload(data, max_bytes, max_pixels)
         img = self.preprocess(data)
         out = self.outputs(img)
-        grade = int(self.to_grade(out[None])[0])
+        grade = int(self.rule.grades(out[None])[0])
         value = float(scalar_scores(out[None])[0])  # the regression value, or the expected grade
         probabilities = None if self.regression else [float(p) for p in out]
         return Prediction(grade, GRADE_NAMES[grade], probabilities, value, encode_png(img) if with_image else b"",
@@ -174,8 +180,8 @@ class Grader:
 
 
 def models_of_experiment(experiment) -> list[Path]:
-    from .predict import require_trained_folds
-    return [experiment.fold_dir(k) / "export.pkl" for k in require_trained_folds(experiment)]
+    """The export.pkl of every trained fold of an experiment."""
+    return [experiment.fold_dir(k) / "export.pkl" for k in experiment.require_trained_folds()]
 
 
 # ------------------------------------------------------------------------------------------- the web app

@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .competitions import GRADES, Competition, detect_competition
-from .io import write_csv
+from ..metrics import GRADES
+from .competitions import Competition, detect_competition
+from ..io import write_csv
 
 QUARANTINE = "quarantine"
-REPORT = "report.csv"
+QUARANTINE_REPORT = "report.csv"
 IMAGE_SUFFIXES = {".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"}
 
 
@@ -64,7 +65,7 @@ class VerifyReport:
             return f" (e.g. {', '.join(map(str, items[:3]))})" if items else ""
         return [
             f"images: {self.checked} decoded, {len(self.bad)} bad" + (
-                f", moved to {QUARANTINE}/ (see {QUARANTINE}/{REPORT})" if self.bad else ""),
+                f", moved to {QUARANTINE}/ (see {QUARANTINE}/{QUARANTINE_REPORT})" if self.bad else ""),
             f"labels without an image: {len(self.labels_without_image)}{sample(self.labels_without_image)}",
             f"training images without a label: {len(self.images_without_label)}{sample(self.images_without_label)}",
             f"duplicate ids in the labels: {len(self.duplicate_ids)}{sample(self.duplicate_ids)}",
@@ -90,7 +91,7 @@ def quarantine(raw_dir: Path, bad: dict[str, str]) -> Path:
         target = qdir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(raw_dir / rel, target)
-    report = qdir / REPORT
+    report = qdir / QUARANTINE_REPORT
     rows = pd.DataFrame({"file": list(bad), "reason": list(bad.values())})
     if report.is_file():
         rows = pd.concat([pd.read_csv(report), rows]).drop_duplicates("file", keep="last")

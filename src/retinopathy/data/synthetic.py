@@ -22,8 +22,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .competitions import APTOS2019, Competition, get_competition
-from .errors import UserError
-from .preprocess import Eye
+from ..errors import UserError
+from ..preprocessing.fundus import Eye
 
 #: Images per grade in the real training sets (APTOS 2019 of 3,662; EyePACS 2015 of 35,126).
 GRADE_COUNTS = {

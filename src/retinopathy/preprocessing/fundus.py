@@ -1,24 +1,16 @@
-"""Fundus preprocessing: pure image functions (numpy/OpenCV, no file I/O), the one ``prepare`` that training,
-test prediction and the web app all call, and the batch stage that caches every image once per method and size."""
+"""Fundus preprocessing as pure image functions (numpy/OpenCV, no file I/O): find the eye, crop, mask, normalise
+(Ben Graham's local contrast, CLAHE), resize; and the one ``prepare`` that training, test prediction, the kernel
+and the web app all call."""
 
 from __future__ import annotations
 
 import functools
-import io
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
-from PIL import Image
-from tqdm.auto import tqdm
 
-from .competitions import detect_competition, read_labels, read_test_ids
-from .errors import UserError
-from .io import atomic_path, write_csv
+from ..errors import UserError
 
 METHODS = ("none", "crop", "ben", "clahe")
 
@@ -243,154 +235,3 @@ def prepare(img: np.ndarray, method: str, size: int) -> tuple[np.ndarray, Eye | 
     if method == "clahe":
         return mask_circle(clahe(square)), eye
     return mask_circle(square), eye
-
-
-# --------------------------------------------------------------------------------------------- decoding
-_REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
-
-
-def reduction_factor(original: tuple[int, int], min_side: int | None) -> int:
-    """The largest JPEG decode reduction (8, 4, 2, else 1) that keeps the smaller side at least ``min_side``."""
-    return next((f for f in _REDUCED if min_side and min(original) >= f * min_side), 1)
-
-
-def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode a file or bytes to RGB uint8, at a reduced resolution when ``min_side`` allows; also return the
-    original (width, height).
-
-    JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale (OpenCV's ``IMREAD_REDUCED_COLOR_*``) while the smaller
-    side stays at least ``min_side``: a 3888×2592 photo for a 512 px model decodes at a fraction of the full cost.
-    Other formats (PNG, 16-bit, grayscale, RGBA, palette) go through PIL. Anything that is not a complete image
-    raises.
-    """
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        original, fmt = im.size, im.format
-        factor = reduction_factor(original, min_side)
-        if fmt == "JPEG" and factor > 1:
-            buf = np.frombuffer(source if isinstance(source, bytes) else Path(source).read_bytes(), np.uint8)
-            bgr = cv2.imdecode(buf, _REDUCED[factor])
-            if bgr is not None:
-                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), original
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            return to_rgb_uint8(np.clip(np.asarray(im) / 257.0, 0, 255).astype(np.uint8)), original
-        if im.mode not in ("RGB", "L", "RGBA"):
-            im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-        return to_rgb_uint8(np.asarray(im)), original
-
-
-def prepare_file(source: str | os.PathLike | bytes, method: str, size: int) -> tuple[np.ndarray, Eye | None, tuple]:
-    """Decode and prepare one image; the eye is reported in the original image's coordinates."""
-    # The eye is at least as wide as the smaller side, so decoding that side at `size` loses nothing.
-    img, original = decode_image(source, min_side=size)
-    out, eye = prepare(img, method, size)
-    if eye is not None:
-        k = original[0] / img.shape[1]
-        eye = Eye(eye.cx * k, eye.cy * k, eye.radius * k)
-    return out, eye, original
-
-
-def encode_png(img: np.ndarray) -> bytes:
-    # Fastest zlib level with run-length matching: quicker and smaller than the default on fundus images.
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-# --------------------------------------------------------------------------------------------- the batch stage
-MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path"]
-
-
-def _process_one(job: tuple[str, str, str, str, str, int]) -> dict:
-    image_id, split, source, out_path, method, size = job
-    row = {"id": image_id, "split": split, "source": source, "width": None, "height": None,
-           "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok", "path": out_path}
-    try:
-        out, eye, (w, h) = prepare_file(source, method, size)
-    except FileNotFoundError:
-        return {**row, "status": "missing", "path": ""}
-    except Exception as e:  # any decoder failure is the image's fault: record it, carry on
-        return {**row, "status": f"unreadable: {type(e).__name__}: {e}".replace("\n", " ")[:200], "path": ""}
-    row.update(width=w, height=h)
-    if eye is None:
-        row["status"] = "no_eye" if method != "none" else "ok"
-    else:
-        row.update(eye_x=round(eye.cx, 1), eye_y=round(eye.cy, 1), eye_radius=round(eye.radius, 1))
-    with atomic_path(out_path) as tmp:
-        tmp.write_bytes(encode_png(out))
-    return row
-
-
-def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, workers: int | None = None,
-                       progress: bool = True) -> pd.DataFrame:
-    """Prepare every training and test image of a competition folder once; write the images and a manifest.
-
-    Resumable: images whose output already exists (outputs are written atomically, so an existing one is whole)
-    keep their manifest row. A bad or blank image is recorded in the manifest's status, not fatal.
-    """
-    if method not in METHODS:
-        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
-    competition = detect_competition(raw_dir)
-    items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]]
-    items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])]
-    manifest_path = out_dir / MANIFEST
-    previous = {}
-    if manifest_path.is_file():
-        old = pd.read_csv(manifest_path, dtype={"id": str}, keep_default_na=False)
-        previous = {r["id"]: r for r in old.to_dict("records") if r["status"] in ("ok", "no_eye")}
-    rows, jobs = [], []
-    for image_id, split in items:
-        out_path = out_dir / f"{image_id}.png"
-        if image_id in previous and out_path.is_file():
-            rows.append(previous[image_id])
-        else:
-            source = competition.image_path(raw_dir, split, image_id)
-            jobs.append((image_id, split, str(source), str(out_path), method, size))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
-    if jobs:
-        bar = tqdm(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", disable=not progress)
-        try:
-            if workers > 1 and len(jobs) > 8:
-                with ProcessPoolExecutor(workers) as pool:
-                    for row in pool.map(_process_one, jobs, chunksize=4):
-                        rows.append(row)
-                        bar.update()
-            else:
-                for job in jobs:
-                    rows.append(_process_one(job))
-                    bar.update()
-        finally:
-            bar.close()
-            # Even when interrupted, record what was done so the next run resumes from there.
-            manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-            write_csv(manifest, manifest_path)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    write_csv(manifest, manifest_path)
-    return manifest
-
-
-def contact_sheet(sources: list, methods: tuple[str, ...] = ("none", "crop", "ben", "clahe"), size: int = 256,
-                  labels: list[str] | None = None) -> np.ndarray:
-    """A before/after grid: one row per image, the original (eye circle drawn in green) then each method."""
-    rows = []
-    for i, source in enumerate(sources):
-        img, _ = decode_image(source, min_side=size)
-        original = resize_pad(img, size)
-        eye = find_eye(img)
-        if eye is not None:  # draw the found circle where resize_pad put the image
-            k = size / max(img.shape[:2])
-            dx, dy = (size - round(img.shape[1] * k)) // 2, (size - round(img.shape[0] * k)) // 2
-            cv2.circle(original, (int(eye.cx * k + dx), int(eye.cy * k + dy)), int(eye.radius * k), (0, 255, 0), 2)
-        tiles = [original] + [prepare(img, m, size)[0] for m in methods]
-        row = np.hstack([np.pad(t, ((4, 4), (4, 4), (0, 0)), constant_values=255) for t in tiles])
-        if labels:
-            cv2.putText(row, labels[i], (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
-        rows.append(row)
-    header = np.full((30, rows[0].shape[1], 3), 255, np.uint8)
-    for j, title in enumerate(("original",) + tuple(methods)):
-        cv2.putText(header, title, (j * (size + 8) + 10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
-    return np.vstack([header] + rows)
