@@ -25,6 +25,8 @@ def main() -> None:
     p.add_argument("--check-images", type=int, default=None,
                    help="validation images to compare on (default: the whole validation fold)")
     p.add_argument("--force", action="store_true", help="export again even where the files are up to date")
+    p.add_argument("--any-export", action="store_true",
+                   help="export folds even where they were not trained with this config's model settings")
     args = p.parse_args()
     from retinopathy.inference.export import export_fold
     from retinopathy.training.train import parse_fold_spec
@@ -32,6 +34,7 @@ def main() -> None:
     experiment = cli.experiment(args)
     trained = experiment.require_trained_folds()
     folds = trained if args.folds == "all" else parse_fold_spec(args.folds, experiment.config.n_folds)
+    experiment.check_exports([f for f in folds if f in trained], any_export=args.any_export)
     for fold in folds:
         export_fold(experiment, fold, int8=args.int8, calibration_images=args.calibration_images,
                     check_images=args.check_images, force=args.force)

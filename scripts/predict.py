@@ -17,15 +17,20 @@ def main() -> None:
     p.add_argument("--experiments", nargs="+", metavar="NAME",
                    help="trained experiments (models/<NAME>/) to ensemble instead of one config")
     p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")
+    p.add_argument("--any-export", action="store_true",
+                   help="use trained folds even where they were not trained with this config's model settings")
     args = p.parse_args()
     from retinopathy.inference.ensemble import ensemble_experiments, load_experiment
     from retinopathy.pipeline import report_and_predict
 
     if args.experiments:
         paths = Paths.default(data_dir=args.data_dir)
-        ensemble_experiments([load_experiment(n, paths) for n in args.experiments], args.name)
+        experiments = [load_experiment(n, paths) for n in args.experiments]
+        for experiment in experiments:
+            experiment.check_exports(any_export=args.any_export)
+        ensemble_experiments(experiments, args.name)
     else:
-        report_and_predict(cli.experiment(args))
+        report_and_predict(cli.experiment(args), any_export=args.any_export)
 
 
 if __name__ == "__main__":

@@ -40,17 +40,23 @@ def tiny_eyepacs(tmp_path_factory) -> Path:
                             seed=2, max_side=200, workers=1, progress=False)
 
 
-#: one epoch at 32 px on two folds: enough to exercise every stage in seconds
-TINY_TRAINING = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0", "synthetic_images=0"]
+#: the cheapest run (one epoch at 32 px on two folds): the shipped preset, not a copy of it
+DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
 
 
-def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str):
-    """Run the whole pipeline on ``raw`` with outputs under ``work``; returns (experiment, result)."""
+def debug_config(raw: Path, name: str, *overrides: str):
+    """``configs/debug.yaml`` on the competition folder ``raw``, named ``name``, with ``overrides``."""
     from retinopathy.config import load_config
+
+    return load_config(DEBUG_CONFIG, [f"raw_dir={raw}", f"name={name}", "synthetic_images=0", *overrides])
+
+
+def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None):
+    """Run the whole pipeline on ``raw`` with outputs under ``work``; returns (experiment, result)."""
     from retinopathy.experiment import Experiment
     from retinopathy.paths import Paths
     from retinopathy.pipeline import run_pipeline
 
-    config = load_config(REPO / "configs" / "demo.yaml", TINY_TRAINING + [f"raw_dir={raw}", f"name={name}", *overrides])
+    config = debug_config(raw, name, *overrides)
     paths = Paths.default(data_dir=work / "data", output_dir=work)
-    return Experiment(config, paths), run_pipeline(config, paths)
+    return Experiment(config, paths), run_pipeline(config, paths, folds=folds)

@@ -79,3 +79,50 @@ def test_raw_dir_option_names_the_dataset_after_its_folder(tmp_path, tiny_aptos)
     assert paths.processed(config.dataset_name, "ben", 64) == tmp_path / "processed" / tiny_aptos.name / "ben-64"
     demo, _ = cli.resolve(argparse.Namespace(config="configs/demo.yaml", data_dir=None, overrides=[]))
     assert demo.dataset == "synthetic-aptos2019", "the demo's own data keeps its own folder"
+
+
+def test_a_config_starts_from_its_base(tmp_path):
+    (tmp_path / "parent.yaml").write_text("arch: resnet50\nepochs: 7\nlr: 0.01\n")
+    (tmp_path / "child.yaml").write_text("base: parent\nepochs: 2\n")
+    child = load_config(tmp_path / "child.yaml", ["lr=0.5"])
+    assert (child.name, child.arch, child.epochs, child.lr) == ("child", "resnet50", 2, 0.5), \
+        "own file name, the base's arch, its own epochs, the override's lr"
+    debug = load_config(REPO / "configs" / "debug.yaml")
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert (debug.epochs, debug.image_size, debug.head, debug.balance) == (1, 32, demo.head, demo.balance)
+    assert debug.dataset != demo.dataset, "the debug run synthesizes into its own folder"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("base: nope\n", r"child.yaml: base config 'nope' not found"),
+    ("base: child\n", r"base 'child' leads back to itself"),
+])
+def test_a_bad_base_is_one_line(tmp_path, content, message):
+    (tmp_path / "child.yaml").write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_every_shipped_config_builds_its_learner_on_cpu(tiny_aptos, tmp_path):
+    """Every preset instantiated for real (tiny data, 32 px; weights off, as no hub is reachable), so a broken
+    config fails here and not on a rented GPU."""
+    from retinopathy.data.folds import make_folds, training_table
+    from retinopathy.experiment import Experiment
+    from retinopathy.paths import Paths
+    from retinopathy.preprocessing.stage import preprocess_dataset
+    from retinopathy.training.dataloaders import build_dataloaders
+    from retinopathy.training.models import build_learner
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        config = load_config(path, [f"raw_dir={tiny_aptos}", "image_size=32", "batch_size=8", "num_workers=0",
+                                    "pretrained=false", "synthetic_images=0"])
+        experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
+        preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, 32, workers=1,
+                           progress=False)
+        make_folds(experiment, verbose=False)
+        learn = build_learner(build_dataloaders(training_table(experiment), experiment, 0), experiment,
+                              experiment.fold_dir(0))
+        xb, yb = learn.dls.one_batch()
+        out = learn.model.eval()(xb)
+        assert out.shape == (len(xb), 1 if config.head == "regression" else 5), path.name
+        assert float(learn.loss_func(out, yb)) >= 0, path.name

@@ -18,9 +18,9 @@ def test_two_cpu_processes_train_one_fold(tiny_aptos, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
     env = {**os.environ, "RETINOPATHY_OUTPUT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    common = ["--config", str(REPO / "configs" / "demo.yaml"), "--data-dir", str(tmp_path / "data"),
+    common = ["--config", str(REPO / "configs" / "debug.yaml"), "--data-dir", str(tmp_path / "data"),
               "--raw-dir", str(tiny_aptos)]
-    overrides = ["n_folds=2", "epochs=2", "image_size=32", "batch_size=8", "num_workers=0", "name=ddp"]
+    overrides = ["epochs=2", "batch_size=8", "name=ddp"]
     for stage in ("preprocess.py", "make_folds.py"):
         done = subprocess.run([sys.executable, str(REPO / "scripts" / stage), *common, *overrides], env=env,
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)

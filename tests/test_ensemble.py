@@ -19,10 +19,22 @@ def test_thresholds_recover_a_shifted_scale():
     assert list(tuned) == sorted(tuned)
 
 
-def test_thresholds_never_worse_than_the_start():
-    grades = np.array([0, 1, 2, 3, 4] * 10)
-    values = grades.astype(float)
-    assert qwk_at(values, grades, optimize_thresholds(values, grades)) == pytest.approx(1.0)
+def test_thresholds_never_worse_than_the_start(monkeypatch):
+    """Nelder-Mead on a step function can end somewhere worse than it began: then the start is kept."""
+    from types import SimpleNamespace
+
+    import retinopathy.inference.tuning as tuning
+
+    rng = np.random.default_rng(3)
+    grades = rng.integers(0, 5, size=200)
+    values = grades + rng.normal(0, 0.4, size=200)
+    lost = SimpleNamespace(x=np.array([3.6, 3.7, 3.8, 3.9]))  # an optimizer that wandered off
+    monkeypatch.setattr(tuning, "minimize", lambda *args, **kwargs: lost)
+    assert qwk_at(values, grades, lost.x) < qwk_at(values, grades, DEFAULT_THRESHOLDS)
+    assert tuning.optimize_thresholds(values, grades) == DEFAULT_THRESHOLDS
+    monkeypatch.undo()
+    tuned = tuning.optimize_thresholds(values, grades)
+    assert qwk_at(values, grades, tuned) >= qwk_at(values, grades, DEFAULT_THRESHOLDS)
 
 
 def test_weights_favour_the_better_experiment():

@@ -20,6 +20,16 @@ def test_aptos_folds_are_stratified_and_deterministic(tiny_aptos):
     assert "grade 0 %" in fold_summary(folds)
 
 
+def test_both_eyes_of_a_synthetic_patient_share_a_fold(tiny_eyepacs):
+    labels = read_labels(tiny_eyepacs, EYEPACS2015)
+    patient = labels["id"].str.rsplit("_", n=1).str[0]
+    assert (patient.value_counts() == 2).all(), "the synthetic EyePACS has both eyes of every patient"
+    folds = assign_folds(labels, 3, seed=0, competition=EYEPACS2015)
+    assert (folds.groupby(patient)["fold"].nunique() == 1).all(), "no patient in two folds"
+    split_anyway = assign_folds(labels, 3, seed=0, competition=APTOS2019)  # no grouping: twins get separated
+    assert (split_anyway.groupby(patient)["fold"].nunique() > 1).any()
+
+
 def test_eyepacs_keeps_both_eyes_of_a_patient_in_one_fold():
     labels = read_labels(shared("eyepacs-labels"), EYEPACS2015)
     assert len(labels) == 35126

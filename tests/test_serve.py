@@ -37,7 +37,14 @@ def client(trained):
 
 
 def photo() -> Path:
+    """A real EyePACS photograph (skips where ../shared is absent)."""
     return sorted((shared("eyepacs-sample") / "train").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic_photo(tiny_eyepacs) -> Path:
+    """A JPEG fundus photograph of the synthetic EyePACS: the parity checks run on a fresh clone too."""
+    return sorted((tiny_eyepacs / "test").glob("*.jpeg"))[0]
 
 
 def post(client, data: bytes, name="x.jpeg", query=""):
@@ -59,10 +66,10 @@ def test_predict_a_real_photograph(client, trained):
     assert client.get("/health").json()["models"] == 2
 
 
-def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path):
+def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path, synthetic_photo):
     experiment, models = trained
     grader = Grader(models)
-    img = grader.preprocess(photo().read_bytes())
+    img = grader.preprocess(synthetic_photo.read_bytes())
     Image.fromarray(img).save(tmp_path / "seen.png")
     ours = grader.outputs(img)
     items = pd.DataFrame({"id": ["x"], "path": [str(tmp_path / "seen.png")]})
@@ -70,8 +77,8 @@ def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path):
     assert np.allclose(ours, theirs, atol=1e-5)
 
 
-def test_bf16_engine_close_to_float32(trained):
-    img = Grader(trained[1]).preprocess(photo().read_bytes())
+def test_bf16_engine_close_to_float32(trained, synthetic_photo):
+    img = Grader(trained[1]).preprocess(synthetic_photo.read_bytes())
     float32, bf16 = Grader(trained[1]).outputs(img), Grader(trained[1], engine="bf16").outputs(img)
     assert bf16.shape == (5,) and np.allclose(bf16, float32, atol=0.03), (bf16, float32)
 
@@ -100,10 +107,10 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
     assert again.returncode == 0 and again.stdout.count("already exported") == 2, "up-to-date folds are skipped"
 
 
-def test_onnx_engines_serve_the_same_grader(exported):
+def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):
     from starlette.testclient import TestClient
     _, models, _, _ = exported
-    img = Grader(models).preprocess(photo().read_bytes())
+    img = Grader(models).preprocess(synthetic_photo.read_bytes())
     reference = Grader(models).outputs(img)
     onnx = Grader(models, engine="onnx")
     assert [f.name for f in onnx.files] == ["model.onnx"] * 2 and np.allclose(onnx.outputs(img), reference, atol=1e-5)
@@ -112,9 +119,27 @@ def test_onnx_engines_serve_the_same_grader(exported):
     only_onnx = Grader([m.parent / "model.onnx" for m in models])  # no pickle loaded at all
     assert only_onnx.engine == "onnx" and "-onnx-" in only_onnx.model_id
     with TestClient(create_app(model_paths=models, threads=1, engine="int8")) as client:
-        body = post(client, photo().read_bytes()).json()
+        body = post(client, synthetic_photo.read_bytes()).json()
         assert body["grade"] == int(np.argmax(body["probabilities"])) and "-int8-" in body["model_id"]
         assert client.get("/health").json()["engine"] == "int8"
+
+
+def test_onnx_serving_imports_neither_torch_nor_fastai(exported, synthetic_photo):
+    _, models, _, _ = exported
+    probe = f"""
+import sys
+from pathlib import Path
+from retinopathy.inference.serve import Grader, create_app
+grader = Grader([Path({str(models[0].parent / 'model.onnx')!r}), Path({str(models[1].parent / 'model-int8.onnx')!r})])
+result = grader.predict(Path({str(synthetic_photo)!r}).read_bytes())
+print(result.grade, grader.engine)
+print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer, loaded = done.stdout.splitlines()[-2:]
+    assert answer.split()[0] in {"0", "1", "2", "3", "4"} and "onnxruntime" in loaded.split()
+    assert not {"torch", "fastai", "torchvision", "timm"} & set(loaded.split()), loaded
 
 
 def test_missing_onnx_file_is_one_line(trained, tmp_path):

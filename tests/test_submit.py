@@ -53,6 +53,7 @@ def test_submit_round_trip(server, tiny_aptos, tmp_path):
     (lambda s: s.assign(diagnosis=s["diagnosis"].astype(object).where(s.index != 2, 7)), "row 4: grade '7'"),
     (lambda s: s.assign(diagnosis=s["diagnosis"].astype(object).where(s.index != 0, 1.5)), "row 2: grade '1.5'"),
     (lambda s: s.assign(diagnosis=s["diagnosis"].astype(object).where(s.index != 1, "")), "row 3: grade ''"),
+    (lambda s: s.assign(diagnosis=s["diagnosis"].astype(float)), "row 2: grade '0.0'"),
 ])
 def test_bad_files_are_refused_before_sending(server, tiny_aptos, tmp_path, bad, message):
     csv = tmp_path / "bad.csv"

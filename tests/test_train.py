@@ -14,16 +14,13 @@ from retinopathy.preprocessing.stage import preprocess
 from retinopathy.training.losses import class_weights
 from retinopathy.training.train import parse_fold_spec, train_fold
 
-from conftest import REPO
-
-TINY = ["n_folds=2", "epochs=1", "image_size=32", "batch_size=16", "num_workers=0"]
+from conftest import REPO, debug_config
 
 
 @pytest.mark.parametrize("head, balance", [("regression", "loss"), ("regression", "sampler"),
                                            ("classification", "loss"), ("classification", "none")])
 def test_one_epoch(tiny_aptos, tmp_path, head, balance):
-    config = load_config(REPO / "configs" / "demo.yaml",
-                         TINY + [f"raw_dir={tiny_aptos}", f"head={head}", f"balance={balance}", "name=t"])
+    config = debug_config(tiny_aptos, "t", f"head={head}", f"balance={balance}")
     experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
     preprocess(experiment)
     make_folds(experiment, verbose=False)
@@ -63,7 +60,7 @@ def test_fold_spec():
 
 
 def _tiny_experiment(raw, tmp_path, *overrides):
-    config = load_config(REPO / "configs" / "demo.yaml", TINY + [f"raw_dir={raw}", "name=t", *overrides])
+    config = debug_config(raw, "t", *overrides)
     experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
     preprocess(experiment)
     make_folds(experiment, verbose=False)

@@ -4,6 +4,7 @@ mistake into one line on stderr (exit 2) instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Callable
@@ -61,15 +62,52 @@ def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
 
 
 def experiment(args: argparse.Namespace, **changes) -> Experiment:
+    """The experiment the script's arguments describe."""
     return Experiment(*resolve(args, **changes))
 
 
+#: what to do about a file-system fault, by errno; the message names the path
+_FAULTS = {
+    errno.ENOSPC: "no space left on the device: free some, or point --data-dir / $RETINOPATHY_OUTPUT_DIR at a "
+                  "disk with room; finished outputs are whole and the same command resumes",
+    errno.EDQUOT: "disk quota exceeded: free some, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.EROFS: "read-only file system: point --data-dir / $RETINOPATHY_OUTPUT_DIR at a writable folder",
+    errno.EACCES: "permission denied: make it writable, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.EPERM: "operation not permitted: make it writable, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it, or choose another --data-dir / "
+                   "$RETINOPATHY_OUTPUT_DIR",
+    errno.EEXIST: "a file stands where a folder is needed: move it, or choose another --data-dir / "
+                  "$RETINOPATHY_OUTPUT_DIR",
+    errno.EISDIR: "a folder stands where a file is needed: move it aside",
+}
+
+
+def fault_message(error: OSError) -> str | None:
+    """One line for a file-system fault (full disk, read-only, permissions, a file where a folder should be) that
+    names the path and what to do; None for other errors."""
+    advice = _FAULTS.get(error.errno)
+    if advice is None:
+        return None
+    path = error.filename or "an output file"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename:
+        blocking = next((p for p in [Path(error.filename), *Path(error.filename).parents] if p.is_file()), None)
+        path = blocking or path
+    return f"{path}: {advice}"
+
+
 def run(main: Callable[[], object]) -> None:
-    """Call a script's ``main``; a :class:`UserError` becomes ``error: …`` on one line and exit status 2."""
+    """Call a script's ``main``; a :class:`UserError` or a file-system fault becomes ``error: …`` on one line and
+    exit status 2."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        message = fault_message(e) or fault_message(getattr(e, "__cause__", None) or e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +109,21 @@ class Config:
         from .data.competitions import get_competition
         return get_competition(self.competition).slug
 
+    def model_settings(self) -> dict[str, Any]:
+        """The settings that decide the trained model: every key but the runtime ones (:data:`RUNTIME_KEYS`), the
+        data named by its folder name (not the path it was reached by), and ``lr_find`` only where it picks the
+        rate."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
+        settings.update(dataset=self.dataset_name, lr_find=self.lr_find == "pick")
+        return settings
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of :meth:`model_settings`: two configs train the same model exactly when their fingerprints agree."""
+        return settings_fingerprint(self.model_settings())
+
     def to_yaml(self) -> str:
+        """The config as YAML, every key in declaration order."""
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -115,10 +131,29 @@ class Config:
         return write_text(path, "# resolved config of this run; re-run with --config <this file>\n" + self.to_yaml())
 
     def replace(self, **changes: Any) -> "Config":
+        """A copy with some keys changed (and checked again)."""
         return dataclasses.replace(self, **changes)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+#: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
+RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta")
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """The fingerprint of a mapping of model settings (see :meth:`Config.model_settings`)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_difference(made: dict[str, Any], asked: dict[str, Any]) -> str:
+    """The keys on which two model settings differ, said once: ``made with arch=resnet18 epochs=3, asked for
+    arch=resnet50 epochs=7``."""
+    keys = [k for k in sorted(set(made) | set(asked)) if made.get(k) != asked.get(k)]
+
+    def show(d):
+        return " ".join(f"{k}={d.get(k, '(unset)')}" for k in keys)
+
+    return f"made with {show(made)}, asked for {show(asked)}" if keys else "made by other settings"
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
@@ -160,24 +195,45 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return parsed
 
 
+#: the key by which a config file names another whose values it starts from
+BASE_KEY = "base"
+
+
+def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's values, on top of those of the config it names as ``base`` (a name in the same folder, or
+    a path relative to it), recursively."""
+    if not path.is_file():
+        available = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+        hint = f"; available: {', '.join(available)}" if available else ""
+        raise UserError(f"config file {path} not found{hint}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+    values: dict[str, Any] = {}
+    base = loaded.pop(BASE_KEY, None)
+    if base:
+        base_path = path.parent / (str(base) if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
+        if base_path.resolve() in seen:
+            raise UserError(f"{path}: base '{base}' leads back to itself")
+        if not base_path.is_file():
+            raise UserError(f"{path}: base config '{base}' not found ({base_path})")
+        values = _read_config_file(base_path, seen + (path.resolve(),))
+        values.pop("name", None)  # a config is named after its own file, not its base
+    values.update({k: _coerce(str(k), v, str(path)) for k, v in loaded.items()})
+    return values
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
-    """The config in ``path`` (defaults where it is silent), then the ``key=value`` overrides."""
+    """The config in ``path`` (on top of its ``base``, defaults where both are silent), then the overrides."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            available = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-            hint = f"; available: {', '.join(available)}" if available else ""
-            raise UserError(f"config file {path} not found{hint}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f", line {mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
-        values = {k: _coerce(str(k), v, str(path)) for k, v in loaded.items()}
+        values = _read_config_file(path)
         values.setdefault("name", path.stem)
     values.update(parse_overrides(overrides))
     return Config(**values)

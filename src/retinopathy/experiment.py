@@ -4,14 +4,18 @@ fold artefacts it has produced so far."""
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, settings_difference
 from .data.competitions import Competition, detect_competition
 from .errors import UserError
 from .paths import MANIFEST, Paths
+
+#: beside each fold's export: the fingerprint and model settings of the config that trained it
+FINGERPRINT = "fingerprint.json"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,45 @@ class Experiment:
         if not folds:
             raise UserError(f"no trained fold in {self.dir}: run scripts/train_fold.py first")
         return folds
+
+    def fold_provenance(self, fold: int) -> dict | None:
+        """What made a fold's export: its ``fingerprint.json`` (None where there is none)."""
+        return read_provenance(self.fold_dir(fold))
+
+    def fold_is_current(self, fold: int) -> bool:
+        """Whether the fold's export exists and was trained with this config's model settings."""
+        record = self.fold_provenance(fold)
+        return (self.fold_dir(fold) / "export.pkl").is_file() and record is not None and \
+            record.get("fingerprint") == self.config.fingerprint
+
+    def check_exports(self, folds: list[int] | None = None, any_export: bool = False) -> list[int]:
+        """The trained folds (or ``folds``), each checked to have been trained with this config's model settings;
+        a UserError names the first that was not, unless ``any_export``."""
+        folds = self.require_trained_folds() if folds is None else folds
+        for fold in [] if any_export else folds:
+            problem = provenance_problem(self.fold_provenance(fold), self.config)
+            if problem:
+                raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
+                                f"this config (scripts/train_fold.py --fold {fold}), or pass --any-export to use it")
+        return folds
+
+
+def read_provenance(fold_dir: Path) -> dict | None:
+    """A fold folder's ``fingerprint.json`` (None where it is missing or unreadable)."""
+    try:
+        return json.loads((Path(fold_dir) / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def provenance_problem(record: dict | None, config: Config) -> str | None:
+    """Why an export described by ``record`` is not the model ``config`` trains (None when it is)."""
+    if record is None:
+        return (f"no {FINGERPRINT} beside it (made by an older version, or its training was cut short), so what "
+                "trained it is unknown")
+    if record.get("fingerprint") == config.fingerprint:
+        return None
+    return settings_difference(record.get("settings", {}), config.model_settings())
 
 
 def load_learner_quietly(path: Path, cpu: bool = True):

@@ -79,9 +79,12 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
     return PipelineResult(cv, rule, submission, test_qwk, seconds)
 
 
-def report_and_predict(experiment: Experiment, verbose: bool = True) -> tuple[dict, GradeRule, Path | None]:
-    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table.
+def report_and_predict(experiment: Experiment, verbose: bool = True,
+                       any_export: bool = False) -> tuple[dict, GradeRule, Path | None]:
+    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table, from folds
+    trained with this config's model settings (any trained fold with ``any_export``).
     Returns (CV report, the tuned grade rule, submission path or None)."""
+    experiment.check_exports(any_export=any_export)
     cv = cv_report(experiment)
     print_cv_report(cv)
     rule = tune_experiment(experiment, verbose)

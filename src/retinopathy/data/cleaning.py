@@ -17,10 +17,12 @@ ACTIONS = ("drop", "relabel")
 
 
 def decisions_path(experiment) -> Path:
+    """Where the cleaning decisions of this experiment's dataset are kept."""
     return experiment.paths.data / "cleaning" / f"{experiment.config.dataset_name}.csv"
 
 
 def read_decisions(path: Path) -> pd.DataFrame:
+    """The decisions file as a table (empty where there is none), each row checked."""
     if not path.is_file():
         return pd.DataFrame(columns=["id", "action", "grade"])
     table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)

@@ -33,6 +33,7 @@ class Competition:
         return image_id.rsplit("_", 1)[0] if self.paired_eyes else image_id
 
     def image_path(self, raw_dir: Path, split: str, image_id: str) -> Path:
+        """Where an image of the train or test split lies in a competition folder."""
         folder = self.train_images if split == "train" else self.test_images
         return Path(raw_dir) / folder / f"{image_id}{self.image_suffix}"
 

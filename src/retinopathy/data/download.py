@@ -48,6 +48,7 @@ def check_zip(path: Path) -> None:
 
 
 def check_disk_space(archive: Path, dest: Path) -> None:
+    """Refuse to extract an archive onto a disk without room for it (and a margin)."""
     with zipfile.ZipFile(archive) as z:
         need = sum(i.file_size for i in z.infolist())
     free = shutil.disk_usage(dest).free

@@ -4,6 +4,8 @@ the folds joined with the preprocessed images."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -31,8 +33,10 @@ def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Com
         splits = splitter.split(labels, labels["grade"], groups)
     else:
         splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, labels["grade"])
-    for fold, (_, valid) in enumerate(splits):
-        folds[valid] = fold
+    with warnings.catch_warnings():  # scikit-learn's own warning repeats the note above
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, valid) in enumerate(splits):
+            folds[valid] = fold
     return labels.assign(fold=folds)
 
 

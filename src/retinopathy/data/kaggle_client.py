@@ -17,6 +17,7 @@ CREDENTIALS_HELP = ("set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), o
 
 
 def rules_url(competition: str) -> str:
+    """The page where a competition's rules are accepted."""
     return f"https://www.kaggle.com/competitions/{competition}/rules"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .competitions import APTOS2019, Competition, get_competition
 from ..errors import UserError
+from ..io import process_pool
 from ..preprocessing.fundus import Eye
 
 #: Images per grade in the real training sets (APTOS 2019 of 3,662; EyePACS 2015 of 35,126).
@@ -213,7 +213,7 @@ def make_competition(out_dir: str | os.PathLike, competition: str = APTOS2019.sl
     workers = workers or min(os.cpu_count() or 1, 8)
     bar = tqdm(total=len(jobs), desc=f"synthesizing {comp.aliases[0]}", unit="img", disable=not progress)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             for _ in pool.map(_write_image, jobs, chunksize=8):
                 bar.update()
     else:

@@ -8,7 +8,6 @@ truncated data treated as an error rather than padded with grey.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import GRADES
 from .competitions import Competition, detect_competition
-from ..io import write_csv
+from ..io import process_pool, write_csv
 
 QUARANTINE = "quarantine"
 QUARANTINE_REPORT = "report.csv"
@@ -48,24 +47,30 @@ def check_image(path: str) -> str:
 
 @dataclass
 class VerifyReport:
+    """What verification found: bad images (quarantined) and mismatches between labels and images."""
     checked: int = 0
     bad: dict[str, str] = field(default_factory=dict)  # path relative to the folder → reason
     labels_without_image: list[str] = field(default_factory=list)
     images_without_label: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
     bad_grades: list[tuple[int, str]] = field(default_factory=list)  # (CSV row, value)
+    #: whether bad images were moved to quarantine/ (not on a dry run)
+    moved: bool = True
 
     @property
     def clean(self) -> bool:
+        """Whether nothing at all was wrong."""
         return not (self.bad or self.labels_without_image or self.images_without_label or self.duplicate_ids
                     or self.bad_grades)
 
     def lines(self) -> list[str]:
+        """The findings as lines for the terminal."""
         def sample(items):
             return f" (e.g. {', '.join(map(str, items[:3]))})" if items else ""
         return [
             f"images: {self.checked} decoded, {len(self.bad)} bad" + (
-                f", moved to {QUARANTINE}/ (see {QUARANTINE}/{QUARANTINE_REPORT})" if self.bad else ""),
+                (f", moved to {QUARANTINE}/ (see {QUARANTINE}/{QUARANTINE_REPORT})" if self.moved else
+                 f"{sample(sorted(self.bad))}, left in place (dry run: nothing moved)") if self.bad else ""),
             f"labels without an image: {len(self.labels_without_image)}{sample(self.labels_without_image)}",
             f"training images without a label: {len(self.images_without_label)}{sample(self.images_without_label)}",
             f"duplicate ids in the labels: {len(self.duplicate_ids)}{sample(self.duplicate_ids)}",
@@ -104,12 +109,12 @@ def verify_dataset(raw_dir: Path, competition: Competition | None = None, worker
     """Decode every image (in parallel), quarantine bad ones, and cross-check the label CSV against the images."""
     raw_dir = Path(raw_dir)
     competition = competition or detect_competition(raw_dir)
-    report = VerifyReport()
+    report = VerifyReport(moved=move_bad)
     files = image_files(raw_dir, competition)
     workers = workers or os.cpu_count() or 1
     paths = [str(p) for p in files]
     if workers > 1 and len(paths) > 50:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             reasons = list(tqdm(pool.map(check_image, paths, chunksize=32), total=len(paths), desc="verify",
                                 unit="img", disable=not progress))
     else:

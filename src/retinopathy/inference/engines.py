@@ -18,6 +18,8 @@ ENGINE_HELP = ("torch: PyTorch float32 (export.pkl); bf16: PyTorch bfloat16 + ch
                "AVX512-BF16/AMX; onnx: ONNX Runtime float32 (model.onnx); int8: ONNX Runtime, 8-bit "
                "(model-int8.onnx); make the ONNX files with scripts/export_onnx.py")
 ONNX_FILES = {"onnx": "model.onnx", "int8": "model-int8.onnx"}
+#: the ONNX files' metadata key holding the fingerprint of the config that trained the fold they were exported from
+FINGERPRINT_KEY = "retinopathy_fingerprint"
 
 
 class OnnxRunner:
@@ -38,6 +40,7 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # [1, size, size, 3] as exported
         self.image_size = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+        self.fingerprint = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)

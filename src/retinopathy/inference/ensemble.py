@@ -60,6 +60,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
             rule = GradeRule(True, optimize_thresholds(blended, grades, thresholds), weight)
             tuned = qwk_at(blended, grades, rule.thresholds)
     rule = rule.with_extra(experiments=[e.config.name for e in experiments], weights=[float(w) for w in weights],
+                           fingerprints=[e.config.fingerprint for e in experiments],
                            oof_qwk_each=alone, oof_qwk_tuned=tuned, n=len(ids))
     out_dir = first.paths.experiment(name)
     write_rule(out_dir, rule)
@@ -76,7 +77,8 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
                              for p in predictions])
     combined = (weights @ test_values).reshape(-1, 1)
     merged = TestPredictions(predictions[0].sample_ids, order, combined, sum(p.n_models for p in predictions))
-    return write_submission(first, merged, rule.grades(combined, order), first.paths.submission(name), verbose)
+    return write_submission(first, merged, rule.grades(combined, order), first.paths.submission(name), verbose,
+                            [e.config.fingerprint for e in experiments])
 
 
 def best_oof_qwk(experiment: Experiment) -> float:

@@ -18,11 +18,11 @@ import torch
 
 from ..data.folds import training_table
 from ..errors import UserError
-from ..experiment import load_learner_quietly
+from ..experiment import load_learner_quietly, read_provenance
 from ..io import atomic_path, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
-from .engines import ONNX_FILES, OnnxRunner, run_batched
+from .engines import FINGERPRINT_KEY, ONNX_FILES, OnnxRunner, run_batched
 from .torch_engine import ServingModel, TorchRunner, serving_model
 from .tuning import read_rule
 
@@ -30,18 +30,32 @@ from .tuning import read_rule
 ONNX_REPORT = "onnx.json"
 
 
-def export_onnx(model: ServingModel, size: int, path: Path) -> Path:
-    """Write ``model`` as ONNX for one (size × size) image, through PyTorch's exporter (torch.export); atomic."""
+def export_onnx(model: ServingModel, size: int, path: Path, fingerprint: str | None = None) -> Path:
+    """Write ``model`` as ONNX for one (size × size) image, through PyTorch's exporter (torch.export), with the
+    training config's ``fingerprint`` in its metadata; atomic."""
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
         program = torch.onnx.export(model, (example,), input_names=["image"], output_names=["output"],
                                     dynamo=True, external_data=False, verbose=False)
         program.save(str(tmp))
+        if fingerprint:
+            stamp_fingerprint(tmp, fingerprint)
     return path
 
 
-def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.ndarray]) -> Path:
+def stamp_fingerprint(path: Path, fingerprint: str) -> None:
+    """Record the training config's fingerprint in an ONNX file's metadata, so the file says what made it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        FINGERPRINT_KEY: fingerprint})
+    onnx.save(model, str(path))
+
+
+def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.ndarray],
+                  fingerprint: str | None = None) -> Path:
     """Static int8 quantisation with ONNX Runtime: the convolutions (where the time goes) get per-channel int8
     weights and uint8 inputs whose ranges are measured on ``calibration_images`` (the fold's training images, so
     nothing of the validation fold leaks); the head and the outputs stay float32 (probabilities quantised to
@@ -68,6 +82,8 @@ def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.nd
             quantize_static(str(pre), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv"])
+            if fingerprint:
+                stamp_fingerprint(tmp, fingerprint)
         finally:
             pre.unlink(missing_ok=True)
     return out
@@ -97,7 +113,7 @@ class Agreement:
 
 
 def agreement(reference: np.ndarray, outputs: np.ndarray, to_grade, labels: np.ndarray | None = None) -> Agreement:
-    
+    """How the ``outputs`` of an engine compare with PyTorch float32's ``reference`` on the same images."""
     ref_grades, grades = to_grade(reference), to_grade(outputs)
     qwk = (lambda g: float(quadratic_kappa(g, labels))) if labels is not None else (lambda g: None)
     return Agreement(len(reference), float(np.abs(reference - outputs).max()), float(np.mean(ref_grades == grades)),
@@ -123,10 +139,11 @@ def export_fold(experiment, fold: int, int8: bool = True, calibration_images: in
     source = fold_dir / "export.pkl"
     if not source.is_file():
         raise UserError(f"{source} not found: train fold {fold} first (scripts/train_fold.py --fold {fold})")
+    fingerprint = (read_provenance(fold_dir) or {}).get("fingerprint")
     files, report_file = onnx_files(fold_dir), fold_dir / ONNX_REPORT
     wanted = [files["onnx"]] + ([files["int8"]] if int8 else [])
     if not force and report_file.is_file() and all(p.is_file() and p.stat().st_mtime >= source.stat().st_mtime
-                                                   for p in wanted):
+                                                   and OnnxRunner(p, 1).fingerprint == fingerprint for p in wanted):
         report = json.loads(report_file.read_text())
         if verbose:
             print(f"fold {fold}: already exported ({', '.join(p.name for p in wanted)}); --force redoes it")
@@ -134,7 +151,7 @@ def export_fold(experiment, fold: int, int8: bool = True, calibration_images: in
 
     regression = config.head == "regression"
     model = serving_model(load_learner_quietly(source), regression)
-    export_onnx(model, config.image_size, files["onnx"])
+    export_onnx(model, config.image_size, files["onnx"], fingerprint)
 
     try:
         table = training_table(experiment)
@@ -160,7 +177,7 @@ def export_fold(experiment, fold: int, int8: bool = True, calibration_images: in
     if int8:
         train = table[table["fold"] != fold]
         picked = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
-        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked))
+        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked), fingerprint)
         report["int8"] = agreement(reference, run_batched(OnnxRunner(files["int8"]), check), to_grade,
                                    labels).__dict__
         report["int8"]["calibration_images"] = len(picked)

@@ -3,7 +3,6 @@ submission."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from ..data.competitions import read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment, load_learner_quietly
 from ..training.callbacks import FlipInput
-from .submission import write_submission
+from .submission import TestPredictions, write_submission
 from .tuning import read_rule
 
 
@@ -36,17 +35,6 @@ def load_fold_learners(experiment: Experiment) -> dict:
     folds = experiment.require_trained_folds()
     cpu = not torch.cuda.is_available()
     return {k: load_learner_quietly(experiment.fold_dir(k) / "export.pkl", cpu=cpu) for k in folds}
-
-
-@dataclass
-class TestPredictions:
-    """Fold-averaged model outputs on the competition's test set, in sample-submission order where images were
-    readable."""
-
-    sample_ids: list[str]
-    ids: list[str]
-    outputs: np.ndarray  # n × 5 probabilities or n × 1 regression values
-    n_models: int
 
 
 def predict_test_outputs(experiment: Experiment, verbose: bool = True) -> TestPredictions | None:

@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..config import load_config
 from ..errors import UserError
+from ..experiment import provenance_problem, read_provenance
 from ..metrics import GRADE_NAMES, GradeRule, scalar_scores
 from ..preprocessing.fundus import prepare
 from ..preprocessing.image_io import decode_image, encode_png
@@ -33,6 +34,11 @@ from .engines import ENGINES, ONNX_FILES, OnnxRunner
 
 DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7700 x 5200; EyePACS tops out near 18 megapixels
+
+
+def describe_size(n: int) -> str:
+    """A byte count as a person reads it, exact enough that a size just over a limit never reads as equal to it."""
+    return f"{n / 2**20:.2f} MB ({n:,} bytes)"
 
 
 class BadImage(Exception):
@@ -45,6 +51,7 @@ class BadImage(Exception):
 
 @dataclass
 class Prediction:
+    """The grader's answer for one photograph."""
     grade: int
     grade_name: str
     probabilities: list[float] | None
@@ -88,13 +95,31 @@ def check_model_paths(paths: list[Path]) -> list:
     return configs
 
 
+def check_provenance(model_file: Path, config, onnx_fingerprint: str | None = None) -> None:
+    """Refuse a model file that was not made by the config beside it: an ``export.pkl`` whose ``fingerprint.json``
+    says otherwise (or is missing), or an ONNX file whose metadata does."""
+    if model_file.suffix == ".onnx":
+        if onnx_fingerprint == config.fingerprint:
+            return
+        problem = ("no training fingerprint in its metadata (exported by an older version)" if onnx_fingerprint is None
+                   else f"exported from a model trained with other settings (fingerprint {onnx_fingerprint}) than "
+                        f"config.yaml beside it ({config.fingerprint})")
+        raise UserError(f"{model_file}: {problem}: export it again (scripts/export_onnx.py --force), or pass "
+                        "--any-export to serve it anyway")
+    problem = provenance_problem(read_provenance(model_file.parent), config)
+    if problem:
+        raise UserError(f"{model_file}: {problem} (config.yaml beside it): train it again, or pass --any-export "
+                        "to serve it anyway")
+
+
 class Grader:
     """One or more trained folds on the CPU, and everything needed to grade a photograph.
 
     ``engine`` says how the folds run (see :data:`~retinopathy.engines.ENGINES`); an ``.onnx`` path always runs in
     ONNX Runtime. Every engine computes the same :class:`~retinopathy.engines.ServingModel`."""
 
-    def __init__(self, model_paths: list[Path], threads: int | None = None, engine: str = "torch"):
+    def __init__(self, model_paths: list[Path], threads: int | None = None, engine: str = "torch",
+                 any_export: bool = False):
         if engine not in ENGINES:
             raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
         self.paths = [Path(p).resolve() for p in model_paths]
@@ -110,6 +135,9 @@ class Grader:
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
                         self._torch_runner(f, threads, bf16=engine == "bf16") for f in self.files]
+        if not any_export:
+            for f, run, config in zip(self.files, self.runners, configs):
+                check_provenance(f, config, getattr(run, "fingerprint", None))
         for f, run in zip(self.files, self.runners):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
@@ -137,7 +165,8 @@ class Grader:
         if not data:
             raise BadImage(400, "empty upload: send a fundus photograph (JPEG or PNG) in the 'file' field")
         if len(data) > max_bytes:
-            raise BadImage(413, f"upload is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+            raise BadImage(413, f"upload is more than {describe_size(max_bytes)}: the limit is "
+                                f"{describe_size(max_bytes)} (--max-mb)")
         try:
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
                 width, height, fmt = im.width, im.height, im.format
@@ -152,6 +181,7 @@ class Grader:
             raise BadImage(422, "the JPEG is truncated (no end-of-image marker): upload the complete file")
 
     def preprocess(self, data: bytes) -> np.ndarray:
+        """An upload decoded and prepared exactly as training prepared its images."""
         try:
             img, _ = decode_image(data, min_side=self.size)
             out, _ = prepare(img, self.method, self.size)
@@ -189,7 +219,8 @@ PAGE = Path(__file__).with_name("grader.html")
 
 
 def create_app(grader: Grader | None = None, model_paths: list[Path] | None = None, threads: int | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "torch"):
+               max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "torch",
+               any_export: bool = False):
     """The Starlette app. Models load in the lifespan (once, at start-up) unless a ``grader`` is given."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -200,11 +231,12 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
 
     state = {"grader": grader}
     one_at_a_time = asyncio.Semaphore(1)
+    limit_text = f"the limit is {describe_size(max_bytes)} (--max-mb)"
 
     @asynccontextmanager
     async def lifespan(app):
         if state["grader"] is None:
-            state["grader"] = await run_in_threadpool(Grader, model_paths or [], threads, engine)
+            state["grader"] = await run_in_threadpool(Grader, model_paths or [], threads, engine, any_export)
         yield
 
     def error(status: int, message: str) -> JSONResponse:
@@ -219,12 +251,23 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
                              "preprocess": g.method, "image_size": g.size, "head": g.config.head})
 
     async def predict(request: Request):
+        limit = max_bytes + 64 * 1024  # the file, and the multipart framing around it
         declared = int(request.headers.get("content-length") or 0)
-        if declared > max_bytes + 64 * 1024:  # multipart framing on top of the file
-            return error(413, f"upload is {declared / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        if declared > limit:
+            return error(413, f"upload is {describe_size(declared)} (Content-Length); {limit_text}")
         if "multipart/form-data" not in request.headers.get("content-type", ""):
             return error(415, "send the photograph as multipart/form-data in a field named 'file' "
                               "(curl -F file=@photo.jpeg)")
+        # Read the body ourselves, up to the limit: a chunked upload declares no length, and must not be read
+        # whole before it is refused.
+        body, received = bytearray(), 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return error(413, f"upload over the limit: stopped reading after {describe_size(received)} "
+                                  f"(no length was declared); {limit_text}")
+            body += chunk
+        request._body = bytes(body)  # Starlette parses the form from the body already read
         try:
             async with request.form(max_files=1, max_fields=4) as form:
                 upload = form.get("file")

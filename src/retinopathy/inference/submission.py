@@ -3,8 +3,9 @@ before it is written (atomically) and again before it is sent."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,18 @@ import pandas as pd
 from ..data.competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
-from ..io import write_csv
+from ..io import write_csv, write_text
 from ..metrics import GRADES
 
-if TYPE_CHECKING:
-    from .predict import TestPredictions
+@dataclass
+class TestPredictions:
+    """Fold-averaged model outputs on the competition's test set, in sample-submission order where images were
+    readable."""
+
+    sample_ids: list[str]
+    ids: list[str]
+    outputs: np.ndarray  # n × 5 probabilities or n × 1 regression values
+    n_models: int
 
 
 def validate_submission(submission: pd.DataFrame, sample_ids: list[str], competition: Competition,
@@ -37,17 +45,19 @@ def validate_submission(submission: pd.DataFrame, sample_ids: list[str], competi
         raise UserError(f"{source}: {what}; predict every test image and nothing else")
     if ids.tolist() != list(sample_ids):
         raise UserError(f"{source}: ids are not in the sample submission's order")
-    grades = pd.to_numeric(submission[competition.label_column], errors="coerce")
-    bad = ~grades.isin(GRADES) | (submission[competition.label_column].astype(str).str.strip() == "")
+    # Kaggle reads the grade as an integer: "2.0", " 2" or "two" are refused here rather than mis-scored there.
+    cells = submission[competition.label_column].astype(str)
+    bad = ~cells.str.fullmatch("|".join(str(g) for g in GRADES))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserError(f"{source}, row {row + 2}: grade '{submission[competition.label_column].iloc[row]}' is not "
                         "an integer 0-4")
 
 
-def write_submission(experiment: Experiment, predictions: "TestPredictions", grades: np.ndarray, path: Path,
-                     verbose: bool = True) -> Path:
-    """The submission CSV in the sample submission's ids and order, validated, written atomically."""
+def write_submission(experiment: Experiment, predictions: TestPredictions, grades: np.ndarray, path: Path,
+                     verbose: bool = True, fingerprints: list[str] | None = None) -> Path:
+    """The submission CSV in the sample submission's ids and order, validated, written atomically, with a sidecar
+    ``<name>.json`` naming the fingerprints of the models that made it."""
     competition = experiment.competition
     sample_ids = predictions.sample_ids
     predicted = dict(zip(predictions.ids, grades))
@@ -62,6 +72,10 @@ def write_submission(experiment: Experiment, predictions: "TestPredictions", gra
                                competition.label_column: [int(predicted[i]) for i in sample_ids]})
     validate_submission(submission, sample_ids, competition, str(path))
     write_csv(submission, path)
+    write_text(path.with_suffix(".json"), json.dumps(
+        {"experiment": experiment.config.name, "competition": competition.slug,
+         "fingerprints": fingerprints or [experiment.config.fingerprint], "models": predictions.n_models,
+         "rows": len(submission), "config": str(experiment.dir / "config.yaml")}, indent=1))
     if verbose:
         counts = submission[competition.label_column].value_counts().reindex(GRADES, fill_value=0)
         print(f"submission: {len(submission)} rows from {predictions.n_models} model(s) → {path}")

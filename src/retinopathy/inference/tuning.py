@@ -103,7 +103,7 @@ def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
             if blended_qwk > best:
                 rule = GradeRule(use_values=True, thresholds=tuple(thresholds), eye_blend=weight)
                 best = blended_qwk
-    rule = rule.with_extra(oof_qwk=before, oof_qwk_tuned=best, n=len(oof))
+    rule = rule.with_extra(oof_qwk=before, oof_qwk_tuned=best, n=len(oof), fingerprint=experiment.config.fingerprint)
     write_rule(experiment.dir, rule)
     if verbose and (regression or rule.eye_blend > 0):
         blend = f", eye blend {rule.eye_blend:.2f}" if rule.eye_blend > 0 else ""

@@ -13,6 +13,7 @@ from fastai.vision.all import PILImage, Transform
 
 
 def fundus_augmentations() -> A.Compose:
+    """Flips, any rotation, a small zoom, brightness, contrast and hue: what a fundus camera varies."""
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),

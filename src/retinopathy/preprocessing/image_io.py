@@ -60,6 +60,7 @@ def prepare_file(source: str | os.PathLike | bytes, method: str, size: int) -> t
 
 
 def encode_png(img: np.ndarray) -> bytes:
+    """A prepared RGB image as PNG bytes."""
     # Fastest zlib level with run-length matching: quicker and smaller than the default on fundus images.
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)

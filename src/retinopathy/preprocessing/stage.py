@@ -3,8 +3,9 @@ a manifest saying what became of each; resumable."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from ..data.competitions import detect_competition, read_labels, read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment
-from ..io import atomic_path, write_csv
+from ..io import atomic_path, process_pool, remove_stale_temporaries, write_csv
 from ..paths import MANIFEST
 from .fundus import METHODS
 from .image_io import encode_png, prepare_file
@@ -41,52 +42,69 @@ def _process_one(job: tuple[str, str, str, str, str, int]) -> dict:
     return row
 
 
+#: rows of images done so far, one JSON line each, appended as they finish: what a killed run leaves to resume from
+JOURNAL = ".manifest.journal.jsonl"
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Rows a killed run recorded (a half-written last line is ignored)."""
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                rows[str(row["id"])] = row
+    return rows
+
+
 def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, workers: int | None = None,
                        progress: bool = True) -> pd.DataFrame:
     """Prepare every training and test image of a competition folder once; write the images and a manifest.
 
-    Resumable: images whose output already exists (outputs are written atomically, so an existing one is whole)
-    keep their manifest row. A bad or blank image is recorded in the manifest's status, not fatal.
+    Resumable, even after SIGKILL: each finished image is appended to a journal beside the images, and images whose
+    output exists (outputs are written atomically, so an existing one is whole) keep their row, from the manifest or
+    the journal. A bad or blank image is recorded in the manifest's status, not fatal. Worker processes end with
+    the stage.
     """
     if method not in METHODS:
         raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
     competition = detect_competition(raw_dir)
     items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]]
     items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])]
-    manifest_path = out_dir / MANIFEST
+    manifest_path, journal_path = out_dir / MANIFEST, out_dir / JOURNAL
     previous = {}
     if manifest_path.is_file():
         old = pd.read_csv(manifest_path, dtype={"id": str}, keep_default_na=False)
-        previous = {r["id"]: r for r in old.to_dict("records") if r["status"] in ("ok", "no_eye")}
-    rows, jobs = [], []
+        previous = {r["id"]: r for r in old.to_dict("records")}
+    previous.update(_read_journal(journal_path))
+    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye")}
+    done, jobs = {}, []
     for image_id, split in items:
         out_path = out_dir / f"{image_id}.png"
         if image_id in previous and out_path.is_file():
-            rows.append(previous[image_id])
+            done[image_id] = previous[image_id]
         else:
             source = competition.image_path(raw_dir, split, image_id)
             jobs.append((image_id, split, str(source), str(out_path), method, size))
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
     if jobs:
-        bar = tqdm(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", disable=not progress)
-        try:
-            if workers > 1 and len(jobs) > 8:
-                with ProcessPoolExecutor(workers) as pool:
-                    for row in pool.map(_process_one, jobs, chunksize=4):
-                        rows.append(row)
-                        bar.update()
-            else:
-                for job in jobs:
-                    rows.append(_process_one(job))
+        with tqdm(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", disable=not progress) as bar, \
+                open(journal_path, "a", encoding="utf-8") as journal:
+            pool = process_pool(workers) if workers > 1 and len(jobs) > 8 else None
+            with pool or contextlib.nullcontext():
+                for row in (pool.map(_process_one, jobs, chunksize=4) if pool else map(_process_one, jobs)):
+                    done[row["id"]] = row
+                    journal.write(json.dumps(row, default=str) + "\n")
+                    journal.flush()
                     bar.update()
-        finally:
-            bar.close()
-            # Even when interrupted, record what was done so the next run resumes from there.
-            manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-            write_csv(manifest, manifest_path)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=MANIFEST_COLUMNS)
     write_csv(manifest, manifest_path)
+    journal_path.unlink(missing_ok=True)
     return manifest
 
 

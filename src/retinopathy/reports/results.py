@@ -48,7 +48,8 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
            "oof_qwk_tuned": round(rule.extra["oof_qwk_tuned"], 4) if rule and "oof_qwk_tuned" in rule.extra else None,
            "arch": config.arch, "size": config.image_size, "preprocess": config.preprocess, "head": config.head,
            "balance": config.balance, "epochs": config.epochs, "lr": config.lr,
-           "config": str(experiment.dir / "config.yaml"), "submission": str(submission) if submission else "",
+           "fingerprint": config.fingerprint, "config": str(experiment.dir / "config.yaml"),
+           "submission": str(submission) if submission else "",
            "commit": git_commit()}
     csv_path = experiment.paths.reports / "results.csv"
     table = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()

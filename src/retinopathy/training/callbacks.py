@@ -41,9 +41,9 @@ class ResumeCheckpoint(Callback):
 
     order = 61  # after SaveModelCallback (60) has updated the best score
 
-    def __init__(self, state_file: Path, phase: int, offset: int, tracker, config_yaml: str):
-        self.state_file, self.phase, self.offset, self.tracker, self.config_yaml = (
-            Path(state_file), phase, offset, tracker, config_yaml)
+    def __init__(self, state_file: Path, phase: int, offset: int, tracker, fingerprint: str):
+        self.state_file, self.phase, self.offset, self.tracker, self.fingerprint = (
+            Path(state_file), phase, offset, tracker, fingerprint)
 
     def after_epoch(self):
         if rank_distrib():
@@ -52,8 +52,20 @@ class ResumeCheckpoint(Callback):
         self.learn.save("last-partial", with_opt=True)
         os.replace(model_dir / "last-partial.pth", model_dir / "last.pth")
         state = {"phase": self.phase, "epoch": self.offset + self.epoch, "best": float(self.tracker.best),
-                 "config": self.config_yaml}
+                 "fingerprint": self.fingerprint}
         write_text(self.state_file, json.dumps(state, indent=1))
+
+
+class EpochOffset(Callback):
+    """A resumed fit counts its epochs from 0: number the printed and logged table from where it resumed."""
+
+    order = 51  # right after the Recorder has started the epoch's row
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def before_epoch(self):
+        self.learn.recorder.log[0] = self.epoch + self.offset
 
 
 class FlipInput(Callback):

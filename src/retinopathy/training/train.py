@@ -22,17 +22,18 @@ import torch
 
 from ..data.folds import training_table
 from ..errors import UserError
-from ..experiment import Experiment
-from ..io import atomic_path, write_csv, write_text
+from ..experiment import FINGERPRINT, Experiment
+from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..plots import plot_history, plot_lr_find
-from .callbacks import ResumeCheckpoint, gloo_safe_broadcast
+from .callbacks import EpochOffset, ResumeCheckpoint, gloo_safe_broadcast
 from .dataloaders import build_dataloaders
 from .models import build_learner, remove_speed_callbacks
 
 
 @dataclass
 class FoldResult:
+    """What training one fold produced: its QWK, best epoch, time, folder and learning rate."""
     fold: int
     qwk: float
     best_epoch: int
@@ -43,11 +44,9 @@ class FoldResult:
 
 
 def fold_is_done(experiment: Experiment, fold: int) -> bool:
-    """A fold is up to date when its export and OOF exist and were made by this very config."""
-    d = experiment.fold_dir(fold)
-    saved = d / "config.yaml"
-    return ((d / "export.pkl").is_file() and (d / "oof.csv").is_file() and saved.is_file()
-            and saved.read_text().split("\n", 1)[1] == experiment.config.to_yaml())
+    """A fold is up to date when its export and OOF exist and its export was trained with this config's model
+    settings (runtime settings such as ``tta`` or ``num_workers`` never call for a retrain)."""
+    return experiment.fold_is_current(fold) and (experiment.fold_dir(fold) / "oof.csv").is_file()
 
 
 RESUME_STATE = "resume.json"
@@ -91,7 +90,7 @@ def _resume_state(out: Path, config) -> dict | None:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return None
-    return state if state.get("config") == config.to_yaml() else None
+    return state if state.get("fingerprint") == config.fingerprint else None
 
 
 def run_lr_find(learn, out: Path, config) -> float:
@@ -164,14 +163,16 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     config = experiment.config
     out = experiment.fold_dir(fold)
     main_process = rank_distrib() == 0
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(experiment.dir / "config.yaml")
     start = time.time()
     set_seed(config.seed + fold, reproducible=True)
     table = training_table(experiment)
     dls = build_dataloaders(table, experiment, fold)
     learn = build_learner(dls, experiment, out)
+    # Only now is the config known good: a typo in it leaves the previous run's files as they were.
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        config.save(experiment.dir / "config.yaml")
     history_file = out / "history.csv"
 
     state = _resume_state(out, config) if resume else None
@@ -204,18 +205,23 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                 start_epoch = state["epoch"] + 1
                 tracker.best, tracker.reset_on_fit = state["best"], False
                 if start_epoch >= n_epoch:
+                    # The phase had finished: an uninterrupted run went on from its best epoch's weights (the
+                    # tracker reloads them after the fit), keeping the optimizer's state. Do the same.
+                    learn.load("best", with_opt=False)
                     continue
-        cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, config.to_yaml()),
-               *callbacks]
+        cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, config.fingerprint),
+               *([EpochOffset(start_epoch)] if start_epoch else []), *callbacks]
         if main_process:
             cbs.insert(0, CSVLogger(fname="history.csv", append=True))
-        if distributed:
-            # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
-            cpu = not torch.cuda.is_available()
-            with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), (gloo_safe_broadcast() if cpu else contextlib.nullcontext()):
-                fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
-        else:
-            fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)  # the best epoch is reloaded at the end
+        with write_faults_named(out / "checkpoints"):  # the checkpoints are written by torch.save during the fit
+            if distributed:
+                # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
+                cpu = not torch.cuda.is_available()
+                with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), \
+                        (gloo_safe_broadcast() if cpu else contextlib.nullcontext()):
+                    fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
+            else:
+                fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)  # the best epoch is reloaded at the end
     if distributed:
         torch.distributed.barrier()  # every process has finished fitting
         if not main_process:
@@ -263,9 +269,14 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     learn.dls.train.num_workers = learn.dls.valid.num_workers = 0
     with atomic_path(out / "export.pkl") as tmp:
         learn.export(tmp)
+        # Never an export beside the fingerprint of another: the old one goes before the new export lands, and the
+        # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
+        (out / FINGERPRINT).unlink(missing_ok=True)
+    write_text(out / FINGERPRINT, json.dumps({"fingerprint": config.fingerprint, "settings": config.model_settings()},
+                                             indent=1, default=str))
     qwk = quadratic_kappa(oof["pred"], oof["grade"])
     best_epoch = int(history["qwk"].to_numpy().argmax())
-    config.save(out / "config.yaml")  # written last: its presence with the export marks the fold complete
+    config.save(out / "config.yaml")
     # The export is the fold's product; the checkpoints (model and optimizer, several times the model's size) are
     # only needed to resume.
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

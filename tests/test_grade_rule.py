@@ -1,0 +1,95 @@
+"""One GradeRule: what it decides, and that every path that grades (submission, interpretation, web app, ONNX
+export check) grades the same images alike."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retinopathy.metrics import DEFAULT_THRESHOLDS, TUNING, GradeRule, blend_eyes
+
+from conftest import tiny_pipeline
+
+
+def test_plain_rules():
+    probs = np.array([[0.1, 0.2, 0.3, 0.4, 0.0], [0.6, 0.1, 0.1, 0.1, 0.1]])
+    assert GradeRule.plain("classification")(probs).tolist() == [3, 0]
+    assert GradeRule.plain("regression")(np.array([[0.4], [0.5], [3.6]])).tolist() == [0, 1, 4]
+    assert GradeRule.plain("regression").thresholds == DEFAULT_THRESHOLDS
+
+
+def test_a_classifier_cut_on_its_expected_grade():
+    probs = np.array([[0.5, 0.0, 0.0, 0.0, 0.5]])  # argmax says 0, the expected grade is 2
+    assert GradeRule.plain("classification")(probs).tolist() == [0]
+    assert GradeRule(use_values=True)(probs).tolist() == [2]
+
+
+def test_eye_blending_needs_both_eyes():
+    rule = GradeRule(use_values=True, thresholds=DEFAULT_THRESHOLDS, eye_blend=0.5)
+    values = np.array([[0.0], [3.0], [3.0]])
+    ids = ["7_left", "7_right", "8_left"]
+    assert rule(values, ids).tolist() == [2, 2, 3], "7's eyes meet at 1.5; 8 has no partner"
+    assert rule(values).tolist() == [0, 3, 3], "graded one at a time, as the web app does, no blending"
+    assert blend_eyes(ids, values[:, 0], 0.5).tolist() == [1.5, 1.5, 3.0]
+
+
+def test_rule_round_trips_through_tuning_json(tmp_path):
+    rule = GradeRule(True, (0.4, 1.4, 2.6, 3.3), 0.2).with_extra(oof_qwk=0.5, oof_qwk_tuned=0.6, n=10)
+    (tmp_path / TUNING).write_text(json.dumps(rule.to_dict()))
+    again = GradeRule.read(tmp_path, "classification")
+    assert again == rule and again.extra["oof_qwk_tuned"] == 0.6
+    assert GradeRule.read(tmp_path / "none", "regression") == GradeRule.plain("regression")
+
+
+@pytest.mark.parametrize("competition, head", [("aptos", "classification"), ("aptos", "regression"),
+                                               ("eyepacs", "classification"), ("eyepacs", "regression")])
+def test_every_path_grades_the_same_images_alike(request, tmp_path, competition, head):
+    from starlette.testclient import TestClient
+
+    from retinopathy.data.competitions import read_test_ids
+    from retinopathy.inference.export import export_fold
+    from retinopathy.inference.oof import load_oof, oof_outputs
+    from retinopathy.inference.predict import predict_test
+    from retinopathy.inference.serve import Grader, create_app
+    from retinopathy.inference.tuning import write_rule
+    from retinopathy.metrics import quadratic_kappa, scalar_scores
+    from retinopathy.reports.interpret import oof_with_losses
+
+    raw = request.getfixturevalue(f"tiny_{competition}")
+    experiment, _ = tiny_pipeline(raw, tmp_path, f"rule-{head}", f"head={head}", folds=[0])
+    oof = load_oof(experiment)
+    # A tuned rule that differs from the plain one in everything a path could forget: values cut at thresholds
+    # (for a classifier too), thresholds that spread these outputs over the grades, and eye blending for EyePACS.
+    thresholds = tuple(float(t) for t in np.quantile(scalar_scores(oof_outputs(oof)), [0.2, 0.4, 0.6, 0.8]))
+    rule = GradeRule(True, thresholds, 0.4 if competition == "eyepacs" else 0.0)
+    write_rule(experiment.dir, rule)
+
+    comp = experiment.competition
+    ids = read_test_ids(raw, comp)
+    photos = [comp.image_path(raw, "test", i).read_bytes() for i in ids]
+    grader = Grader([experiment.fold_dir(0) / "export.pkl"])
+    outputs = np.stack([grader.outputs(grader.preprocess(p)) for p in photos])
+    one_at_a_time, with_partners = rule(outputs), rule(outputs, ids)
+    assert (one_at_a_time != GradeRule.plain(head)(outputs)).any(), "the rule must matter on these images"
+    if competition == "eyepacs":
+        assert (with_partners != one_at_a_time).any(), "eye blending must matter on these images"
+
+    submission = pd.read_csv(predict_test(experiment, verbose=False), dtype={comp.id_column: str})
+    assert submission[comp.id_column].tolist() == list(ids)
+    assert submission[comp.label_column].tolist() == with_partners.tolist(), "submission"
+
+    with TestClient(create_app(grader=grader)) as client:
+        served = [client.post("/predict", files={"file": ("x", p, "application/octet-stream")}).json()["grade"]
+                  for p in photos]
+    assert served == one_at_a_time.tolist(), "web app"
+
+    export_fold(experiment, 0, int8=False, verbose=False)
+    onnx = Grader([experiment.fold_dir(0) / "model.onnx"])
+    assert [int(onnx.predict(p).grade) for p in photos] == one_at_a_time.tolist(), "ONNX engine"
+    report = json.loads((experiment.fold_dir(0) / "onnx.json").read_text())
+    assert report["onnx"]["qwk_reference"] == pytest.approx(quadratic_kappa(rule(oof_outputs(oof)), oof["grade"])), \
+        "the export checks against the same rule"
+
+    interpreted = oof_with_losses(experiment).set_index("id").loc[oof["id"]]
+    assert interpreted["pred"].tolist() == rule(oof_outputs(oof), oof["id"]).tolist(), "interpretation"
