@@ -181,7 +181,7 @@ def bomb() -> bytes:
     (lambda: b"hello, I am not a picture", 415, "not an image"),
     (lambda: photo().read_bytes()[:200_000], 422, "truncated"),
     (truncated_png, 422, "could not be decoded"),
-    (lambda: b"\xff" * (3 * 2**20), 413, "limit is 2 MB"),
+    (lambda: b"\xff" * (3 * 2**20), 413, "limit is 2.00 MB"),
     (bomb, 413, "MP"),
 ])
 def test_bad_uploads_get_clear_4xx(client, make, status, words):
@@ -235,6 +235,34 @@ def test_load_200_requests_from_20_clients(server):
     with ThreadPoolExecutor(20) as pool:
         statuses = [s for batch in pool.map(client_session, [10] * 20) for s in batch]
     assert len(statuses) == 200 and set(statuses) == {200}
+
+
+def test_a_streamed_upload_is_cut_off_at_the_limit(server):
+    """A chunked upload declares no length: the server stops reading at --max-mb (30 MB here), not after 100 MB."""
+    import select
+    from urllib.parse import urlparse
+
+    host, port = urlparse(server).hostname, urlparse(server).port
+    chunk = b"\xff" * 2**20
+    sent, answer = 0, b""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        try:
+            while sent < 100 * 2**20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        while b"}" not in answer:
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    message = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert "stopped reading after 30." in message and "the limit is 30.00 MB (31,457,280 bytes)" in message, message
+    assert sent < 60 * 2**20, f"{sent / 2**20:.0f} MB sent before the server refused"
 
 
 def test_web_page_in_headless_chromium(server):

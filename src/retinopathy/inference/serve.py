@@ -135,13 +135,13 @@ class Grader:
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
                         self._torch_runner(f, threads, bf16=engine == "bf16") for f in self.files]
-        if not any_export:
-            for f, run, config in zip(self.files, self.runners, configs):
-                check_provenance(f, config, getattr(run, "fingerprint", None))
         for f, run in zip(self.files, self.runners):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
                                 f"{self.size}: export it again (scripts/export_onnx.py --force)")
+        if not any_export:
+            for f, run, config in zip(self.files, self.runners, configs):
+                check_provenance(f, config, getattr(run, "fingerprint", None))
         digest = hashlib.sha256()
         for f in self.files:
             digest.update(f.read_bytes())

@@ -40,7 +40,7 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     batch_tfms = [] if config.pretrained else [Normalize.from_stats(*imagenet_stats)]  # fastai adds it if pretrained
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=ColReader("path"), get_y=ColReader("target"),
                        splitter=IndexSplitter(valid_idx),
-                       item_tfms=[AlbumentationsTransform()] if config.augment else [], batch_tfms=batch_tfms)
+                       item_tfms=[AlbumentationsTransform(seed=config.seed + fold)] if config.augment else [], batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
     if config.balance == "sampler":
         train_grades = table["grade"].to_numpy()
