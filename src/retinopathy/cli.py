@@ -104,7 +104,7 @@ def run(main: Callable[[], object]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        message = fault_message(e) or fault_message(getattr(e, "__cause__", None) or e)
+        message = fault_message(e)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

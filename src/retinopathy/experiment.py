@@ -83,9 +83,8 @@ class Experiment:
 
     def fold_is_current(self, fold: int) -> bool:
         """Whether the fold's export exists and was trained with this config's model settings."""
-        record = self.fold_provenance(fold)
-        return (self.fold_dir(fold) / "export.pkl").is_file() and record is not None and \
-            record.get("fingerprint") == self.config.fingerprint
+        return ((self.fold_dir(fold) / "export.pkl").is_file()
+                and provenance_problem(self.fold_provenance(fold), self.config) is None)
 
     def check_exports(self, folds: list[int] | None = None, any_export: bool = False) -> list[int]:
         """The trained folds (or ``folds``), each checked to have been trained with this config's model settings;

@@ -52,6 +52,7 @@ class BadImage(Exception):
 @dataclass
 class Prediction:
     """The grader's answer for one photograph."""
+
     grade: int
     grade_name: str
     probabilities: list[float] | None
@@ -133,15 +134,20 @@ class Grader:
         self.files = [engine_file(p, engine) for p in self.paths]
         all_onnx = all(f.suffix == ".onnx" for f in self.files)
         self.engine = "onnx" if all_onnx and engine not in ONNX_FILES else engine
+        if not any_export:  # a pickle of unknown or other origin is refused before it is unpickled
+            for f, config in zip(self.files, configs):
+                if f.suffix != ".onnx":
+                    check_provenance(f, config)
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
                         self._torch_runner(f, threads, bf16=engine == "bf16") for f in self.files]
         for f, run in zip(self.files, self.runners):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
                                 f"{self.size}: export it again (scripts/export_onnx.py --force)")
-        if not any_export:
+        if not any_export:  # an ONNX file carries its fingerprint in its metadata, read once its session is open
             for f, run, config in zip(self.files, self.runners, configs):
-                check_provenance(f, config, getattr(run, "fingerprint", None))
+                if f.suffix == ".onnx":
+                    check_provenance(f, config, run.fingerprint)
         digest = hashlib.sha256()
         for f in self.files:
             digest.update(f.read_bytes())

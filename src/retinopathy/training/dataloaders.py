@@ -38,9 +38,9 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     table = table.assign(target=table["grade"].astype(float) if regression else table["grade"])
     block = RegressionBlock(n_out=1) if regression else CategoryBlock(vocab=list(GRADES))
     batch_tfms = [] if config.pretrained else [Normalize.from_stats(*imagenet_stats)]  # fastai adds it if pretrained
+    item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment else []
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=ColReader("path"), get_y=ColReader("target"),
-                       splitter=IndexSplitter(valid_idx),
-                       item_tfms=[AlbumentationsTransform(seed=config.seed + fold)] if config.augment else [], batch_tfms=batch_tfms)
+                       splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
     if config.balance == "sampler":
         train_grades = table["grade"].to_numpy()

@@ -105,7 +105,6 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-
 def remove_speed_callbacks(learn):
     """The learner as exported: float32, contiguous memory, no bf16 callbacks, so it predicts the same on any CPU."""
     from fastai.callback.channelslast import ChannelsLast
