@@ -2,24 +2,10 @@
 least sure images, the confusion matrix with per-grade precision and recall, every fold's training curves with a
 diagnosis (under-fitting, over-fitting, learning rate too high), lr_find plots, and index.html tying them together.
 
-  python scripts/interpret.py --config configs/demo.yaml
-  python scripts/interpret.py --config configs/demo.yaml --fold 0 --top 24
-"""
+The same as ``retinopathy interpret``; --help lists the options."""
 
 from retinopathy import cli
-
-
-def main() -> None:
-    p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    cli.data_args(p)
-    p.add_argument("--fold", type=int, help="only this fold's out-of-fold images (default: every fold)")
-    p.add_argument("--top", type=int, default=16, help="images in each grid (default 16)")
-    args = p.parse_args()
-    from retinopathy.reports.interpret import interpret
-
-    page = interpret(cli.experiment(args), fold=args.fold, top=args.top)
-    print(f"interpretation → {page} (open it in a browser; it works offline)")
-
+from retinopathy.commands.interpret import main
 
 if __name__ == "__main__":
     cli.run(main)

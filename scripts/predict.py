@@ -2,36 +2,10 @@
 the sample submission). First: the CV report of the out-of-fold predictions, the post-processing tuned on them
 (regression thresholds; for EyePACS, blending a patient's two eyes), and a row in reports/results.csv.
 
-  python scripts/predict.py --config configs/demo.yaml
-  python scripts/predict.py --config configs/demo.yaml tta=true
-  python scripts/predict.py --experiments demo demo-regression     # weighted ensemble, weights tuned on OOF
-"""
+The same as ``retinopathy predict``; --help lists the options."""
 
 from retinopathy import cli
-from retinopathy.paths import Paths
-
-
-def main() -> None:
-    p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    cli.data_args(p)
-    p.add_argument("--experiments", nargs="+", metavar="NAME",
-                   help="trained experiments (models/<NAME>/) to ensemble instead of one config")
-    p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")
-    p.add_argument("--any-export", action="store_true",
-                   help="use trained folds even where they were not trained with this config's model settings")
-    args = p.parse_args()
-    from retinopathy.inference.ensemble import ensemble_experiments, load_experiment
-    from retinopathy.pipeline import report_and_predict
-
-    if args.experiments:
-        paths = Paths.default(data_dir=args.data_dir)
-        experiments = [load_experiment(n, paths) for n in args.experiments]
-        for experiment in experiments:
-            experiment.check_exports(any_export=args.any_export)
-        ensemble_experiments(experiments, args.name)
-    else:
-        report_and_predict(cli.experiment(args), any_export=args.any_export)
-
+from retinopathy.commands.predict import main
 
 if __name__ == "__main__":
     cli.run(main)

@@ -1,24 +1,9 @@
 """Run the whole pipeline for one config: preprocess → folds → train every fold → ensemble → submission CSV.
 
-With no arguments it synthesizes a small competition under data/ and runs configs/demo.yaml.
-
-  python scripts/run_pipeline.py
-  python scripts/run_pipeline.py --raw-dir ../shared/data/aptos2019-224 name=aptos-small epochs=8
-  python scripts/run_pipeline.py --config configs/demo.yaml epochs=10 image_size=128
-"""
+The same as ``retinopathy pipeline``; --help lists the options."""
 
 from retinopathy import cli
-
-
-def main() -> None:
-    p = cli.parser(__doc__, config_default="configs/demo.yaml")
-    cli.data_args(p)
-    p.add_argument("--folds", type=int, nargs="+", help="train only these folds (default: all)")
-    args = p.parse_args()
-    from retinopathy.pipeline import run_pipeline
-
-    run_pipeline(*cli.resolve(args), folds=args.folds)
-
+from retinopathy.commands.pipeline import main
 
 if __name__ == "__main__":
     cli.run(main)

@@ -21,6 +21,7 @@ FLOORS = [
     ["inference"],
     ["reports"],
     ["pipeline", "cli"],
+    ["commands", "__main__"],
 ]
 
 

@@ -12,17 +12,19 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    declared = list(dict.fromkeys(project["dependencies"] + extras["train"] + extras["serve"] + extras["dev"]))
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     assert "python=3.11" in env["dependencies"]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-e .[dev]" in pip, "the conda environment installs this project in editable mode"
+    assert "-e .[all,dev]" in pip, "the conda environment installs this project in editable mode"
     listed = [r for r in pip if not r.startswith("-e")]
     assert sorted(listed) == sorted(declared), "environment.yml and pyproject.toml must pin the same versions"
 
 
 def test_torch_and_torchvision_are_a_matching_pair():
-    deps = {_name(d): d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    train = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    deps = {_name(d): d for d in train}
     assert "six" in deps, "kaggle imports six without declaring it"
     torch_minor = int(re.search(r"torch>=2\.(\d+)", deps["torch"]).group(1))
     vision_minor = int(re.search(r"torchvision>=0\.(\d+)", deps["torchvision"]).group(1))

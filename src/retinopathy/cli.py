@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data.competitions import get_competition
-from .config import Config, load_config
+from .config import Config, config_keys_help, load_config, shipped_configs
 from .errors import UserError
 from .experiment import Experiment
 from .paths import DATA_DIR_ENV, Paths
@@ -18,9 +18,11 @@ from .paths import DATA_DIR_ENV, Paths
 
 def parser(description: str | None, config_default: str | None = None, overrides: bool = True) -> argparse.ArgumentParser:
     """An argument parser with --config, --data-dir and key=value overrides."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=config_keys_help() if overrides else None)
     p.add_argument("--config", default=config_default,
-                   help=f"experiment config YAML (default: {config_default or 'built-in defaults'})")
+                   help=f"a shipped config by name ({', '.join(shipped_configs())}) or a YAML file "
+                        f"(default: {config_default or 'built-in defaults'})")
     p.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_DIR_ENV} or ./data)")
     if overrides:
         p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -35,18 +37,9 @@ def data_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _find_config(path: str | None) -> Path | None:
-    """A config path as given, else relative to the repository the running script lives in (so the default
-    ``configs/demo.yaml`` is found from any working directory)."""
-    if path is None or Path(path).exists() or Path(path).is_absolute():
-        return Path(path) if path else None
-    beside_scripts = Path(sys.argv[0]).resolve().parent.parent / path
-    return beside_scripts if beside_scripts.exists() else Path(path)
-
-
 def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
     """The config (file, then overrides, then ``changes`` set by the script's own options) and the paths."""
-    config = load_config(_find_config(args.config), getattr(args, "overrides", ()))
+    config = load_config(args.config, getattr(args, "overrides", ()))
     changes = {k: v for k, v in changes.items() if v is not None}
     for key in ("competition", "raw_dir"):  # from data_args, where the script has them
         if getattr(args, key, None):

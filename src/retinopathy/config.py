@@ -18,73 +18,65 @@ from .errors import UserError
 from .io import write_text
 
 
-def _choice(default: str, *choices: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
+def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A config key: its default, the one line ``--help`` shows for it, and its allowed values (if a choice)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class Config:
     """Everything that decides what an experiment produces. Paths come from :class:`~retinopathy.paths.Paths`."""
 
-    #: experiment name: outputs go to models/<name>/ and submissions/<name>.csv (default: the config file's name)
-    name: str = "experiment"
+    name: str = key("experiment", "experiment name: outputs go to models/<name>/ and submissions/<name>.csv "
+                                  "(default: the config file's name)")
 
     # --- data ---
-    #: Kaggle slug or alias: aptos2019-blindness-detection (aptos2019) or diabetic-retinopathy-detection (eyepacs2015)
-    competition: str = "aptos2019-blindness-detection"
-    #: folder name under data/raw/ (default: the competition's slug)
-    dataset: str = ""
-    #: a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>
-    raw_dir: str = ""
-    #: when > 0 and the raw folder is missing, synthesize a competition with this many training images there
-    synthetic_images: int = 0
+    competition: str = key("aptos2019-blindness-detection",
+                           "Kaggle slug or alias: aptos2019-blindness-detection (aptos2019) or "
+                           "diabetic-retinopathy-detection (eyepacs2015)")
+    dataset: str = key("", "folder name under data/raw/ (default: the competition's slug)")
+    raw_dir: str = key("", "a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>")
+    synthetic_images: int = key(0, "when > 0 and the raw folder is missing, synthesize a competition with this "
+                                   "many training images there")
 
     # --- preprocessing ---
-    #: none | crop | ben | clahe (crop: find the eye, crop and mask it; ben and clahe also crop first)
-    preprocess: str = _choice("ben", "none", "crop", "ben", "clahe")
-    #: side of the square images cached by preprocessing and fed to the network
-    image_size: int = 256
+    preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
+                          ("none", "crop", "ben", "clahe"))
+    image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network")
 
     # --- folds ---
-    n_folds: int = 5
-    seed: int = 42
+    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)")
+    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation")
 
     # --- model ---
-    #: torchvision or timm architecture name (resnet34, efficientnet_b0, ...)
-    arch: str = "resnet34"
-    pretrained: bool = True
-    #: classification (cross-entropy over grades) or regression (the grade as a number, rounded by thresholds)
-    head: str = _choice("classification", "classification", "regression")
-    #: regression loss; classification always uses cross-entropy
-    regression_loss: str = _choice("smooth_l1", "mse", "smooth_l1")
-    #: dropout of the head
-    ps: float = 0.5
+    arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)")
+    pretrained: bool = key(True, "start from ImageNet weights (downloaded by torchvision/timm on first use)")
+    head: str = key("classification", "classification (cross-entropy over grades) or regression (the grade as a "
+                                      "number, cut by thresholds)", ("classification", "regression"))
+    regression_loss: str = key("smooth_l1", "regression loss; classification always uses cross-entropy",
+                               ("mse", "smooth_l1"))
+    ps: float = key(0.5, "dropout of the head")
 
     # --- training ---
-    epochs: int = 10
-    #: epochs with the body frozen before unfreezing (pretrained models only)
-    freeze_epochs: int = 1
-    #: peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)
-    lr: float = 1e-3
-    #: when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head
-    lr_min: float = 0.0
-    wd: float = 1e-2
-    #: fastai's learning-rate finder before training: off | plot (save lr_find.png) | pick (also train at its
-    #: suggestion, the valley; with lr_min > 0 the slice keeps its ratio)
-    lr_find: str = _choice("off", "off", "plot", "pick")
-    batch_size: int = 32
-    #: class-imbalance handling: none | sampler (oversample rare grades) | loss (class-weighted loss)
-    balance: str = _choice("none", "none", "sampler", "loss")
-    #: 0 keeps natural class frequencies, 1 makes them uniform; in between interpolates (freq ** -alpha)
-    balance_alpha: float = 0.5
-    #: albumentations on training images (flips, rotation, scale, brightness, contrast, hue)
-    augment: bool = True
-    #: dataloader worker processes; -1 picks one per core (0 inside a test)
-    num_workers: int = -1
-    #: mixed precision: float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it natively
-    mixed_precision: bool = True
-    #: test-time augmentation with flips at prediction
-    tta: bool = False
+    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)")
+    freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)")
+    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)")
+    lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head")
+    wd: float = key(1e-2, "weight decay (AdamW)")
+    lr_find: str = key("off", "fastai's learning-rate finder first: plot saves lr_find.png; pick also trains at "
+                              "its suggestion", ("off", "plot", "pick"))
+    batch_size: int = key(32, "images per batch (per GPU under torchrun)")
+    balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
+                       ("none", "sampler", "loss"))
+    balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)")
+    augment: bool = key(True, "albumentations on training images (flips, rotation, scale, brightness, contrast, "
+                              "hue)")
+    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)")
+    mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
+                                      "natively")
+    tta: bool = key(False, "test-time augmentation with flips at prediction")
+    loggers: str = key("csv", "experiment tracking besides history.csv: comma-separated tensorboard, wandb, "
+                              "mlflow (fastai's callbacks; each package is imported only when named)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -96,8 +88,17 @@ class Config:
             if getattr(self, key) < (2 if key == "n_folds" else 1):
                 raise UserError(f"config: {key} must be at least {2 if key == 'n_folds' else 1}, "
                                 f"not {getattr(self, key)}")
+        unknown = [name for name in self.logger_names if name not in LOGGERS]
+        if unknown:
+            raise UserError(f"config: loggers: unknown '{unknown[0]}'; choose from csv, {', '.join(LOGGERS)} "
+                            "(comma-separated)")
         if not 0.0 <= self.balance_alpha <= 1.0:
             raise UserError(f"config: balance_alpha must be between 0 and 1, not {self.balance_alpha}")
+
+    @property
+    def logger_names(self) -> list[str]:
+        """The trackers named by ``loggers``, besides the CSV history every run writes."""
+        return [n.strip() for n in self.loggers.split(",") if n.strip() and n.strip() != "csv"]
 
     @property
     def dataset_name(self) -> str:
@@ -137,7 +138,40 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 #: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
-RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta")
+RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta", "loggers")
+#: experiment trackers ``loggers`` may name (fastai's callbacks)
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+#: the configs shipped inside the package: ``--config aptos_cpu`` finds them from any directory
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with the package."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file: the path as given when it exists, else the shipped config of that name (``aptos_cpu``,
+    ``aptos_cpu.yaml`` or ``configs/aptos_cpu.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped
+    raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())} "
+                    "(give one by name, or a path to your own YAML)")
+
+
+def config_keys_help() -> str:
+    """Every config key with its default and meaning, for ``--help``."""
+    lines = ["config keys (set in the YAML, or as key=value after the options):"]
+    for f in dataclasses.fields(Config):
+        choices = f.metadata.get("choices")
+        kind = " | ".join(choices) if choices else f.type
+        default = f.default if f.default != "" else "''"
+        lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
+    return "\n".join(lines)
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
@@ -203,9 +237,7 @@ def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     """A config file's values, on top of those of the config it names as ``base`` (a name in the same folder, or
     a path relative to it), recursively."""
     if not path.is_file():
-        available = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-        hint = f"; available: {', '.join(available)}" if available else ""
-        raise UserError(f"config file {path} not found{hint}")
+        raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -217,7 +249,10 @@ def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     values: dict[str, Any] = {}
     base = loaded.pop(BASE_KEY, None)
     if base:
-        base_path = path.parent / (str(base) if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
+        base_file = str(base) if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml"
+        base_path = path.parent / base_file
+        if not base_path.is_file() and (CONFIGS_DIR / base_file).is_file():
+            base_path = CONFIGS_DIR / base_file  # a user's config may start from a shipped one
         if base_path.resolve() in seen:
             raise UserError(f"{path}: base '{base}' leads back to itself")
         if not base_path.is_file():
@@ -232,7 +267,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """The config in ``path`` (on top of its ``base``, defaults where both are silent), then the overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         values = _read_config_file(path)
         values.setdefault("name", path.stem)
     values.update(parse_overrides(overrides))

@@ -97,3 +97,32 @@ def gloo_safe_broadcast() -> Iterator[None]:
         yield
     finally:
         DistributedDL._broadcast = original
+
+
+def tracker_callbacks(config, out: Path, fold: int) -> list[Callback]:
+    """The experiment trackers the config's ``loggers`` names, as fastai callbacks writing under the fold's folder
+    (TensorBoard: ``<fold>/tensorboard/``). Each tracker's package is imported only when it is named."""
+    from ..errors import UserError
+
+    callbacks: list[Callback] = []
+    run_name = f"{config.name}-fold{fold}"
+    for name in config.logger_names:
+        try:
+            if name == "tensorboard":
+                from fastai.callback.tensorboard import TensorBoardCallback
+                callbacks.append(TensorBoardCallback(log_dir=str(out / "tensorboard"), trace_model=False,
+                                                     log_preds=False))
+            elif name == "wandb":
+                import wandb
+                from fastai.callback.wandb import WandbCallback
+                if wandb.run is None:
+                    wandb.init(project="retinopathy", name=run_name, config=config.model_settings())
+                callbacks.append(WandbCallback(log_preds=False, log_model=False))
+            elif name == "mlflow":
+                # fastai has no MLflow callback of its own; MLflow's autologging hooks fastai's fit instead.
+                import mlflow.fastai
+                mlflow.fastai.autolog(log_models=False)
+        except ImportError as e:
+            raise UserError(f"config: loggers names {name}, but its package is missing ({e.name}): "
+                            f"pip install {'tensorboard' if name == 'tensorboard' else name}") from None
+    return callbacks

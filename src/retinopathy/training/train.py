@@ -26,7 +26,7 @@ from ..experiment import FINGERPRINT, Experiment
 from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..plots import plot_history, plot_lr_find
-from .callbacks import EpochOffset, ResumeCheckpoint, gloo_safe_broadcast
+from .callbacks import EpochOffset, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
 from .dataloaders import build_dataloaders
 from .models import build_learner, remove_speed_callbacks
 
@@ -192,6 +192,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
             phases = [(name, n, suggested if name == "frozen" else picked) for name, n, _ in phases]
 
     distributed = _distributed()
+    trackers = tracker_callbacks(config, out, fold) if main_process else []
     for index, (name, n_epoch, lr) in enumerate(phases):
         if name == "unfrozen" and len(phases) > 1:
             learn.unfreeze()
@@ -213,6 +214,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                *([EpochOffset(start_epoch)] if start_epoch else []), *callbacks]
         if main_process:
             cbs.insert(0, CSVLogger(fname="history.csv", append=True))
+            cbs += trackers
         with write_faults_named(out / "checkpoints"):  # the checkpoints are written by torch.save during the fit
             if distributed:
                 # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.

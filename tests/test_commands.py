@@ -1,0 +1,105 @@
+"""The ``retinopathy`` command: its stages as subcommands, configs found by name from any directory, and the config
+keys in ``--help``; and the dependency layers it is installed by."""
+
+import dataclasses
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from retinopathy.commands import COMMANDS
+from retinopathy.config import Config, find_config, load_config, shipped_configs
+from retinopathy.errors import UserError
+
+COMMAND = Path(sys.executable).parent / "retinopathy"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMMAND), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_lists_every_stage(tmp_path):
+    done = run("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ["download", "verify", "preprocess", "folds", "train", "predict", "interpret", "submit", "kernel",
+                 "export-onnx", "serve", "pipeline", "synthesize"]:
+        assert re.search(rf"^  {name}\s", done.stdout, re.M), f"{name} missing from retinopathy --help"
+    assert set(COMMANDS) >= {"train", "kernel"}
+
+
+def test_an_unknown_command_is_one_line_with_a_suggestion(tmp_path):
+    done = run("trian", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "did you mean 'train'" in done.stderr
+
+
+def test_train_help_lists_every_config_key_with_its_default(tmp_path):
+    done = run("train", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: retinopathy train")
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default != "" else "''"
+        assert f"  {f.name}={default}  [" in done.stdout, f"{f.name} missing from train --help"
+        assert f.metadata["help"][:30] in done.stdout.replace("\n      ", " ")
+    script = subprocess.run([sys.executable, str(REPO / "scripts" / "train_fold.py"), "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    same_options = script.stdout.partition("\n\n")[2] == done.stdout.partition("\n\n")[2]
+    assert same_options, "scripts/train_fold.py and retinopathy train are the same command"
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"aptos_cpu", "demo", "debug"} <= set(shipped_configs())
+    assert load_config("aptos_cpu").name == "aptos_cpu"
+    assert find_config("configs/demo.yaml") == find_config("demo.yaml") == find_config("demo")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: aptos_cpu\nepochs: 1\n")
+    config = load_config(mine)
+    assert (config.name, config.epochs, config.arch) == ("mine", 1, load_config("aptos_cpu").arch)
+    with pytest.raises(UserError, match="nosuch.yaml not found; shipped configs: .*aptos_cpu"):
+        load_config("nosuch.yaml")
+
+
+def test_a_shipped_config_runs_from_another_directory(tmp_path):
+    dataset = load_config("debug").dataset_name
+    made = run("synthesize", f"data/raw/{dataset}", "--n-train", "12", "--n-test", "4", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    done = run("preprocess", "--config", "debug", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "data" / "processed" / dataset).rglob("*.png"))) == 16
+    wrong = run("folds", "--config", "no_such_config", cwd=tmp_path)
+    assert wrong.returncode == 2 and "shipped configs:" in wrong.stderr and wrong.stderr.count("\n") == 1
+
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _names(requirements) -> set[str]:
+    return {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_dependencies_come_in_layers():
+    project = _project()
+    base, extras = _names(project["dependencies"]), project["optional-dependencies"]
+    assert not base & {"torch", "torchvision", "fastai", "timm", "starlette", "uvicorn", "onnxruntime", "kaggle"}, \
+        "the base package installs without the torch stack or the server"
+    assert {"torch", "torchvision", "fastai", "timm", "albumentations", "kaggle", "six"} <= _names(extras["train"])
+    assert {"starlette", "uvicorn", "onnxruntime", "python-multipart"} <= _names(extras["serve"])
+    assert not _names(extras["serve"]) & {"torch", "fastai"}
+    assert extras["all"] == ["retinopathy[train,serve]"]
+    assert project["scripts"]["retinopathy"] == "retinopathy.commands:main"
+
+
+def test_every_upper_bound_says_why():
+    """An upper bound makes pip replace a preinstalled release (Colab, Kaggle): each one needs its reason beside
+    it."""
+    text = (REPO / "pyproject.toml").read_text()
+    section = text[text.index("dependencies = ["):text.index("dev = [")]
+    bounded = [line.strip() for line in section.splitlines() if re.search(r'"[^"]*<[^"]*"', line)]
+    assert all("#" in line for line in bounded), f"upper bound without a reason: {bounded}"
+    assert not any(re.match(r'"(torch|torchvision)\b[^"]*<', line) for line in bounded)
