@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
-SERVICE = "/api/v1/competitions.CompetitionApiService/"
+API = "/api/v1/"
+SERVICE = API + "competitions.CompetitionApiService/"
 
 
 @dataclass
@@ -38,9 +39,21 @@ class FakeKaggle:
     log: list[str] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     submissions: list[dict] = field(default_factory=list)
+    #: "owner/slug" → {"versions": [{"files": {name: bytes}, "notes": str, "request": dict}], "polls": int}
+    datasets: dict[str, dict] = field(default_factory=dict)
+    #: "owner/slug" → {"versions": [SaveKernel request body], "polls": int}
+    kernels: dict[str, dict] = field(default_factory=dict)
+    #: how many GetDatasetStatus / GetKernelSessionStatus calls answer a working state before the end state
+    processing_polls: int = 1
+    #: how a pushed kernel's session ends, and the failure message Kaggle gives with ERROR
+    kernel_outcome: str = "COMPLETE"
+    kernel_failure: str = ""
+    #: the files a finished kernel's session lists as its output
+    kernel_output: dict[str, bytes] = field(default_factory=dict)
 
     def start(self) -> "FakeKaggle":
         fake = self
+        self.blob_names: dict[str, str] = {}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -68,10 +81,16 @@ class FakeKaggle:
                 path = urlparse(self.path).path
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 fake.log.append(f"POST {path}")
-                if not path.startswith(SERVICE):
+                if not path.startswith(API):
                     return self._json(404, {"code": 404, "message": "no such service"})
                 if not self._authorised():
                     return self._json(401, {"code": 401, "message": "Unauthenticated"})
+                if not path.startswith(SERVICE):
+                    service, _, method = path[len(API):].partition("/")
+                    handler = getattr(self, f"_{service.split('.')[0]}_{method}", None)
+                    if handler is None:
+                        return self._json(404, {"code": 404, "message": f"no method {service}/{method}"})
+                    return handler(body)
                 method = path[len(SERVICE):]
                 name = body.get("competitionName", "")
                 comp = fake.competitions.get(name)
@@ -123,6 +142,96 @@ class FakeKaggle:
                                 "publicScore": fake.public_score if done else "", "privateScore": ""})
                 self._json(200, {"submissions": out, "nextPageToken": ""})
 
+            def _CreateCodeSubmission(self, name, comp, body):
+                kernel = f"{body.get('kernelOwner')}/{body.get('kernelSlug')}"
+                if kernel not in fake.kernels:
+                    return self._json(404, {"code": 404, "message": f"kernel {kernel} not found"})
+                ref = 1000 + len(fake.submissions)
+                fake.submissions.append({"ref": ref, "fileName": body.get("fileName", ""), "date": "2026-11-25T00:00:00Z",
+                                         "description": body.get("submissionDescription", ""), "polls": 0,
+                                         "kernel": kernel, "kernelVersion": body.get("kernelVersion"),
+                                         "content": None})
+                self._json(200, {"message": "Your submission was queued", "ref": ref})
+
+            # ---- blobs, datasets, kernels -----------------------------------------------------------------
+            def _blobs_StartBlobUpload(self, body):
+                token = f"blob-{len(fake.uploads) + 1}"
+                fake.uploads[token] = b""
+                fake.blob_names[token] = body.get("name", "")
+                self._json(200, {"token": token, "createUrl": f"http://localhost/upload/{token}"})
+
+            def _uploaded(self, files):
+                tokens = [f.get("token") for f in files or []]
+                if not tokens or any(not fake.uploads.get(tok) for tok in tokens):
+                    return None
+                return {fake.blob_names[tok]: fake.uploads[tok] for tok in tokens}
+
+            def _datasets_GetDatasetStatus(self, body):
+                ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+                dataset = fake.datasets.get(ref)
+                if dataset is None:
+                    return self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+                dataset["polls"] += 1
+                ready = dataset["polls"] > fake.processing_polls
+                self._json(200, {"status": "READY" if ready else "BLOBS_RECEIVED"})
+
+            def _datasets_CreateDataset(self, body):
+                ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+                if body.get("ownerSlug") != fake.username:
+                    return self._json(403, {"code": 403, "message": f"you may not create datasets for {ref}"})
+                files = self._uploaded(body.get("files"))
+                if files is None:
+                    return self._json(400, {"code": 400, "message": "a file token was never uploaded"})
+                fake.datasets[ref] = {"versions": [{"files": files, "notes": "", "request": body}], "polls": 0}
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok",
+                                 "error": ""})
+
+            def _datasets_CreateDatasetVersion(self, body):
+                ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+                if ref not in fake.datasets:
+                    return self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+                files = self._uploaded((body.get("body") or {}).get("files"))
+                if files is None:
+                    return self._json(400, {"code": 400, "message": "a file token was never uploaded"})
+                dataset = fake.datasets[ref]
+                dataset["versions"].append({"files": files, "notes": body["body"].get("versionNotes", ""),
+                                            "request": body})
+                dataset["polls"] = 0
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok",
+                                 "error": ""})
+
+            def _kernels_SaveKernel(self, body):
+                ref = body.get("slug", "")
+                missing = [s for s in body.get("datasetDataSources", []) if s not in fake.datasets]
+                if missing:
+                    return self._json(200, {"ref": ref, "error": "", "invalidDatasetSources": missing})
+                kernel = fake.kernels.setdefault(ref, {"versions": [], "polls": 0})
+                kernel["versions"].append(body)
+                kernel["polls"] = 0
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/code/{ref}",
+                                 "versionNumber": len(kernel["versions"]), "error": ""})
+
+            def _kernel(self, body):
+                return f"{body.get('userName')}/{body.get('kernelSlug')}", \
+                    fake.kernels.get(f"{body.get('userName')}/{body.get('kernelSlug')}")
+
+            def _kernels_GetKernelSessionStatus(self, body):
+                ref, kernel = self._kernel(body)
+                if kernel is None:
+                    return self._json(404, {"code": 404, "message": f"kernel {ref} not found"})
+                kernel["polls"] += 1
+                if kernel["polls"] <= fake.processing_polls:
+                    return self._json(200, {"status": "RUNNING"})
+                self._json(200, {"status": fake.kernel_outcome, "failureMessage": fake.kernel_failure})
+
+            def _kernels_ListKernelSessionOutput(self, body):
+                ref, kernel = self._kernel(body)
+                if kernel is None:
+                    return self._json(404, {"code": 404, "message": f"kernel {ref} not found"})
+                files = [{"fileName": n, "url": f"http://localhost/kernel-output/{ref}/{n}"}
+                         for n in fake.kernel_output]
+                self._json(200, {"files": files, "log": "[]", "nextPageToken": ""})
+
             def do_PUT(self):
                 path = urlparse(self.path).path
                 fake.log.append(f"PUT {path}")
@@ -137,6 +246,9 @@ class FakeKaggle:
                 path = unquote(urlparse(self.path).path)
                 fake.log.append(f"GET {path}")
                 parts = path.split("/")
+                if parts[1] == "kernel-output" and parts[-1] in fake.kernel_output:
+                    return self._send(200, fake.kernel_output[parts[-1]], {
+                        "Content-Type": "application/octet-stream", "Last-Modified": "Thu, 26 Nov 2026 00:00:00 GMT"})
                 if len(parts) != 4 or parts[1] != "files" or parts[2] not in fake.competitions:
                     return self._send(404)
                 comp, file_name = fake.competitions[parts[2]], parts[3]

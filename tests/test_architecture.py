@@ -20,6 +20,7 @@ FLOORS = [
     ["training"],
     ["inference"],
     ["reports"],
+    ["kernel"],
     ["pipeline", "cli"],
     ["commands", "__main__"],
 ]

@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     experiment = cli.experiment(args)
     competition = experiment.competition
+    if competition.code_competition:
+        raise UserError(f"{competition.slug} is a code competition: Kaggle accepts only the output of a kernel it "
+                        "runs itself, not an uploaded CSV; submit with python scripts/kaggle_kernel.py (retinopathy "
+                        "kernel) --dataset you/slug --kernel you/slug --submit -m MESSAGE")
     if not args.submission.is_file():
         raise UserError(f"{args.submission}: file not found (scripts/predict.py writes submissions/<exp>.csv)")
     sample_ids = read_test_ids(experiment.raw_dir, competition)

@@ -27,6 +27,9 @@ class Competition:
     test_csv: str | None
     #: EyePACS has both eyes of each patient; they must stay in one fold and can inform each other.
     paired_eyes: bool
+    #: a code competition accepts only the output of a Kaggle kernel it runs offline (``retinopathy kernel``),
+    #: never an uploaded CSV
+    code_competition: bool = False
 
     def patient(self, image_id: str) -> str:
         """The patient an image belongs to (EyePACS ``10_left`` → ``10``); each APTOS image is its own group."""
@@ -50,6 +53,7 @@ APTOS2019 = Competition(
     sample_submission="sample_submission.csv",
     test_csv="test.csv",
     paired_eyes=False,
+    code_competition=True,
 )
 
 EYEPACS2015 = Competition(

@@ -37,12 +37,16 @@ def kaggle_api():
 
 
 @contextlib.contextmanager
-def kaggle_errors(competition: str, what: str = "") -> Iterator[None]:
-    """Turn the client's HTTP and network failures into one clear sentence naming the fix."""
+def kaggle_errors(competition: str, what: str = "", not_found: str | None = None) -> Iterator[None]:
+    """Turn the client's HTTP and network failures (and its ValueErrors about bad metadata or a denied kernel) into
+    one clear sentence naming the fix; ``not_found`` is the advice for a 404."""
     import requests
 
     try:
         yield
+    except ValueError as e:  # the client's own checks: metadata, slugs, a kernel it may not read
+        raise UserError(f"Kaggle client refused {competition}{f' ({what})' if what else ''}: "
+                        f"{str(e).splitlines()[0][:300]}") from None
     except requests.exceptions.HTTPError as e:
         status = e.response.status_code if e.response is not None else None
         target = f"{competition}{f' ({what})' if what else ''}"
@@ -53,9 +57,9 @@ def kaggle_errors(competition: str, what: str = "") -> Iterator[None]:
             raise UserError(f"Kaggle says 403 Forbidden for {target}: accept the competition's rules first at "
                             f"{rules_url(competition)} (logged in as the key's owner), then run this again") from None
         if status == 404:
-            raise UserError(f"Kaggle says 404 Not Found for {target}: check the name (e.g. "
-                            "aptos2019-blindness-detection, diabetic-retinopathy-detection, or the file names that "
-                            "scripts/download.py --list shows)") from None
+            raise UserError(f"Kaggle says 404 Not Found for {target}: " + (not_found or (
+                "check the name (e.g. aptos2019-blindness-detection, diabetic-retinopathy-detection, or the file "
+                "names that scripts/download.py --list shows)"))) from None
         raise UserError(f"Kaggle answered {status or 'an error'} for {target}: {str(e).splitlines()[0][:200]}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
         raise UserError(f"cannot reach Kaggle ({type(e).__name__}): check the network connection (and any proxy "
@@ -64,10 +68,7 @@ def kaggle_errors(competition: str, what: str = "") -> Iterator[None]:
 
 def submit(path, message: str, competition: str, poll_seconds: float = 10.0, timeout: float = 1800.0,
            echo=print) -> dict:
-    """Upload a submission with ``competition_submit``, then poll ``competition_submissions`` until Kaggle has
-    scored it (or ``timeout`` passes). Returns {"ref", "status", "public_score", "message"}."""
-    import time
-
+    """Upload a submission with ``competition_submit``, then wait for its score (:func:`wait_for_score`)."""
     api = kaggle_api()
     with kaggle_errors(competition):
         response = api.competition_submit(str(path), message, competition, quiet=True)
@@ -76,6 +77,15 @@ def submit(path, message: str, competition: str, poll_seconds: float = 10.0, tim
     if not ref:
         raise UserError(f"Kaggle did not accept the submission: {text or 'no reason given'}")
     echo(f"submitted {path} to {competition} (ref {ref}): {text}")
+    return wait_for_score(api, competition, ref, text, poll_seconds, timeout, echo)
+
+
+def wait_for_score(api, competition: str, ref, text: str = "", poll_seconds: float = 10.0, timeout: float = 1800.0,
+                   echo=print) -> dict:
+    """Poll ``competition_submissions`` until Kaggle has scored submission ``ref`` (or ``timeout`` passes).
+    Returns {"ref", "status", "public_score", "message"}."""
+    import time
+
     deadline = time.time() + timeout
     status = "PENDING"
     while True:

@@ -120,7 +120,7 @@ class Grader:
     ONNX Runtime. Every engine computes the same :class:`~retinopathy.engines.ServingModel`."""
 
     def __init__(self, model_paths: list[Path], threads: int | None = None, engine: str = "torch",
-                 any_export: bool = False):
+                 any_export: bool = False, device: str = "cpu"):
         if engine not in ENGINES:
             raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
         self.paths = [Path(p).resolve() for p in model_paths]
@@ -139,7 +139,7 @@ class Grader:
                 if f.suffix != ".onnx":
                     check_provenance(f, config)
         self.runners = [OnnxRunner(f, threads) if f.suffix == ".onnx" else
-                        self._torch_runner(f, threads, bf16=engine == "bf16") for f in self.files]
+                        self._torch_runner(f, threads, engine == "bf16", device) for f in self.files]
         for f, run in zip(self.files, self.runners):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
@@ -153,7 +153,7 @@ class Grader:
             digest.update(f.read_bytes())
         self.model_id = f"{first.name}-{len(self.files)}x{first.arch}-{self.engine}-{digest.hexdigest()[:10]}"
 
-    def _torch_runner(self, export: Path, threads: int | None, bf16: bool):
+    def _torch_runner(self, export: Path, threads: int | None, bf16: bool, device: str):
         """A fold's export.pkl in PyTorch: torch and fastai are imported only for these engines."""
         import torch
 
@@ -162,7 +162,7 @@ class Grader:
 
         if threads:
             torch.set_num_threads(threads)
-        return TorchRunner(serving_model(load_learner_quietly(export), self.regression), bf16=bf16)
+        return TorchRunner(serving_model(load_learner_quietly(export), self.regression), bf16=bf16, device=device)
 
     # --------------------------------------------------------------------------------------- input checks
     @staticmethod

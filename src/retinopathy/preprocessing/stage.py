@@ -61,8 +61,9 @@ def _read_journal(path: Path) -> dict[str, dict]:
 
 
 def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, workers: int | None = None,
-                       progress: bool = True) -> pd.DataFrame:
-    """Prepare every training and test image of a competition folder once; write the images and a manifest.
+                       progress: bool = True, splits: tuple[str, ...] = ("train", "test")) -> pd.DataFrame:
+    """Prepare every training and test image of a competition folder once (or those of ``splits`` only); write the
+    images and a manifest.
 
     Resumable, even after SIGKILL: each finished image is appended to a journal beside the images, and images whose
     output exists (outputs are written atomically, so an existing one is whole) keep their row, from the manifest or
@@ -72,8 +73,8 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
     if method not in METHODS:
         raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
     competition = detect_competition(raw_dir)
-    items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]]
-    items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])]
+    items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]] if "train" in splits else []
+    items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])] if "test" in splits else []
     manifest_path, journal_path = out_dir / MANIFEST, out_dir / JOURNAL
     previous = {}
     if manifest_path.is_file():

@@ -1,0 +1,107 @@
+"""What every script shares: the common arguments, resolving them to a config and paths, and turning a user's
+mistake into one line on stderr (exit 2) instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .data.competitions import get_competition
+from .config import Config, config_keys_help, load_config, shipped_configs
+from .errors import UserError
+from .experiment import Experiment
+from .paths import DATA_DIR_ENV, Paths
+
+
+def parser(description: str | None, config_default: str | None = None, overrides: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with --config, --data-dir and key=value overrides."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=config_keys_help() if overrides else None)
+    p.add_argument("--config", default=config_default,
+                   help=f"a shipped config by name ({', '.join(shipped_configs())}) or a YAML file "
+                        f"(default: {config_default or 'built-in defaults'})")
+    p.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_DIR_ENV} or ./data)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. epochs=3 arch=resnet18 image_size=128")
+    return p
+
+
+def data_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--competition and --raw-dir: which competition's data a stage works on."""
+    p.add_argument("--competition", help="aptos2019 or eyepacs2015 (or the Kaggle slug): use data/raw/<slug>")
+    p.add_argument("--raw-dir", help="a competition folder in Kaggle layout anywhere (default: data/raw/<dataset>)")
+    return p
+
+
+def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
+    """The config (file, then overrides, then ``changes`` set by the script's own options) and the paths."""
+    config = load_config(args.config, getattr(args, "overrides", ()))
+    changes = {k: v for k, v in changes.items() if v is not None}
+    for key in ("competition", "raw_dir"):  # from data_args, where the script has them
+        if getattr(args, key, None):
+            changes[key] = getattr(args, key)
+    if changes.get("competition"):
+        slug = get_competition(changes["competition"]).slug
+        changes.update(competition=slug, dataset=slug, synthetic_images=0)
+    if changes.get("raw_dir"):
+        # Other data, other caches: processed images and folds are filed under the raw folder's name.
+        raw = Path(changes["raw_dir"]).expanduser().resolve()
+        changes.update(raw_dir=str(raw), dataset=raw.name, synthetic_images=0)
+    return (config.replace(**changes) if changes else config), Paths.default(data_dir=args.data_dir)
+
+
+def experiment(args: argparse.Namespace, **changes) -> Experiment:
+    """The experiment the script's arguments describe."""
+    return Experiment(*resolve(args, **changes))
+
+
+#: what to do about a file-system fault, by errno; the message names the path
+_FAULTS = {
+    errno.ENOSPC: "no space left on the device: free some, or point --data-dir / $RETINOPATHY_OUTPUT_DIR at a "
+                  "disk with room; finished outputs are whole and the same command resumes",
+    errno.EDQUOT: "disk quota exceeded: free some, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.EROFS: "read-only file system: point --data-dir / $RETINOPATHY_OUTPUT_DIR at a writable folder",
+    errno.EACCES: "permission denied: make it writable, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.EPERM: "operation not permitted: make it writable, or point --data-dir / $RETINOPATHY_OUTPUT_DIR elsewhere",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it, or choose another --data-dir / "
+                   "$RETINOPATHY_OUTPUT_DIR",
+    errno.EEXIST: "a file stands where a folder is needed: move it, or choose another --data-dir / "
+                  "$RETINOPATHY_OUTPUT_DIR",
+    errno.EISDIR: "a folder stands where a file is needed: move it aside",
+}
+
+
+def fault_message(error: OSError) -> str | None:
+    """One line for a file-system fault (full disk, read-only, permissions, a file where a folder should be) that
+    names the path and what to do; None for other errors."""
+    advice = _FAULTS.get(error.errno)
+    if advice is None:
+        return None
+    path = error.filename or "an output file"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename:
+        blocking = next((p for p in [Path(error.filename), *Path(error.filename).parents] if p.is_file()), None)
+        path = blocking or path
+    return f"{path}: {advice}"
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call a script's ``main``; a :class:`UserError` or a file-system fault becomes ``error: …`` on one line and
+    exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        message = fault_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,274 @@
+"""One experiment config per run: a dataclass loaded from ``configs/<name>.yaml``, overridden by ``key=value``
+arguments, and written out resolved beside the run's outputs so any result can be re-run."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import UserError
+from .io import write_text
+
+
+def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A config key: its default, the one line ``--help`` shows for it, and its allowed values (if a choice)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    """Everything that decides what an experiment produces. Paths come from :class:`~retinopathy.paths.Paths`."""
+
+    name: str = key("experiment", "experiment name: outputs go to models/<name>/ and submissions/<name>.csv "
+                                  "(default: the config file's name)")
+
+    # --- data ---
+    competition: str = key("aptos2019-blindness-detection",
+                           "Kaggle slug or alias: aptos2019-blindness-detection (aptos2019) or "
+                           "diabetic-retinopathy-detection (eyepacs2015)")
+    dataset: str = key("", "folder name under data/raw/ (default: the competition's slug)")
+    raw_dir: str = key("", "a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>")
+    synthetic_images: int = key(0, "when > 0 and the raw folder is missing, synthesize a competition with this "
+                                   "many training images there")
+
+    # --- preprocessing ---
+    preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
+                          ("none", "crop", "ben", "clahe"))
+    image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network")
+
+    # --- folds ---
+    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)")
+    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation")
+
+    # --- model ---
+    arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)")
+    pretrained: bool = key(True, "start from ImageNet weights (downloaded by torchvision/timm on first use)")
+    head: str = key("classification", "classification (cross-entropy over grades) or regression (the grade as a "
+                                      "number, cut by thresholds)", ("classification", "regression"))
+    regression_loss: str = key("smooth_l1", "regression loss; classification always uses cross-entropy",
+                               ("mse", "smooth_l1"))
+    ps: float = key(0.5, "dropout of the head")
+
+    # --- training ---
+    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)")
+    freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)")
+    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)")
+    lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head")
+    wd: float = key(1e-2, "weight decay (AdamW)")
+    lr_find: str = key("off", "fastai's learning-rate finder first: plot saves lr_find.png; pick also trains at "
+                              "its suggestion", ("off", "plot", "pick"))
+    batch_size: int = key(32, "images per batch (per GPU under torchrun)")
+    balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
+                       ("none", "sampler", "loss"))
+    balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)")
+    augment: bool = key(True, "albumentations on training images (flips, rotation, scale, brightness, contrast, "
+                              "hue)")
+    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)")
+    mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
+                                      "natively")
+    tta: bool = key(False, "test-time augmentation with flips at prediction")
+    loggers: str = key("csv", "experiment tracking besides history.csv: comma-separated tensorboard, wandb, "
+                              "mlflow (fastai's callbacks; each package is imported only when named)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UserError(f"config: {f.name} must be one of {' | '.join(choices)}, not '{value}'")
+        for key in ("image_size", "n_folds", "epochs", "batch_size"):
+            if getattr(self, key) < (2 if key == "n_folds" else 1):
+                raise UserError(f"config: {key} must be at least {2 if key == 'n_folds' else 1}, "
+                                f"not {getattr(self, key)}")
+        unknown = [name for name in self.logger_names if name not in LOGGERS]
+        if unknown:
+            raise UserError(f"config: loggers: unknown '{unknown[0]}'; choose from csv, {', '.join(LOGGERS)} "
+                            "(comma-separated)")
+        if not 0.0 <= self.balance_alpha <= 1.0:
+            raise UserError(f"config: balance_alpha must be between 0 and 1, not {self.balance_alpha}")
+
+    @property
+    def logger_names(self) -> list[str]:
+        """The trackers named by ``loggers``, besides the CSV history every run writes."""
+        return [n.strip() for n in self.loggers.split(",") if n.strip() and n.strip() != "csv"]
+
+    @property
+    def dataset_name(self) -> str:
+        """The folder name of this run's data under raw/ and processed/."""
+        if self.dataset:
+            return self.dataset
+        if self.raw_dir:
+            return Path(self.raw_dir).resolve().name
+        from .data.competitions import get_competition
+        return get_competition(self.competition).slug
+
+    def model_settings(self) -> dict[str, Any]:
+        """The settings that decide the trained model: every key but the runtime ones (:data:`RUNTIME_KEYS`), the
+        data named by its folder name (not the path it was reached by), and ``lr_find`` only where it picks the
+        rate."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
+        settings.update(dataset=self.dataset_name, lr_find=self.lr_find == "pick")
+        return settings
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of :meth:`model_settings`: two configs train the same model exactly when their fingerprints agree."""
+        return settings_fingerprint(self.model_settings())
+
+    def to_yaml(self) -> str:
+        """The config as YAML, every key in declaration order."""
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the resolved config (atomically) so the run can be repeated exactly."""
+        return write_text(path, "# resolved config of this run; re-run with --config <this file>\n" + self.to_yaml())
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some keys changed (and checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+#: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
+RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta", "loggers")
+#: experiment trackers ``loggers`` may name (fastai's callbacks)
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+#: the configs shipped inside the package: ``--config aptos_cpu`` finds them from any directory
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with the package."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file: the path as given when it exists, else the shipped config of that name (``aptos_cpu``,
+    ``aptos_cpu.yaml`` or ``configs/aptos_cpu.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped
+    raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())} "
+                    "(give one by name, or a path to your own YAML)")
+
+
+def config_keys_help() -> str:
+    """Every config key with its default and meaning, for ``--help``."""
+    lines = ["config keys (set in the YAML, or as key=value after the options):"]
+    for f in dataclasses.fields(Config):
+        choices = f.metadata.get("choices")
+        kind = " | ".join(choices) if choices else f.type
+        default = f.default if f.default != "" else "''"
+        lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """The fingerprint of a mapping of model settings (see :meth:`Config.model_settings`)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_difference(made: dict[str, Any], asked: dict[str, Any]) -> str:
+    """The keys on which two model settings differ, said once: ``made with arch=resnet18 epochs=3, asked for
+    arch=resnet50 epochs=7``."""
+    keys = [k for k in sorted(set(made) | set(asked)) if made.get(k) != asked.get(k)]
+
+    def show(d):
+        return " ".join(f"{k}={d.get(k, '(unset)')}" for k in keys)
+
+    return f"made with {show(made)}, asked for {show(asked)}" if keys else "made by other settings"
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check one value against its field's type; ints are accepted where floats are expected."""
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(FIELDS)}"
+        raise UserError(f"{source}: unknown config key '{key}'{hint}")
+    kind = _TYPES[FIELDS[key].type]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None and kind is str:
+        return ""
+    if kind in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = kind(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{source}: {key} must be {FIELDS[key].type}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=3", "arch=resnet18"]`` → ``{"epochs": 3, "arch": "resnet18"}``, values read as YAML scalars."""
+    parsed = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not key=value (for example epochs=3)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        parsed[key.strip()] = _coerce(key.strip(), value, f"override '{item}'")
+    return parsed
+
+
+#: the key by which a config file names another whose values it starts from
+BASE_KEY = "base"
+
+
+def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's values, on top of those of the config it names as ``base`` (a name in the same folder, or
+    a path relative to it), recursively."""
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+    values: dict[str, Any] = {}
+    base = loaded.pop(BASE_KEY, None)
+    if base:
+        base_file = str(base) if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml"
+        base_path = path.parent / base_file
+        if not base_path.is_file() and (CONFIGS_DIR / base_file).is_file():
+            base_path = CONFIGS_DIR / base_file  # a user's config may start from a shipped one
+        if base_path.resolve() in seen:
+            raise UserError(f"{path}: base '{base}' leads back to itself")
+        if not base_path.is_file():
+            raise UserError(f"{path}: base config '{base}' not found ({base_path})")
+        values = _read_config_file(base_path, seen + (path.resolve(),))
+        values.pop("name", None)  # a config is named after its own file, not its base
+    values.update({k: _coerce(str(k), v, str(path)) for k, v in loaded.items()})
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """The config in ``path`` (on top of its ``base``, defaults where both are silent), then the overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = find_config(path)
+        values = _read_config_file(path)
+        values.setdefault("name", path.stem)
+    values.update(parse_overrides(overrides))
+    return Config(**values)

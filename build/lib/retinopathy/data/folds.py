@@ -1,0 +1,76 @@
+"""K-fold splits as a column of a CSV: stratified on the grade, and for EyePACS grouped by patient (both eyes of a
+patient in one fold; otherwise the model is validated on the twin of an eye it trained on); and the training table,
+the folds joined with the preprocessed images."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .cleaning import apply_decisions, decisions_path
+from .competitions import Competition, read_labels
+from ..errors import UserError
+from ..experiment import Experiment
+from ..io import write_csv
+
+
+def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
+    """``labels`` (id, grade) with a ``fold`` column added; deterministic from ``seed``."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # 1 s to import: only when splitting
+
+    counts = labels["grade"].value_counts()
+    if len(labels) < n_folds:
+        raise UserError(f"{len(labels)} labelled images cannot make {n_folds} folds; lower n_folds")
+    if counts.min() < n_folds:  # sklearn would only warn; say which grade is too rare to be in every fold
+        rare = ", ".join(f"grade {g}: {c}" for g, c in counts.items() if c < n_folds)
+        print(f"note: some grades have fewer images than folds ({rare}); they will be missing from some folds")
+    folds = np.full(len(labels), -1)
+    if competition.paired_eyes:
+        groups = labels["id"].map(competition.patient)
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(labels, labels["grade"], groups)
+    else:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, labels["grade"])
+    with warnings.catch_warnings():  # scikit-learn's own warning repeats the note above
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, valid) in enumerate(splits):
+            folds[valid] = fold
+    return labels.assign(fold=folds)
+
+
+def fold_summary(folds: pd.DataFrame) -> str:
+    """A table: images per fold and the share of each grade, so an unbalanced split is seen at once."""
+    table = pd.crosstab(folds["fold"], folds["grade"], normalize="index").mul(100).round(1)
+    table.columns = [f"grade {g} %" for g in table.columns]
+    table.insert(0, "images", folds["fold"].value_counts().sort_index())
+    return table.to_string()
+
+
+def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
+    """Write the experiment's folds CSV (id, grade, fold) and return it."""
+    config = experiment.config
+    labels = apply_decisions(read_labels(experiment.raw_dir, experiment.competition), decisions_path(experiment),
+                             verbose)
+    folds = assign_folds(labels, config.n_folds, config.seed, experiment.competition)
+    write_csv(folds, experiment.folds_csv)
+    if verbose:
+        print(f"folds: {len(folds)} images in {config.n_folds} folds → {experiment.folds_csv}")
+        print(fold_summary(folds))
+    return folds
+
+
+def training_table(experiment: Experiment) -> pd.DataFrame:
+    """Folds joined with the preprocessed images: columns id, grade, fold, path (bad images left out, and said)."""
+    for path, stage in ((experiment.folds_csv, "make_folds.py"), (experiment.manifest_csv, "preprocess.py")):
+        if not path.is_file():
+            raise UserError(f"{path} not found: run scripts/{stage} with this config first")
+    folds = pd.read_csv(experiment.folds_csv, dtype={"id": str})
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    usable = manifest[manifest["path"] != ""][["id", "path"]]
+    table = folds.merge(usable, on="id", how="inner")
+    dropped = len(folds) - len(table)
+    if dropped:
+        print(f"note: {dropped} labelled image(s) have no preprocessed file (see {experiment.manifest_csv})")
+    return table.reset_index(drop=True)

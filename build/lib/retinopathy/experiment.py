@@ -1,0 +1,126 @@
+"""An experiment: one config plus the paths it reads and writes, resolved once and shared by every stage, and the
+fold artefacts it has produced so far."""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, settings_difference
+from .data.competitions import Competition, detect_competition
+from .errors import UserError
+from .paths import MANIFEST, Paths
+
+#: beside each fold's export: the fingerprint and model settings of the config that trained it
+FINGERPRINT = "fingerprint.json"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Where each stage of one config's pipeline finds its inputs and puts its outputs."""
+
+    config: Config
+    paths: Paths
+
+    @property
+    def raw_dir(self) -> Path:
+        """The competition folder in Kaggle layout."""
+        if self.config.raw_dir:
+            return Path(self.config.raw_dir).expanduser().resolve()
+        return self.paths.raw(self.config.dataset_name)
+
+    @functools.cached_property
+    def competition(self) -> Competition:
+        """Which competition the raw folder holds, told by its files."""
+        return detect_competition(self.raw_dir)
+
+    @property
+    def processed_dir(self) -> Path:
+        """The preprocessed images of this config's method and size."""
+        return self.paths.processed(self.config.dataset_name, self.config.preprocess, self.config.image_size)
+
+    @property
+    def manifest_csv(self) -> Path:
+        """The preprocessing stage's table of every prepared image (id, split, status, path, ...)."""
+        return self.processed_dir / MANIFEST
+
+    @property
+    def folds_csv(self) -> Path:
+        """The folds CSV this config trains on."""
+        return self.paths.folds(self.config.dataset_name, self.config.n_folds, self.config.seed)
+
+    @property
+    def dir(self) -> Path:
+        """The experiment's folder under models/."""
+        return self.paths.experiment(self.config.name)
+
+    def fold_dir(self, fold: int) -> Path:
+        """One fold's folder: export.pkl, oof.csv, history.csv, config.yaml, ..."""
+        return self.paths.fold_dir(self.config.name, fold)
+
+    @property
+    def submission(self) -> Path:
+        """The submission CSV the prediction stage writes."""
+        return self.paths.submission(self.config.name)
+
+    def trained_folds(self) -> list[int]:
+        """The folds whose exported learner exists."""
+        return [k for k in range(self.config.n_folds) if (self.fold_dir(k) / "export.pkl").is_file()]
+
+    def require_trained_folds(self) -> list[int]:
+        """:meth:`trained_folds`, or a UserError saying to train one first."""
+        folds = self.trained_folds()
+        if not folds:
+            raise UserError(f"no trained fold in {self.dir}: run scripts/train_fold.py first")
+        return folds
+
+    def fold_provenance(self, fold: int) -> dict | None:
+        """What made a fold's export: its ``fingerprint.json`` (None where there is none)."""
+        return read_provenance(self.fold_dir(fold))
+
+    def fold_is_current(self, fold: int) -> bool:
+        """Whether the fold's export exists and was trained with this config's model settings."""
+        return ((self.fold_dir(fold) / "export.pkl").is_file()
+                and provenance_problem(self.fold_provenance(fold), self.config) is None)
+
+    def check_exports(self, folds: list[int] | None = None, any_export: bool = False) -> list[int]:
+        """The trained folds (or ``folds``), each checked to have been trained with this config's model settings;
+        a UserError names the first that was not, unless ``any_export``."""
+        folds = self.require_trained_folds() if folds is None else folds
+        for fold in [] if any_export else folds:
+            problem = provenance_problem(self.fold_provenance(fold), self.config)
+            if problem:
+                raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
+                                f"this config (scripts/train_fold.py --fold {fold}), or pass --any-export to use it")
+        return folds
+
+
+def read_provenance(fold_dir: Path) -> dict | None:
+    """A fold folder's ``fingerprint.json`` (None where it is missing or unreadable)."""
+    try:
+        return json.loads((Path(fold_dir) / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def provenance_problem(record: dict | None, config: Config) -> str | None:
+    """Why an export described by ``record`` is not the model ``config`` trains (None when it is)."""
+    if record is None:
+        return (f"no {FINGERPRINT} beside it (made by an older version, or its training was cut short), so what "
+                "trained it is unknown")
+    if record.get("fingerprint") == config.fingerprint:
+        return None
+    return settings_difference(record.get("settings", {}), config.model_settings())
+
+
+def load_learner_quietly(path: Path, cpu: bool = True):
+    """fastai's ``load_learner`` without its warning that pickles can run code: only files the operator named (or
+    the experiment's own exports, found through its config) reach this point."""
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        return load_learner(path, cpu=cpu)

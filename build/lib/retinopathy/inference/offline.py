@@ -1,0 +1,112 @@
+"""Grading a whole competition folder from a bundle of trained folds, with no network and no pipeline state: what
+the Kaggle kernel of a code competition runs (``retinopathy kernel`` builds it), on whatever test ids it finds.
+
+A bundle is an experiment's folder as training left it, copied: ``models/<exp>/fold<K>/`` (``export.pkl`` or the
+ONNX files, ``config.yaml``, ``fingerprint.json``) and ``models/<exp>/tuning.json``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import load_config
+from ..data.competitions import detect_competition, read_test_ids
+from ..errors import UserError
+from ..experiment import Experiment
+from ..paths import Paths
+from ..preprocessing.image_io import prepare_file, read_prepared
+from ..preprocessing.stage import preprocess_dataset
+from .engines import ONNX_FILES
+from .serve import Grader
+from .submission import TestPredictions, write_submission
+
+#: the file a bundle's fold runs from, by engine
+MODEL_FILES = {"torch": "export.pkl", "bf16": "export.pkl", **ONNX_FILES}
+
+
+def bundle_models(models_dir: Path, engine: str) -> list[Path]:
+    """The model files, for ``engine``, of the one experiment under a bundle's ``models`` folder
+    (``<exp>/fold<K>/<file>``, at any depth: an unpacked archive may add a level)."""
+    models = sorted(Path(models_dir).rglob(f"fold*/{MODEL_FILES[engine]}"))
+    experiments = sorted({p.parent.parent for p in models})
+    if len(experiments) != 1:
+        raise UserError(f"{models_dir}: expected the trained folds of one experiment with {MODEL_FILES[engine]} "
+                        f"files (the {engine} engine), found {len(experiments)} experiments")
+    return models
+
+
+def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """The batch as the model sees it at test time: as is, and with ``tta`` flipped left-right and upside-down
+    (the same views as :class:`~retinopathy.training.callbacks.FlipInput` at prediction)."""
+    return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
+
+
+def grade_batches(grader: Grader, paths: list[str], tta: bool, batch: int = 32, progress=None) -> np.ndarray:
+    """Fold- and view-averaged outputs for prepared images on disk, ``batch`` at a time."""
+    outputs = []
+    for start in range(0, len(paths), batch):
+        images = read_prepared(paths[start:start + batch])
+        views = tta_views(images, tta)
+        outputs.append(np.mean([run(np.ascontiguousarray(v)) for run in grader.runners for v in views], axis=0))
+        if progress:
+            progress(min(start + batch, len(paths)), len(paths))
+    return np.concatenate(outputs) if outputs else np.zeros((0, 1 if grader.regression else 5), np.float32)
+
+
+def predict_offline(models_dir: Path, competition_dir: Path, output_dir: Path, engine: str = "torch",
+                    workers: int | None = None, device: str = "cpu", verbose: bool = True) -> Path:
+    """Prepare every test image of ``competition_dir`` exactly as training did, grade it with every fold of the
+    bundle's ``models_dir`` (TTA as configured), apply the tuning and write ``output_dir/submission.csv``, validated against the
+    folder's sample submission. Works on whatever ids the sample submission lists."""
+    competition_dir, output_dir = Path(competition_dir), Path(output_dir)
+    start = time.time()
+    grader = Grader(bundle_models(models_dir, engine), engine=engine, device=device)
+    config = grader.config.replace(raw_dir=str(competition_dir))
+    competition = detect_competition(competition_dir)
+    sample_ids = read_test_ids(competition_dir, competition)
+    if sample_ids is None:
+        raise UserError(f"{competition_dir / competition.sample_submission} not found: the kernel needs the "
+                        "competition's test set")
+    experiment = Experiment(config, Paths(data=output_dir / "retinopathy-work", output=output_dir / "retinopathy-work"))
+    manifest = preprocess_dataset(competition_dir, experiment.processed_dir, config.preprocess, config.image_size,
+                                  workers=workers, progress=verbose, splits=("test",))
+    readable = manifest[(manifest["path"] != "")]
+    if verbose:
+        print(f"prepared {len(readable)} of {len(sample_ids)} test images ({time.time() - start:.0f}s); grading "
+              f"with {len(grader.runners)} fold(s), {engine} engine on {device}, TTA {'on' if config.tta else 'off'}",
+              flush=True)
+
+    def progress(done, total):
+        if verbose and (done == total or done % 1024 < 32):
+            print(f"  graded {done}/{total} ({time.time() - start:.0f}s)", flush=True)
+
+    outputs = grade_batches(grader, readable["path"].tolist(), config.tta, progress=progress)
+    ids = readable["id"].astype(str).tolist()
+    predictions = TestPredictions(list(sample_ids), ids, outputs, len(grader.runners))
+    grades = grader.rule.grades(outputs, ids)
+    return write_submission(experiment, predictions, grades, output_dir / "submission.csv", verbose,
+                            fingerprints=sorted({load_config(p.parent / "config.yaml").fingerprint
+                                                 for p in grader.paths}))
+
+
+def seconds_per_image(grader: Grader, images: list[Path], tta: bool) -> float:
+    """Measured wall time per test image of the kernel's work on this machine: decode, prepare, every fold."""
+    if not images:
+        raise UserError("no image to time the kernel with")
+    start = time.perf_counter()
+    prepared = np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images])
+    for view in tta_views(prepared, tta):
+        for run in grader.runners:
+            run(np.ascontiguousarray(view))
+    return (time.perf_counter() - start) / len(images)
+
+
+def describe_speed(per_image: float, n_images: int = 13_000, limit_hours: float = 9.0) -> str:
+    """One line: the time per 1,000 images and for ``n_images``, against the kernel's run-time limit."""
+    total = per_image * n_images
+    verdict = "fits" if total < limit_hours * 3600 else "does NOT fit"
+    return (f"{per_image * 1000 / 60:.1f} min per 1,000 images here → about {total / 3600:.1f} h for "
+            f"{n_images:,} test images ({verdict} Kaggle's {limit_hours:.0f} h limit; a kernel's CPU differs, so "
+            "measure it with --gpu or a smaller config if it is close)")

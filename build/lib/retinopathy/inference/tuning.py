@@ -1,0 +1,112 @@
+"""Post-processing fitted on out-of-fold predictions (never on the test set) and saved with the experiment as
+``tuning.json``: regression thresholds, EyePACS's blending of a patient's two eyes, and the weights of an ensemble of
+experiments. The result is a :class:`~retinopathy.metrics.GradeRule`.
+
+Scores are reduced to one number per image before tuning: a regression head's value, or a classifier's expected
+grade (sum of grade x probability), so experiments of either head can be averaged and cut by the same thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from ..experiment import Experiment
+from ..io import write_text
+from ..metrics import DEFAULT_THRESHOLDS, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
+from .oof import load_oof, oof_outputs, oof_values
+
+
+def read_rule(experiment: Experiment) -> GradeRule:
+    """The experiment's grade rule: its ``tuning.json``, else the plain rule of its head."""
+    return GradeRule.read(experiment.dir, experiment.config.head)
+
+
+def write_rule(directory: Path, rule: GradeRule) -> Path:
+    """Save a grade rule as ``tuning.json`` in ``directory`` (atomically)."""
+    return write_text(Path(directory) / TUNING, json.dumps(rule.to_dict(), indent=1))
+
+
+def qwk_at(values, grades, thresholds) -> float:
+    """QWK of numbers cut into grades at ``thresholds``."""
+    return quadratic_kappa(cut(values, thresholds), grades)
+
+
+def optimize_thresholds(values, grades, start=DEFAULT_THRESHOLDS) -> tuple[float, ...]:
+    """Cut points maximising QWK on (OOF) values, by Nelder-Mead from ``start``. QWK is a step function of the
+    thresholds, so the simplex starts wide (half a grade) and the best of the start and the result is kept."""
+    values, grades = np.asarray(values, float), np.asarray(grades, int)
+    start = np.asarray(start, float)
+    simplex = np.vstack([start] + [start + 0.5 * np.eye(len(start))[i] for i in range(len(start))])
+    result = minimize(lambda t: -qwk_at(values, grades, t), start, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
+    best = np.sort(result.x)
+    if qwk_at(values, grades, best) < qwk_at(values, grades, start):
+        best = start
+    return tuple(float(t) for t in best)
+
+
+def tune_eye_blend(ids, values, grades, thresholds, weights=np.linspace(0, 0.5, 11)) -> float:
+    """The blending weight with the best OOF QWK (0 when blending does not help)."""
+    scores = [qwk_at(blend_eyes(ids, values, w), grades, thresholds) for w in weights]
+    best = int(np.argmax(scores))
+    return float(weights[best]) if scores[best] > scores[0] else 0.0
+
+
+def optimize_weights(values: list[np.ndarray], grades, thresholds=DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Non-negative weights summing to 1 for averaging several experiments' OOF values, maximising QWK
+    (Nelder-Mead on a softmax parametrisation, started from equal weights)."""
+    stack = np.vstack([np.asarray(v, float) for v in values])
+    if len(stack) == 1:
+        return np.ones(1)
+
+    def weights_of(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def loss(z):
+        return -qwk_at(weights_of(z) @ stack, grades, thresholds)
+
+    result = minimize(loss, np.zeros(len(stack)), method="Nelder-Mead",
+                      options={"initial_simplex": np.vstack([np.zeros(len(stack))] + list(np.eye(len(stack)))),
+                               "maxiter": 500})
+    best = weights_of(result.x)
+    equal = np.full(len(stack), 1 / len(stack))
+    return best if -loss(result.x) >= qwk_at(equal @ stack, grades, thresholds) else equal
+
+
+def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
+    """Fit the post-processing on the OOF predictions and save it as ``models/<exp>/tuning.json``: thresholds for
+    a regression head (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the blending of a patient's two eyes,
+    kept only where it raises the OOF QWK. Prints the OOF QWK before and after."""
+    oof = load_oof(experiment)
+    grades, values = oof["grade"].to_numpy(int), oof_values(oof)
+    regression = experiment.config.head == "regression"
+    rule = GradeRule.plain(experiment.config.head)
+    before = quadratic_kappa(rule(oof_outputs(oof)), grades)
+    best = before
+    if regression:
+        rule = GradeRule(use_values=True, thresholds=optimize_thresholds(values, grades))
+        best = qwk_at(values, grades, rule.thresholds)
+    if experiment.competition.paired_eyes:
+        start = rule.thresholds if regression else optimize_thresholds(values, grades)
+        weight = tune_eye_blend(oof["id"], values, grades, start)
+        if weight > 0:
+            blended = blend_eyes(oof["id"], values, weight)
+            thresholds = optimize_thresholds(blended, grades, start)
+            blended_qwk = qwk_at(blended, grades, thresholds)
+            if verbose:
+                print(f"eye blending (weight {weight:.2f} on the other eye): OOF QWK {best:.4f} → {blended_qwk:.4f}")
+            if blended_qwk > best:
+                rule = GradeRule(use_values=True, thresholds=tuple(thresholds), eye_blend=weight)
+                best = blended_qwk
+    rule = rule.with_extra(oof_qwk=before, oof_qwk_tuned=best, n=len(oof), fingerprint=experiment.config.fingerprint)
+    write_rule(experiment.dir, rule)
+    if verbose and (regression or rule.eye_blend > 0):
+        blend = f", eye blend {rule.eye_blend:.2f}" if rule.eye_blend > 0 else ""
+        print(f"tuned on OOF: thresholds {', '.join(f'{t:.3f}' for t in rule.thresholds)}{blend}; "
+              f"pooled OOF QWK {before:.4f} → {best:.4f} ({experiment.dir / TUNING})")
+    return rule

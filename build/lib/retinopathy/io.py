@@ -1,0 +1,125 @@
+"""Files and processes: atomic writes (a reader never sees a half-written output, and an interrupted stage leaves no
+partial file), the plot helpers, and worker pools whose processes die with the stage that started them."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+
+#: what temporary files of :func:`atomic_path` end with
+TEMP_SUFFIX = ".tmp"
+
+
+def _process_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds. The file gets
+    the permissions any new file of the process would get (mkstemp's are private to the owner)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        with write_faults_named(path):
+            yield tmp
+            if tmp.exists():
+                os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def write_faults_named(path: str | os.PathLike) -> Iterator[None]:
+    """Give a write fault inside the block a path: a writer that fails on close names no file, and torch.save
+    reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file ...: file write failed")."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    except RuntimeError as e:
+        if "write failed" in str(e) or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete what killed writers left in ``folder`` (their ``.<name>.*.tmp`` files); returns how many."""
+    stale = list(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _die_with_parent() -> None:
+    """In a worker: ask Linux to kill this process when its parent dies (a SIGKILLed stage leaves no orphans)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's own shutdown still ends the workers on a normal exit
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that end with the stage that started them, however it ends."""
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp_path)`` and move the result onto ``path``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV (no index) atomically."""
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: plots are written to files, on machines without a display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100, **savefig_options) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and the figure closed."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_options)
+    pyplot().close(fig)
+    return Path(path)

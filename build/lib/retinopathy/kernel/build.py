@@ -1,0 +1,211 @@
+"""The two folders a code-competition submission is made of: a Kaggle dataset (the library's wheel, any wheel the
+kernel's image lacks, the trained folds, their tuning and config) and a script kernel that installs from it offline
+and writes submission.csv (generated from :mod:`retinopathy.kernel.template`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ..errors import UserError
+from ..experiment import FINGERPRINT, Experiment
+from ..io import write_text
+
+#: what Kaggle's Python image already holds (and must not be bundled: a second torch would not fit, nor install)
+KAGGLE_IMAGE = frozenset({
+    "torch", "torchvision", "fastai", "fastcore", "timm", "albumentations", "opencv-python-headless", "numpy",
+    "pandas", "pillow", "pyyaml", "scikit-learn", "scipy", "tqdm", "matplotlib", "protobuf", "sympy", "packaging",
+    "mpmath",
+})
+#: what each engine needs at prediction time beyond the library's base
+ENGINE_PACKAGES = {"torch": [], "bf16": [], "onnx": ["onnxruntime"], "int8": ["onnxruntime"]}
+#: the file that marks the dataset (the kernel finds it by this name wherever Kaggle mounts it)
+BUNDLE_MARK = "retinopathy-bundle.json"
+TEMPLATE = Path(__file__).with_name("template.py")
+#: a Kaggle reference: owner/slug
+REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{2,49}$")
+
+
+@dataclass
+class KernelBuild:
+    """Where the dataset and kernel folders were written, and what they hold."""
+
+    dataset_dir: Path
+    kernel_dir: Path
+    dataset: str
+    kernel: str
+    packages: list[str]
+    seconds_per_image: float | None
+
+
+def check_ref(ref: str, what: str) -> str:
+    """``owner/slug`` as Kaggle accepts it, or one line saying what is wrong."""
+    if not REF.match(ref or ""):
+        raise UserError(f"--{what} '{ref}': give OWNER/SLUG, the slug 3-50 lower-case letters, digits or dashes "
+                        "(e.g. --{what} yourname/aptos-resnet-folds)".replace("{what}", what))
+    return ref
+
+
+def source_root() -> Path:
+    """The checkout the library is installed from (its wheel is built from there)."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "pyproject.toml").is_file():
+        raise UserError(f"the kernel's dataset needs the library's wheel, built from a source checkout, and "
+                        f"{root} is not one: clone the repository and pip install -e '.[train]' from it")
+    return root
+
+
+def _pip(*args: str, what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"{what} failed: {last}")
+
+
+def build_wheels(dest: Path, engine: str) -> list[str]:
+    """The library's wheel and those the kernel's image lacks into ``dest``; returns what the kernel installs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(source_root()),
+         what="building the library's wheel")
+    extra = [p for p in ENGINE_PACKAGES[engine] if p not in KAGGLE_IMAGE]
+    if extra:
+        _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *extra,
+             what=f"downloading {', '.join(extra)}")
+        for wheel in dest.glob("*.whl"):  # what the image has stays out of the dataset
+            if wheel.name.split("-")[0].lower().replace("_", "-") in KAGGLE_IMAGE:
+                wheel.unlink()
+    return ["retinopathy", *extra]
+
+
+def _copy_models(experiment: Experiment, dest: Path, engine: str) -> list[int]:
+    """The trained folds' model files (for ``engine``), configs, fingerprints and the tuning, as laid out in
+    ``models/<exp>/``."""
+    from ..inference.offline import MODEL_FILES
+
+    folds = experiment.check_exports()
+    out = dest / experiment.config.name
+    for fold in folds:
+        source = experiment.fold_dir(fold)
+        model = source / MODEL_FILES[engine]
+        if not model.is_file():
+            raise UserError(f"{model} not found: make it with python scripts/export_onnx.py --config "
+                            f"{experiment.dir / 'config.yaml'} (or build the kernel with --engine torch)")
+        (out / f"fold{fold}").mkdir(parents=True)
+        for name in (model.name, "config.yaml", FINGERPRINT):
+            shutil.copy2(source / name, out / f"fold{fold}" / name)
+    tuning = experiment.dir / "tuning.json"
+    if tuning.is_file():
+        shutil.copy2(tuning, out / "tuning.json")
+    shutil.copy2(experiment.dir / "config.yaml", out / "config.yaml")
+    return folds
+
+
+def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path) -> tuple[list[str], list[int]]:
+    """The dataset folder: metadata, wheels, models and the bundle's mark. Built beside ``dest`` and swapped in
+    whole, so an interrupted build never leaves half a dataset to push."""
+    building = dest.with_name(dest.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    slug = dataset.split("/")[1]
+    title = f"{experiment.config.name} retinopathy models"[:50].ljust(6, ".")
+    write_text(building / "dataset-metadata.json", json.dumps(
+        {"title": title, "id": dataset, "licenses": [{"name": "CC0-1.0"}],
+         "description": f"Trained folds of the retinopathy experiment '{experiment.config.name}' and the wheels to "
+                        "install the library offline; made by `retinopathy kernel`."}, indent=1))
+    packages = build_wheels(building / "wheels", engine)
+    folds = _copy_models(experiment, building / "models", engine)
+    write_text(building / BUNDLE_MARK, json.dumps(
+        {"experiment": experiment.config.name, "competition": experiment.competition.slug, "engine": engine,
+         "folds": folds, "fingerprint": experiment.config.fingerprint, "packages": packages,
+         "library": metadata.version("retinopathy"), "dataset": slug,
+         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    if dest.exists():
+        shutil.rmtree(dest)
+    building.rename(dest)
+    return packages, folds
+
+
+def kernel_source(competition: str, dataset: str, engine: str, packages: list[str]) -> str:
+    """The kernel's script: the library's template with this build's names filled in."""
+    text = TEMPLATE.read_text()
+    for key, value in {"__COMPETITION__": competition, "__DATASET__": dataset, "__ENGINE__": engine,
+                       "__PACKAGES__": " ".join(packages)}.items():
+        text = text.replace(f'"{key}"', json.dumps(value))
+    return text
+
+
+def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str, gpu: bool, packages: list[str],
+                 dest: Path) -> Path:
+    """The kernel folder: ``kernel-metadata.json`` (a private script kernel, internet off, the competition and the
+    dataset attached) and its script."""
+    slug = kernel.split("/")[1]
+    code_file = f"{slug}.py"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    write_text(dest / code_file, kernel_source(experiment.competition.slug, dataset, engine, packages))
+    write_text(dest / "kernel-metadata.json", json.dumps(
+        {"id": kernel, "title": slug.replace("-", " "), "code_file": code_file, "language": "python",
+         "kernel_type": "script", "is_private": True, "enable_gpu": gpu, "enable_tpu": False,
+         # the client's default is internet on; a code competition refuses a kernel with internet
+         "enable_internet": False, "dataset_sources": [dataset],
+         "competition_sources": [experiment.competition.slug], "kernel_sources": [], "model_sources": []},
+        indent=1))
+    return dest
+
+
+def measure_speed(experiment: Experiment, engine: str, n_images: int = 16) -> float | None:
+    """Seconds per test image of the kernel's work (decode, prepare, every fold, TTA) on this machine's CPU,
+    timed on up to ``n_images`` of the competition's images; None where there are none."""
+    from ..inference.offline import MODEL_FILES, seconds_per_image
+    from ..inference.serve import Grader
+
+    competition, raw = experiment.competition, experiment.raw_dir
+    images = sorted((raw / competition.test_images).glob(f"*{competition.image_suffix}"))[:n_images] or \
+        sorted((raw / competition.train_images).glob(f"*{competition.image_suffix}"))[:n_images]
+    if not images:
+        return None
+    grader = Grader([experiment.fold_dir(k) / MODEL_FILES[engine] for k in experiment.trained_folds()],
+                    engine=engine)
+    seconds_per_image(grader, images[:2], experiment.config.tta)  # the first call pays for lazy initialisation
+    return seconds_per_image(grader, images, experiment.config.tta)
+
+
+def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: bool = False,
+                 root: Path = Path("kaggle"), measure: bool = True) -> KernelBuild:
+    """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition."""
+    check_ref(dataset, "dataset")
+    check_ref(kernel, "kernel")
+    if not experiment.competition.code_competition:
+        raise UserError(f"{experiment.competition.slug} takes CSV submissions: use scripts/submit.py with the "
+                        "CSV that scripts/predict.py writes")
+    if engine not in ENGINE_PACKAGES:
+        raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINE_PACKAGES)}")
+    base = root / experiment.config.name
+    packages, folds = write_dataset(experiment, dataset, engine, base / "dataset")
+    write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
+    per_image = measure_speed(experiment, engine) if measure else None
+    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image)
+
+
+def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path = Path("kaggle")) -> KernelBuild:
+    """The folders an earlier build wrote (to push again without rebuilding), checked against this config and
+    these names."""
+    base = root / experiment.config.name
+    mark, meta = base / "dataset" / BUNDLE_MARK, base / "kernel" / "kernel-metadata.json"
+    if not mark.is_file() or not meta.is_file():
+        raise UserError(f"{base}: no built kernel there: run without --no-build first")
+    bundle, kernel_meta = json.loads(mark.read_text()), json.loads(meta.read_text())
+    if bundle["fingerprint"] != experiment.config.fingerprint:
+        raise UserError(f"{mark}: built from models of other settings than this config: run without --no-build")
+    dataset_meta = json.loads((base / "dataset" / "dataset-metadata.json").read_text())
+    if (dataset_meta["id"], kernel_meta["id"]) != (dataset, kernel):
+        raise UserError(f"{base}: built for --dataset {dataset_meta['id']} --kernel {kernel_meta['id']}: run "
+                        "without --no-build to build for these names")
+    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, bundle["packages"], None)

@@ -1,0 +1,120 @@
+"""The preprocessing stage: every training and test image of a competition prepared once per method and size, with
+a manifest saying what became of each; resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..data.competitions import detect_competition, read_labels, read_test_ids
+from ..errors import UserError
+from ..experiment import Experiment
+from ..io import atomic_path, process_pool, remove_stale_temporaries, write_csv
+from ..paths import MANIFEST
+from .fundus import METHODS
+from .image_io import encode_png, prepare_file
+
+MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path"]
+
+
+def _process_one(job: tuple[str, str, str, str, str, int]) -> dict:
+    image_id, split, source, out_path, method, size = job
+    row = {"id": image_id, "split": split, "source": source, "width": None, "height": None,
+           "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok", "path": out_path}
+    try:
+        out, eye, (w, h) = prepare_file(source, method, size)
+    except FileNotFoundError:
+        return {**row, "status": "missing", "path": ""}
+    except Exception as e:  # any decoder failure is the image's fault: record it, carry on
+        return {**row, "status": f"unreadable: {type(e).__name__}: {e}".replace("\n", " ")[:200], "path": ""}
+    row.update(width=w, height=h)
+    if eye is None:
+        row["status"] = "no_eye" if method != "none" else "ok"
+    else:
+        row.update(eye_x=round(eye.cx, 1), eye_y=round(eye.cy, 1), eye_radius=round(eye.radius, 1))
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(encode_png(out))
+    return row
+
+
+#: rows of images done so far, one JSON line each, appended as they finish: what a killed run leaves to resume from
+JOURNAL = ".manifest.journal.jsonl"
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Rows a killed run recorded (a half-written last line is ignored)."""
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                rows[str(row["id"])] = row
+    return rows
+
+
+def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, workers: int | None = None,
+                       progress: bool = True, splits: tuple[str, ...] = ("train", "test")) -> pd.DataFrame:
+    """Prepare every training and test image of a competition folder once (or those of ``splits`` only); write the
+    images and a manifest.
+
+    Resumable, even after SIGKILL: each finished image is appended to a journal beside the images, and images whose
+    output exists (outputs are written atomically, so an existing one is whole) keep their row, from the manifest or
+    the journal. A bad or blank image is recorded in the manifest's status, not fatal. Worker processes end with
+    the stage.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    competition = detect_competition(raw_dir)
+    items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]] if "train" in splits else []
+    items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])] if "test" in splits else []
+    manifest_path, journal_path = out_dir / MANIFEST, out_dir / JOURNAL
+    previous = {}
+    if manifest_path.is_file():
+        old = pd.read_csv(manifest_path, dtype={"id": str}, keep_default_na=False)
+        previous = {r["id"]: r for r in old.to_dict("records")}
+    previous.update(_read_journal(journal_path))
+    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye")}
+    done, jobs = {}, []
+    for image_id, split in items:
+        out_path = out_dir / f"{image_id}.png"
+        if image_id in previous and out_path.is_file():
+            done[image_id] = previous[image_id]
+        else:
+            source = competition.image_path(raw_dir, split, image_id)
+            jobs.append((image_id, split, str(source), str(out_path), method, size))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
+    if jobs:
+        with tqdm(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", disable=not progress) as bar, \
+                open(journal_path, "a", encoding="utf-8") as journal:
+            pool = process_pool(workers) if workers > 1 and len(jobs) > 8 else None
+            with pool or contextlib.nullcontext():
+                for row in (pool.map(_process_one, jobs, chunksize=4) if pool else map(_process_one, jobs)):
+                    done[row["id"]] = row
+                    journal.write(json.dumps(row, default=str) + "\n")
+                    journal.flush()
+                    bar.update()
+    manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=MANIFEST_COLUMNS)
+    write_csv(manifest, manifest_path)
+    journal_path.unlink(missing_ok=True)
+    return manifest
+
+
+def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFrame:
+    """The preprocessing stage for an experiment: cache every image once at its method and size."""
+    config = experiment.config
+    manifest = preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, config.image_size,
+                                  workers=workers)
+    status = manifest["status"].str.split(":").str[0].value_counts()
+    print(f"preprocess: {len(manifest)} images → {experiment.processed_dir} ("
+          + ", ".join(f"{k}: {v}" for k, v in status.items()) + ")")
+    return manifest

@@ -1,0 +1,128 @@
+"""fastai callbacks of this project, one concern each, found by type: bfloat16 on a CPU, the resume checkpoint, and
+flipped inputs for test-time augmentation; and the CPU-safe batch-order broadcast for multi-process training."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from fastai.callback.core import Callback
+from fastai.torch_core import rank_distrib
+
+from ..io import write_text
+
+
+class CPUBFloat16(Callback):
+    """Mixed precision on a CPU: fastai's ``MixedPrecision`` autocasts for CUDA only, so this autocasts the forward
+    pass and the loss to bfloat16 on the CPU. The loss and the weights stay float32; use it with fastai's
+    ``ChannelsLast``, the layout oneDNN's bf16 kernels want."""
+
+    order = 10
+
+    def before_batch(self):
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self.autocast.__exit__(None, None, None)
+
+
+class ResumeCheckpoint(Callback):
+    """After every epoch: the model and the optimizer (``checkpoints/last.pth``) and where training stands (phase,
+    epoch, best QWK so far) in ``state_file``, so an interrupted run can carry on. Written by process 0 only, file
+    by file atomically."""
+
+    order = 61  # after SaveModelCallback (60) has updated the best score
+
+    def __init__(self, state_file: Path, phase: int, offset: int, tracker, fingerprint: str):
+        self.state_file, self.phase, self.offset, self.tracker, self.fingerprint = (
+            Path(state_file), phase, offset, tracker, fingerprint)
+
+    def after_epoch(self):
+        if rank_distrib():
+            return
+        model_dir = self.learn.path / self.learn.model_dir
+        self.learn.save("last-partial", with_opt=True)
+        os.replace(model_dir / "last-partial.pth", model_dir / "last.pth")
+        state = {"phase": self.phase, "epoch": self.offset + self.epoch, "best": float(self.tracker.best),
+                 "fingerprint": self.fingerprint}
+        write_text(self.state_file, json.dumps(state, indent=1))
+
+
+class EpochOffset(Callback):
+    """A resumed fit counts its epochs from 0: number the printed and logged table from where it resumed."""
+
+    order = 51  # right after the Recorder has started the epoch's row
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def before_epoch(self):
+        self.learn.recorder.log[0] = self.epoch + self.offset
+
+
+class FlipInput(Callback):
+    """Test-time augmentation: predict on flipped inputs (a fundus photo flipped is still a fundus photo)."""
+
+    order = 1
+
+    def __init__(self, dims: tuple[int, ...]):
+        self.dims = dims
+
+    def before_batch(self):
+        self.learn.xb = (self.xb[0].flip(self.dims),)
+
+
+@contextlib.contextmanager
+def gloo_safe_broadcast() -> Iterator[None]:
+    """fastai's ``DistributedDL`` broadcasts the batch order through a CUDA tensor (NCCL only); on CPU processes
+    (gloo) broadcast a CPU tensor instead, for the duration of the block only."""
+    from fastai.distributed import DistributedDL
+
+    def _broadcast(self, t, rank):
+        t = torch.as_tensor(t, dtype=torch.long)
+        torch.distributed.broadcast(t, rank)
+        return t.tolist()
+
+    original = DistributedDL.__dict__["_broadcast"]
+    DistributedDL._broadcast = _broadcast
+    try:
+        yield
+    finally:
+        DistributedDL._broadcast = original
+
+
+def tracker_callbacks(config, out: Path, fold: int) -> list[Callback]:
+    """The experiment trackers the config's ``loggers`` names, as fastai callbacks writing under the fold's folder
+    (TensorBoard: ``<fold>/tensorboard/``). Each tracker's package is imported only when it is named."""
+    from ..errors import UserError
+
+    callbacks: list[Callback] = []
+    run_name = f"{config.name}-fold{fold}"
+    for name in config.logger_names:
+        try:
+            if name == "tensorboard":
+                from fastai.callback.tensorboard import TensorBoardCallback
+                callbacks.append(TensorBoardCallback(log_dir=str(out / "tensorboard"), trace_model=False,
+                                                     log_preds=False))
+            elif name == "wandb":
+                import wandb
+                from fastai.callback.wandb import WandbCallback
+                if wandb.run is None:
+                    wandb.init(project="retinopathy", name=run_name, config=config.model_settings())
+                callbacks.append(WandbCallback(log_preds=False, log_model=False))
+            elif name == "mlflow":
+                # fastai has no MLflow callback of its own; MLflow's autologging hooks fastai's fit instead.
+                import mlflow.fastai
+                mlflow.fastai.autolog(log_models=False)
+        except ImportError as e:
+            raise UserError(f"config: loggers names {name}, but its package is missing ({e.name}): "
+                            f"pip install {'tensorboard' if name == 'tensorboard' else name}") from None
+    return callbacks

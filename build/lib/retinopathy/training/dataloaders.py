@@ -1,0 +1,49 @@
+"""fastai DataLoaders for one fold: preprocessed images in, the fold's rows validate, the rest train (with
+per-item augmentation, and oversampling of rare grades when asked)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import UserError
+from ..experiment import Experiment
+from ..metrics import GRADES
+from .losses import class_weights
+
+
+def num_workers(config) -> int:
+    """The config's dataloader workers; -1: one per core (at most 8) on a GPU box, none on a CPU."""
+    if config.num_workers >= 0:
+        return config.num_workers
+    # Cached PNGs at training size decode fast: on a CPU, extra worker processes only steal the model's cores.
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+
+
+def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
+    """fastai DataLoaders for one fold: the fold's rows validate, the rest train (oversampled if asked)."""
+    from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, Normalize,
+                                   RegressionBlock, imagenet_stats)
+
+    from ..preprocessing.augment import AlbumentationsTransform
+
+    config = experiment.config
+    valid_idx = np.flatnonzero(table["fold"].to_numpy() == fold)
+    if len(valid_idx) == 0 or len(valid_idx) == len(table):
+        raise UserError(f"fold {fold} is empty or holds every image: folds go 0..{table['fold'].max()}")
+    regression = config.head == "regression"
+    table = table.assign(target=table["grade"].astype(float) if regression else table["grade"])
+    block = RegressionBlock(n_out=1) if regression else CategoryBlock(vocab=list(GRADES))
+    batch_tfms = [] if config.pretrained else [Normalize.from_stats(*imagenet_stats)]  # fastai adds it if pretrained
+    item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment else []
+    dblock = DataBlock(blocks=(ImageBlock, block), get_x=ColReader("path"), get_y=ColReader("target"),
+                       splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
+    common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
+    if config.balance == "sampler":
+        train_grades = table["grade"].to_numpy()
+        sample_weights = class_weights(np.delete(train_grades, valid_idx), config.balance_alpha)[train_grades]
+        return dblock.weighted_dataloaders(table, wgts=sample_weights, **common)
+    return dblock.dataloaders(table, **common)

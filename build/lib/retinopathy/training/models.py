@@ -1,0 +1,118 @@
+"""The model: an architecture by name (torchvision, else timm), its pretrained weights (with a one-line answer when
+they cannot be fetched), and the fastai learner around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..experiment import Experiment
+from ..metrics import GRADES, output_accuracy, output_error_rate, output_kappa
+from .losses import WeightedRegressionLoss, class_weights
+
+
+def resolve_arch(name: str):
+    """A torchvision model function by name, else the name itself for fastai to build through timm."""
+    import torchvision.models as tvm
+    fn = getattr(tvm, name, None)
+    if callable(fn) and name.islower():
+        return fn
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"arch '{name}' is not a torchvision model, and timm (for other names) is not installed: "
+                        "pip install timm, or use e.g. resnet18, resnet34, resnet50, efficientnet_b0") from None
+    if not timm.list_models(name):
+        raise UserError(f"unknown arch '{name}': not a torchvision or timm model name")
+    return name
+
+
+def torchvision_weights_file(name: str) -> Path | None:
+    """Where torchvision keeps (or would download) the default ImageNet weights of ``name``."""
+    import torchvision.models as tvm
+    try:
+        url = tvm.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError, KeyError):
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _looks_like_download_failure(error: BaseException) -> bool:
+    import urllib.error
+    names = {type(e).__name__ for e in (error, error.__cause__, error.__context__) if e is not None}
+    return isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, OSError)) or bool(
+        names & {"LocalEntryNotFoundError", "ConnectError", "ConnectionError", "HfHubHTTPError", "MaxRetryError"})
+
+
+def _no_weights_message(name: str, arch, error: BaseException) -> str:
+    reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+    if callable(arch):  # torchvision
+        target = torchvision_weights_file(name)
+        where = f"put the weights file at {target}" if target else "put the weights in torch's hub cache"
+        return (f"pretrained weights for {name} are not cached and could not be downloaded ({reason}): {where} "
+                f"(copy it from a machine with internet; $TORCH_HOME moves the cache), or set pretrained=false")
+    return (f"pretrained weights for timm model {name} are not cached and could not be downloaded ({reason}): "
+            f"fill the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME) on a machine with internet, "
+            f"or set pretrained=false")
+
+
+def build_learner(dls, experiment: Experiment, path: Path):
+    """fastai's ``vision_learner`` for the config: architecture by name (pretrained or not), the head's loss (class
+    weighted when ``balance=loss``), QWK / accuracy / error-rate metrics, mixed precision where the device has it."""
+    from fastai.callback.channelslast import ChannelsLast
+    from fastai.vision.all import AccumMetric, CrossEntropyLossFlat, vision_learner
+
+    from .callbacks import CPUBFloat16
+
+    config = experiment.config
+    metrics = [AccumMetric(output_kappa, flatten=False, to_np=True, name="qwk"),
+               AccumMetric(output_accuracy, flatten=False, to_np=True, name="accuracy"),
+               AccumMetric(output_error_rate, flatten=False, to_np=True, name="error_rate")]
+    train_grades = np.asarray([int(round(float(y))) for y in dls.train_ds.items["grade"]])
+    weights = class_weights(train_grades, config.balance_alpha) if config.balance == "loss" else None
+    if config.head == "regression":
+        loss = WeightedRegressionLoss(config.regression_loss, weights)
+        extra = dict(n_out=1, y_range=(-0.5, len(GRADES) - 0.5))
+    else:
+        loss = CrossEntropyLossFlat(weight=torch.as_tensor(weights, dtype=torch.float32) if weights is not None
+                                    else None)
+        extra = {}
+    arch = resolve_arch(config.arch)
+    try:
+        learn = vision_learner(dls, arch, pretrained=config.pretrained, loss_func=loss, metrics=metrics,
+                               ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints", **extra)
+    except Exception as e:  # noqa: BLE001 - any failure to fetch weights ends the same way for the user
+        if config.pretrained and _looks_like_download_failure(e):
+            raise UserError(_no_weights_message(config.arch, arch, e)) from None
+        raise
+    if config.mixed_precision and torch.cuda.is_available():
+        learn = learn.to_fp16()
+    elif config.mixed_precision and cpu_has_native_bf16():
+        learn.add_cbs([ChannelsLast(), CPUBFloat16()])
+    return learn
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there bf16 autocast with channels-last
+    roughly halves a training step; elsewhere it is emulated and slower, so it stays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def remove_speed_callbacks(learn):
+    """The learner as exported: float32, contiguous memory, no bf16 callbacks, so it predicts the same on any CPU."""
+    from fastai.callback.channelslast import ChannelsLast
+
+    from .callbacks import CPUBFloat16
+
+    learn = learn.to_fp32()
+    for cb in [cb for cb in learn.cbs if isinstance(cb, (ChannelsLast, CPUBFloat16))]:
+        learn.remove_cb(cb)
+    learn.model = learn.model.to(memory_format=torch.contiguous_format)
+    return learn

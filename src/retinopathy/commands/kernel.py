@@ -1,0 +1,65 @@
+"""Submit to a code competition (APTOS 2019) through an offline Kaggle kernel. Builds kaggle/<exp>/dataset/ (the
+library's wheel, any wheel Kaggle's image lacks, the trained folds, tuning.json, the config) and kaggle/<exp>/kernel/
+(a private script kernel, internet off, the competition and the dataset attached), prints how long the kernel will
+take on 13,000 test images, then creates or versions the dataset, pushes the kernel, waits for its run, fetches and
+validates its submission.csv, and with --submit submits that kernel version and waits for the score.
+
+  python scripts/kaggle_kernel.py --config configs/aptos_cpu.yaml --dataset you/aptos-folds --kernel you/aptos-kernel
+  python scripts/kaggle_kernel.py --config configs/aptos_cpu.yaml --dataset you/aptos-folds \\
+      --kernel you/aptos-kernel --submit -m "resnet18 5 folds"
+  python scripts/kaggle_kernel.py ... --engine onnx --no-push     # build the folders only (ONNX Runtime engine)
+"""
+
+from pathlib import Path
+
+from .. import cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
+    p = cli.parser(__doc__, config_default="demo", overrides=False)
+    cli.data_args(p)
+    p.add_argument("--dataset", required=True, help="the Kaggle dataset to create or version: OWNER/SLUG")
+    p.add_argument("--kernel", required=True, help="the Kaggle kernel to push: OWNER/SLUG")
+    p.add_argument("--engine", choices=["torch", "onnx", "int8"], default="torch",
+                   help="how the kernel runs the folds: torch (export.pkl) or ONNX Runtime (model.onnx, "
+                        "model-int8.onnx; run scripts/export_onnx.py first)")
+    p.add_argument("--gpu", action="store_true", help="run the kernel on a Kaggle GPU")
+    p.add_argument("--no-push", action="store_true", help="write the folders and stop")
+    p.add_argument("--no-build", action="store_true", help="push the folders an earlier build wrote, as they are")
+    p.add_argument("--submit", action="store_true", help="submit the pushed kernel version once it has run")
+    p.add_argument("-m", "--message", help="the submission's description (with --submit)")
+    p.add_argument("--out", type=Path, default=Path("kaggle"), help="where to write the folders (default kaggle/)")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between status checks (default 30)")
+    p.add_argument("--timeout", type=float, default=9 * 3600.0, help="stop waiting after this many s (default 9 h)")
+    p.add_argument("--any-export", action="store_true",
+                   help="bundle folds even where they were not trained with the given config's model settings")
+    args = p.parse_args(argv)
+    if args.submit and not args.message:
+        p.error("--submit needs -m/--message, the submission's description")
+    experiment = cli.experiment(args)
+    experiment.check_exports(any_export=args.any_export)
+    from ..data.competitions import read_test_ids
+    from ..inference.offline import describe_speed
+    from ..kernel.build import build_kernel, existing_build
+
+    if args.no_build:
+        build = existing_build(experiment, args.dataset, args.kernel, args.out)
+    else:
+        build = build_kernel(experiment, args.dataset, args.kernel, args.engine, args.gpu, args.out)
+    print(f"dataset folder: {build.dataset_dir} (installs {' '.join(build.packages)})")
+    print(f"kernel folder:  {build.kernel_dir}")
+    if build.seconds_per_image is not None:
+        print(f"kernel speed: {describe_speed(build.seconds_per_image)}")
+    if args.no_push:
+        print("not pushed (--no-push): kaggle datasets create -p <dataset folder> --dir-mode zip, then "
+              "kaggle kernels push -p <kernel folder>, or run this again without --no-push")
+        return
+    from ..kernel.push import push
+
+    result = push(build, experiment.competition, read_test_ids(experiment.raw_dir, experiment.competition),
+                  args.out / experiment.config.name / "output", args.message if args.submit else None,
+                  args.poll, args.timeout)
+    score = result.get("score")
+    if score and score["status"] == "COMPLETE":
+        print(f"public score: {score['public_score']}")
