@@ -6,7 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all setup clean
+# The oldest releases pyproject.toml admits, as Colab and Kaggle images carried them: installed first, they must
+# survive the project's install untouched and run the tiny pipeline (CI runs this after make test).
+OLDEST := torch==2.9.1 torchvision==0.24.1 fastai==2.8.5 timm==1.0.3
+OLDEST_VENV := .venv-oldest
+
+.PHONY: demo test test-all test-oldest setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +29,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
+
+test-oldest:
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[train]'
+	$(OLDEST_VENV)/bin/python tests/oldest_stack.py $(OLDEST)
 
 clean:
 	rm -rf data/raw/synthetic-* data/processed/synthetic-* models/demo submissions/demo.csv

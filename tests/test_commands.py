@@ -103,3 +103,12 @@ def test_every_upper_bound_says_why():
     bounded = [line.strip() for line in section.splitlines() if re.search(r'"[^"]*<[^"]*"', line)]
     assert all("#" in line for line in bounded), f"upper bound without a reason: {bounded}"
     assert not any(re.match(r'"(torch|torchvision)\b[^"]*<', line) for line in bounded)
+
+
+def test_the_oldest_stack_ci_installs_is_the_declared_lower_bound():
+    oldest = re.search(r"^OLDEST := (.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    train = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]: r for r in _project()["optional-dependencies"]["train"]}
+    for pin in oldest:
+        name, _, release = pin.partition("==")
+        assert f"{name}>={release}" in train[name], f"make test-oldest installs {pin}: declare {name}>={release}"
+    assert {p.split("==")[0] for p in oldest} == {"torch", "torchvision", "fastai", "timm"}
