@@ -4,16 +4,14 @@ fresh environment that has the dependencies but not this library, on test ids th
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_script, tiny_pipeline
+from conftest import run_script, runtime_without_library, tiny_pipeline
 from fake_kaggle import FakeCompetition, FakeKaggle
 from retinopathy.data.synthetic import make_competition
 
@@ -77,24 +75,6 @@ def test_build_writes_a_dataset_and_an_offline_script_kernel(built):
     assert "13,000 test images" in stdout and "min per 1,000 images" in stdout
 
 
-def _runtime_env(tmp_path: Path) -> Path:
-    """A fresh virtual environment that sees this environment's packages (torch, fastai, … as a Kaggle image has
-    them) but not this library: a folder of links to every installed package except retinopathy, on its path."""
-    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
-    mirror = tmp_path / "image-packages"
-    mirror.mkdir()
-    for entry in site.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("retinopathy", "__editable__", "_retinopathy")) or name.endswith(".pth"):
-            continue
-        (mirror / entry.name).symlink_to(entry)
-    venv = tmp_path / "runtime"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    runtime_site = next((venv / "lib").glob("python3*/site-packages"))
-    (runtime_site / "kaggle-image.pth").write_text(str(mirror) + "\n")
-    return venv
-
-
 def offline_env(**extra) -> dict:
     """No index, no configured find-links, no proxy that leads anywhere: pip can reach nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
@@ -133,7 +113,7 @@ def test_push_submit_then_run_the_kernel_offline_on_unseen_ids(built, server, ti
     trained_ids = set(pd.read_csv(tiny_aptos / "train.csv", dtype=str)["id_code"]) | \
         set(pd.read_csv(tiny_aptos / "test.csv", dtype=str)["id_code"])
     assert not set(unseen) & trained_ids
-    venv = _runtime_env(tmp_path)
+    venv = runtime_without_library(tmp_path)
     python = str(venv / "bin" / "python")
     assert subprocess.run([python, "-c", "import retinopathy"], capture_output=True).returncode != 0
     out = tmp_path / "working"

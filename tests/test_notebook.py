@@ -1,11 +1,12 @@
 """The Colab notebook: stored without outputs, and executed headless in demo mode on a tiny synthetic competition."""
 
 import json
+import subprocess
 
 import nbformat
 import pandas as pd
 
-from conftest import REPO
+from conftest import REPO, runtime_without_library
 
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 
@@ -20,15 +21,30 @@ def test_readme_links_to_colab():
     assert "colab.research.google.com/github/" in (REPO / "README.md").read_text()
 
 
-def test_notebook_runs_in_demo_mode(tmp_path, monkeypatch):
+def test_notebook_runs_in_demo_mode_in_a_fresh_environment(tmp_path, monkeypatch):
+    """Run all, as on a fresh Colab runtime: the library is not installed, the runtime has its own torch; the
+    install cell installs it for real (not editable) and the rest runs on it."""
     from nbclient import NotebookClient
 
+    venv = runtime_without_library(tmp_path)
+    python = venv / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import retinopathy"], capture_output=True).returncode != 0
+    spec = tmp_path / "jupyter" / "kernels" / "fresh-runtime"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "fresh runtime", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("RETINOPATHY_NOTEBOOK_DEMO", "1")
     monkeypatch.setenv("RETINOPATHY_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RETINOPATHY_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    NotebookClient(nb, timeout=600, kernel_name="fresh-runtime",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    shown = subprocess.run([str(python), "-m", "pip", "show", "-f", "retinopathy"], capture_output=True, text=True)
+    assert f"Location: {next((venv / 'lib').glob('python3*/site-packages'))}" in shown.stdout, \
+        "the install cell installed the library into the fresh environment, not as an editable link"
     decisions = pd.read_csv(tmp_path / "data" / "cleaning" / "synthetic-aptos2019.csv")
     assert decisions["action"].tolist() == ["drop"], "the cleaner's choice was saved for the pipeline"
     assert (tmp_path / "submissions" / "demo.csv").is_file()
@@ -37,3 +53,4 @@ def test_notebook_runs_in_demo_mode(tmp_path, monkeypatch):
     assert (tmp_path / "models" / "demo" / "fold0" / "model-int8.onnx").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "KAGGLE_KEY" not in text
+    assert "fold 1: QWK" in text, "training's progress is shown in the notebook"

@@ -17,7 +17,7 @@ from .. import cli
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo", overrides=False)
+    p = cli.parser(__doc__, config_default="demo")
     cli.data_args(p)
     p.add_argument("--dataset", required=True, help="the Kaggle dataset to create or version: OWNER/SLUG")
     p.add_argument("--kernel", required=True, help="the Kaggle kernel to push: OWNER/SLUG")
