@@ -289,3 +289,49 @@ def test_web_page_in_headless_chromium(server):
         assert driver.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png;base64,")
     finally:
         driver.quit()
+
+
+def start_server(command: list[str], env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """Start a server command with --port appended; wait for /health. Returns the process and its address."""
+    port = free_port()
+    proc = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+    proc.kill()
+    raise AssertionError(f"no /health within {timeout}s")
+
+
+def children(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_workers_share_the_port_each_with_the_models(exported, synthetic_photo):
+    experiment, *_ = exported
+    proc, url = start_server([sys.executable, str(REPO / "scripts" / "serve.py"), "--models-dir",
+                              str(experiment.dir), "--engine", "int8", "--workers", "2"])
+    try:
+        assert len(children(proc.pid)) >= 2, "two worker processes"
+        answers = {post(httpx.Client(base_url=url), synthetic_photo.read_bytes()).json()["model_id"]
+                   for _ in range(6)}
+        assert len(answers) == 1 and "int8" in answers.pop()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

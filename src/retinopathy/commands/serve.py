@@ -3,20 +3,26 @@
   python scripts/serve.py --config configs/demo.yaml                 # every trained fold, averaged
   python scripts/serve.py --model models/demo/fold0/export.pkl --port 8080 --threads 2
   python scripts/export_onnx.py --config configs/demo.yaml && python scripts/serve.py --config configs/demo.yaml --engine int8
+  retinopathy serve --models-dir models/demo --engine int8 --workers 2 --host 0.0.0.0   # torch-free, 2 processes
   curl -F file=@photo.jpeg http://127.0.0.1:8000/predict
+
+With --workers N, N processes share the port, each with its own copy of the models and cores/N threads; past one
+machine, run the Dockerfile's image on several behind a load balancer.
 
 Loading an export.pkl unpickles it, and unpickling runs code: serve only model files you made or trust (ONNX files
 hold no code).
 """
 
+import json
+import os
 import socket
 from pathlib import Path
 
 from .. import cli
 from ..errors import UserError
 from ..inference.engines import ENGINE_HELP, ENGINES
-from ..inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Grader, check_model_paths,
-                                         create_app, engine_file, models_of_experiment)
+from ..inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SETTINGS_ENV, Grader, check_model_paths,
+                                         create_app, engine_file, models_in_folder, models_of_experiment)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -41,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     cli.data_args(p)
     p.add_argument("--model", type=Path, action="append",
                    help="an export.pkl or .onnx to serve (repeat for an ensemble); config.yaml must sit beside it")
+    p.add_argument("--models-dir", type=Path,
+                   help="an experiment's folder (models/<exp>/): serve each fold*/ in it, by --engine")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20, help="largest upload, MB (default 30)")
@@ -51,14 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--any-export", action="store_true",
                    help="serve models even where they were not trained with the given config's model settings")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
     if args.model:
         models = args.model
+    elif args.models_dir:
+        models = models_in_folder(args.models_dir, args.engine)
     elif args.config:
         experiment = cli.experiment(args)
         experiment.check_exports(any_export=args.any_export)
         models = models_of_experiment(experiment)
     else:
-        p.error("give --config configs/<exp>.yaml (its trained folds) or --model path/to/export.pkl")
+        p.error("give --config <exp> (its trained folds), --models-dir models/<exp> or --model path/to/model")
     # A missing file is one line here, not a traceback from the server's start-up.
     check_model_paths(models)
     for path in models:
@@ -66,9 +79,29 @@ def main(argv: list[str] | None = None) -> None:
     # The port is bound and the models are loaded before anything is announced: either failing is one line.
     sock = listening_socket(args.host, args.port)
     grader = Grader(models, args.threads, args.engine, args.any_export)
-    app = create_app(grader=grader, max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    print(f"serving {len(models)} model(s) ({grader.engine}) on http://{args.host}:{args.port}/ (Ctrl-C stops)",
-          flush=True)
-    server.run(sockets=[sock])
+    limits = {"max_bytes": int(args.max_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6)}
+    where = f"http://{args.host}:{args.port}/"
+    if args.workers == 1:
+        app = create_app(grader=grader, **limits)
+        print(f"serving {len(models)} model(s) ({grader.engine}) on {where} (Ctrl-C stops)", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        return
+    # The models loaded once above (any problem was one line); each worker process loads its own copy.
+    engine = grader.engine
+    del grader
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    os.environ[SETTINGS_ENV] = json.dumps({"models": [str(Path(m).resolve()) for m in models], "threads": threads,
+                                           "engine": engine, "any_export": args.any_export, **limits})
+    config = uvicorn.Config("retinopathy.inference.serve:app_from_environment", factory=True,
+                            workers=args.workers, log_level="warning")
+    print(f"serving {len(models)} model(s) ({engine}) on {where} with {args.workers} worker processes of "
+          f"{threads} thread(s) (Ctrl-C stops)", flush=True)
+    import inspect
+
+    from uvicorn.supervisors import Multiprocess
+
+    # older uvicorn releases take the server's run as ``target``; newer ones build it themselves
+    takes_target = "target" in inspect.signature(Multiprocess).parameters
+    target = {"target": uvicorn.Server(config).run} if takes_target else {}
+    Multiprocess(config, sockets=[sock], **target).run()
 

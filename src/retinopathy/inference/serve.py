@@ -215,6 +215,34 @@ class Grader:
                           (time.perf_counter() - start) * 1000)
 
 
+#: the settings a ``--workers`` process builds its app from (JSON), set by the parent before it starts them
+SETTINGS_ENV = "RETINOPATHY_SERVE_SETTINGS"
+
+
+def app_from_environment():
+    """The app one uvicorn worker process builds (``retinopathy serve --workers N``): it loads its own copy of the
+    models, with the settings the parent put in ``$RETINOPATHY_SERVE_SETTINGS``."""
+    import json
+    import os
+
+    s = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(model_paths=[Path(m) for m in s["models"]], threads=s["threads"], max_bytes=s["max_bytes"],
+                      max_pixels=s["max_pixels"], engine=s["engine"], any_export=s["any_export"])
+
+
+def models_in_folder(folder: Path, engine: str) -> list[Path]:
+    """The trained folds in an experiment's folder (``fold<K>/``), as the files ``engine`` runs from: what a
+    container mounts at ``/models``."""
+    from .engines import ONNX_FILES
+
+    name = ONNX_FILES.get(engine, "export.pkl")
+    found = sorted(Path(folder).glob(f"fold*/{name}"))
+    if not found:
+        raise UserError(f"{folder}: no fold*/{name} for the {engine} engine (mount or copy an experiment's folder, "
+                        "models/<exp>/, with its ONNX files from scripts/export_onnx.py)")
+    return found
+
+
 def models_of_experiment(experiment) -> list[Path]:
     """The export.pkl of every trained fold of an experiment."""
     return [experiment.fold_dir(k) / "export.pkl" for k in experiment.require_trained_folds()]
