@@ -17,10 +17,11 @@ from retinopathy.training.train import parse_fold_spec, train_fold
 from conftest import REPO, debug_config
 
 
-@pytest.mark.parametrize("head, balance", [("regression", "loss"), ("regression", "sampler"),
-                                           ("classification", "loss"), ("classification", "none")])
-def test_one_epoch(tiny_aptos, tmp_path, head, balance):
-    config = debug_config(tiny_aptos, "t", f"head={head}", f"balance={balance}")
+@pytest.mark.parametrize("head, balance, loggers", [
+    ("regression", "loss", "csv"), ("regression", "sampler", "csv"), ("classification", "loss", "csv"),
+    ("classification", "none", "csv,tensorboard")])
+def test_one_epoch(tiny_aptos, tmp_path, head, balance, loggers):
+    config = debug_config(tiny_aptos, "t", f"head={head}", f"balance={balance}", f"loggers={loggers}")
     experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
     preprocess(experiment)
     make_folds(experiment, verbose=False)
@@ -30,6 +31,17 @@ def test_one_epoch(tiny_aptos, tmp_path, head, balance):
     assert ("value" in oof) == (head == "regression") and ("prob_0" in oof) == (head == "classification")
     assert result.qwk == pytest.approx(quadratic_kappa(oof["pred"], oof["grade"])), "the fold's score is its OOF QWK"
     assert (result.dir / "export.pkl").is_file()
+    events = list((result.dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert bool(events) == ("tensorboard" in loggers), "TensorBoard's event files only when asked for"
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+        assert any("loss" in tag for tag in scalars), scalars
+
+
+def test_an_unknown_logger_is_one_line(tiny_aptos):
+    with pytest.raises(UserError, match="loggers: unknown 'tensorbord'; choose from csv, tensorboard, wandb, mlflow"):
+        debug_config(tiny_aptos, "t", "loggers=csv,tensorbord")
 
 
 def test_class_weights_interpolate_from_natural_to_uniform():
