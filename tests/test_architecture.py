@@ -123,8 +123,9 @@ def imported_by(code: str) -> set[str]:
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
 def test_help_imports_neither_torch_nor_fastai(script):
-    code = (f"import runpy, sys\nsys.argv = ['{script}', '--help']\n"
-            f"try:\n    runpy.run_path('scripts/{script}', run_name='__main__')\nexcept SystemExit:\n    pass")
+    code = (f"import contextlib, io, runpy, sys\nsys.argv = ['{script}', '--help']\n"
+            f"try:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"        runpy.run_path('scripts/{script}', run_name='__main__')\nexcept SystemExit:\n    pass")
     loaded = imported_by(code)
     assert not loaded & {"torch", "fastai", "sklearn", "onnxruntime"}, f"{script} --help loaded " + \
         ", ".join(sorted(loaded & {"torch", "fastai", "sklearn", "onnxruntime"}))

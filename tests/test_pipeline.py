@@ -134,3 +134,12 @@ def test_interpret_report(finished):
     assert page.count("data:image/png;base64,") >= 4 and "arch: resnet18" in page and "fold 1" in page
     losses = pd.read_csv(out / "top_losses.csv")
     assert losses["loss"].is_monotonic_decreasing and len(losses) == 16
+    assert "Reading the heat maps" in page, "the page says how to read the overlays"
+    with Image.open(out / "top_losses.png") as with_maps:
+        width = with_maps.size[0]
+    plain = run_script("interpret.py", "--config", str(work / "tiny.yaml"), "--data-dir", str(work / "data"),
+                       "--no-heat-maps", cwd=work)
+    assert plain.returncode == 0, plain.stderr
+    with Image.open(out / "top_losses.png") as without:
+        assert width > 1.6 * without.size[0], "each image has its overlay beside it"
+    assert "Reading the heat maps" not in (out / "index.html").read_text()

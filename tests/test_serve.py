@@ -51,6 +51,18 @@ def post(client, data: bytes, name="x.jpeg", query=""):
     return client.post("/predict" + query, files={"file": (name, data, "application/octet-stream")})
 
 
+def test_explain_adds_a_heat_map_overlay_only_when_asked(client, trained, synthetic_photo):
+    from PIL import Image
+
+    plain = post(client, synthetic_photo.read_bytes()).json()
+    assert "explanation" not in plain
+    explained = post(client, synthetic_photo.read_bytes(), query="?explain=1").json()
+    assert explained["grade"] == plain["grade"] and "explanation_error" not in explained
+    png = base64.b64decode(explained["explanation"].split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.size == (32, 32) and im.mode == "RGB", "the overlay has the model's input size"
+
+
 def test_predict_a_real_photograph(client, trained):
     r = post(client, photo().read_bytes(), query="?image=1")
     assert r.status_code == 200, r.text
@@ -122,6 +134,17 @@ def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):
         body = post(client, synthetic_photo.read_bytes()).json()
         assert body["grade"] == int(np.argmax(body["probabilities"])) and "-int8-" in body["model_id"]
         assert client.get("/health").json()["engine"] == "int8"
+
+
+def test_onnx_engines_say_explanations_need_torch(exported, synthetic_photo):
+    from starlette.testclient import TestClient
+
+    experiment, models, *_ = exported
+    with TestClient(create_app(model_paths=models, engine="int8", threads=1)) as onnx_client:
+        body = post(onnx_client, synthetic_photo.read_bytes(), query="?explain=1").json()
+    assert body["grade"] in range(5) and body["explanation"] is None
+    assert body["explanation_error"] == ("explanations need the torch engine (this server runs int8): start it "
+                                         "with --engine torch")
 
 
 def test_onnx_serving_imports_neither_torch_nor_fastai(exported, synthetic_photo):
@@ -287,6 +310,9 @@ def test_web_page_in_headless_chromium(server):
         assert any(name in text for name in ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR"))
         assert len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5
         assert driver.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png;base64,")
+        explained = driver.find_element(By.ID, "explained")
+        assert explained.is_displayed() and explained.get_attribute("src").startswith("data:image/png;base64,")
+        assert driver.execute_script("return arguments[0].naturalWidth", explained) > 0, "the overlay decoded"
     finally:
         driver.quit()
 
