@@ -6,6 +6,8 @@ Runtime float32, ONNX Runtime int8; the ONNX files come from the export step, sc
   latency      50 sequential requests after a warm-up: p50 and p95 of the round trip, and the server's own ms
   throughput   200 requests from 20 concurrent clients: requests per second, errors
   model only   the network alone on one prepared image, one thread (torch.compile too), to show where time goes
+  explain      10 requests with ?explain=1 (the Grad-CAM overlay, torch engines only): p50, and its cost over the
+               plain request (the overlay for one image on one core)
 
 Models: the demo's fold 0 (models/demo/fold0/export.pkl; `make demo` makes it) and a resnet34 at 256 px (built
 here with random weights: speed does not depend on the weights; how much int8 changes a trained model's grades is
@@ -43,7 +45,7 @@ def build_resnet34_256():
     """An exported resnet34 learner at 256 px (untrained), with its config beside it, as training leaves it; and
     its experiment."""
     from retinopathy.config import load_config
-    from retinopathy.experiment import Experiment
+    from retinopathy.experiment import Experiment, write_provenance
     from retinopathy.data.folds import make_folds, training_table
     from retinopathy.paths import Paths
     from retinopathy.pipeline import ensure_raw_data
@@ -65,6 +67,7 @@ def build_resnet34_256():
                           experiment.fold_dir(0))
     experiment.fold_dir(0).mkdir(parents=True, exist_ok=True)
     learn.export(export)
+    write_provenance(experiment.fold_dir(0), config)
     config.save(experiment.fold_dir(0) / "config.yaml")
     return export, experiment
 
@@ -140,6 +143,12 @@ def measure(model: Path, photo: bytes, engine: str, n: int, clients: int, total:
                 round_trips.append((time.perf_counter() - start) * 1000)
                 server_ms.append(body["ms"])
                 answers.append(body["probabilities"] or [body["value"]])
+            explained = []
+            for _ in range(10 if engine in ("torch", "bf16") else 0):
+                start = time.perf_counter()
+                body = client.post("/predict?explain=1", files=files).json()
+                assert body["explanation"], body
+                explained.append((time.perf_counter() - start) * 1000)
 
         def session(k):
             with httpx.Client(base_url=url, timeout=120) as c:
@@ -154,7 +163,8 @@ def measure(model: Path, photo: bytes, engine: str, n: int, clients: int, total:
         server.wait(timeout=30)
     q = statistics.quantiles(round_trips, n=20)
     return {"p50": statistics.median(round_trips), "p95": q[18], "server_p50": statistics.median(server_ms),
-            "rps": len(statuses) / elapsed, "errors": sum(s != 200 for s in statuses), "answer": answers[0]}
+            "rps": len(statuses) / elapsed, "errors": sum(s != 200 for s in statuses), "answer": answers[0],
+            "explain_p50": statistics.median(explained) if explained else None}
 
 
 def main() -> None:
@@ -180,7 +190,7 @@ def main() -> None:
             print(f"{demo} not found: run `make demo` first to include the demo model")
     models["resnet34, 256 px"] = build_resnet34_256()
     print(f"photo: {photo_path.name} ({len(photo) / 2**20:.1f} MB); server: 1 inference thread; client: this process")
-    rows, model_rows = [], []
+    rows, model_rows, explain_rows = [], [], []
     for name, (path, experiment) in models.items():
         if {"onnx", "int8"} & set(args.engines):
             export_fold(experiment, 0, verbose=False)  # skipped when up to date
@@ -190,6 +200,9 @@ def main() -> None:
             rows.append(f"| {name} | {ENGINE_NAMES[engine]} | {r['p50']:.1f} | {r['p95']:.1f} | "
                         f"{r['server_p50']:.1f} | {r['rps']:.1f} | {r['errors']} |")
             print(rows[-1], flush=True)
+            if r["explain_p50"] is not None:
+                explain_rows.append(f"| {name} | {ENGINE_NAMES[engine]} | {r['p50']:.1f} | {r['explain_p50']:.1f} | "
+                                    f"{r['explain_p50'] - r['p50']:.1f} |")
         base = results[args.engines[0]]
         for engine, r in results.items():
             print(f"  {name}, {engine}: {[round(x, 3) for x in r['answer']]}; p50 {base['p50'] / r['p50']:.2f}x "
@@ -206,6 +219,11 @@ def main() -> None:
     print("\n| model | PyTorch float32 | torch.compile | bf16 + channels-last | ONNX Runtime float32 | ONNX Runtime int8 |")
     print("|---|---|---|---|---|---|")
     print("\n".join(model_rows))
+    if explain_rows:
+        print("\nThe Grad-CAM overlay (POST /predict?explain=1), one inference thread:")
+        print("\n| model | engine | plain p50 ms | explain p50 ms | the overlay's cost, ms |")
+        print("|---|---|---|---|---|")
+        print("\n".join(explain_rows))
 
 
 if __name__ == "__main__":

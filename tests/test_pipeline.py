@@ -9,7 +9,7 @@ from retinopathy.inference.predict import load_fold_learners, predict_items
 from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
 
-from conftest import run_script, tiny_pipeline
+from conftest import REPO, run_script, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,16 @@ def test_interpret_report(finished):
     with Image.open(out / "top_losses.png") as without:
         assert width > 1.6 * without.size[0], "each image has its overlay beside it"
     assert "Reading the heat maps" not in (out / "index.html").read_text()
+
+
+def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "batch_size=4", "--configs",
+                           "debug", "--steps", "3", "--workers", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratio = re.search(r"^throughput ratio \(training / model alone\): debug (\d+\.\d\d)$", done.stdout, re.M)
+    assert ratio and 0.2 < float(ratio.group(1)) < 2.0, done.stdout[-1500:]
+    assert re.search(r"loader, 0 worker\(s\): +\d+\.\d images/s", done.stdout)

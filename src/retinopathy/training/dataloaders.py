@@ -37,13 +37,15 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     regression = config.head == "regression"
     table = table.assign(target=table["grade"].astype(float) if regression else table["grade"])
     block = RegressionBlock(n_out=1) if regression else CategoryBlock(vocab=list(GRADES))
-    batch_tfms = [] if config.pretrained else [Normalize.from_stats(*imagenet_stats)]  # fastai adds it if pretrained
+    # fastai adds the hub weights' own statistics; weights from a file or from scratch get the config's
+    stats = imagenet_stats if config.normalize == "imagenet" else ([0.5] * 3, [0.5] * 3)
+    batch_tfms = [] if config.hub_weights else [Normalize.from_stats(*stats)]
     item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment else []
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=ColReader("path"), get_y=ColReader("target"),
                        splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
     if config.balance == "sampler":
-        train_grades = table["grade"].to_numpy()
+        train_grades = np.rint(table["grade"].to_numpy(float)).astype(int)  # soft pseudo-labels: nearest grade
         sample_weights = class_weights(np.delete(train_grades, valid_idx), config.balance_alpha)[train_grades]
         return dblock.weighted_dataloaders(table, wgts=sample_weights, **common)
     return dblock.dataloaders(table, **common)

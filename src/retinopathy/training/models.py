@@ -82,12 +82,18 @@ def build_learner(dls, experiment: Experiment, path: Path):
         extra = {}
     arch = resolve_arch(config.arch)
     try:
-        learn = vision_learner(dls, arch, pretrained=config.pretrained, loss_func=loss, metrics=metrics,
+        learn = vision_learner(dls, arch, pretrained=config.hub_weights, loss_func=loss, metrics=metrics,
                                ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints", **extra)
     except Exception as e:  # noqa: BLE001 - any failure to fetch weights ends the same way for the user
-        if config.pretrained and _looks_like_download_failure(e):
+        if config.hub_weights and _looks_like_download_failure(e):
             raise UserError(_no_weights_message(config.arch, arch, e)) from None
         raise
+    if config.pretrained_weights:
+        from .weights import load_body_weights
+
+        learn.weights_loaded = load_body_weights(learn.model[0], config.pretrained_weights)
+    if config.starts_trained and not config.hub_weights and config.freeze_epochs > 0:
+        learn.freeze()  # as vision_learner does for hub weights: the head trains alone first
     if config.mixed_precision and torch.cuda.is_available():
         learn = learn.to_fp16()
     elif config.mixed_precision and cpu_has_native_bf16():
