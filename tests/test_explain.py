@@ -47,7 +47,8 @@ def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
     from retinopathy.preprocessing.image_io import read_prepared
 
     raw = quadrant_competition(tmp_path / "quadrant")
-    experiment, _ = tiny_pipeline(raw, tmp_path / "work", "quadrant", "preprocess=none", "image_size=128",
+    experiment, _ = tiny_pipeline(raw, tmp_path / "work", "quadrant", "arch=resnet18", "preprocess=none",
+                                  "image_size=128",
                                   "augment=false", "balance=none", "head=classification", "lr=3e-3", "batch_size=8",
                                   "epochs=4", "mixed_precision=false", folds=[0])
     oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})

@@ -131,7 +131,7 @@ def test_interpret_report(finished):
     per_grade = pd.read_csv(out / "per_grade.csv")
     assert per_grade["support"].sum() == 40 and {"precision", "recall"} <= set(per_grade.columns)
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "arch: resnet18" in page and "fold 1" in page
+    assert page.count("data:image/png;base64,") >= 4 and "arch: resnet10t" in page and "fold 1" in page
     losses = pd.read_csv(out / "top_losses.csv")
     assert losses["loss"].is_monotonic_decreasing and len(losses) == 16
     assert "Reading the heat maps" in page, "the page says how to read the overlays"

@@ -52,7 +52,7 @@ def test_every_artefact_names_its_fingerprint(trained):
     fingerprint = experiment.config.fingerprint
     for fold in (0, 1):
         record = json.loads((experiment.fold_dir(fold) / "fingerprint.json").read_text())
-        assert record["fingerprint"] == fingerprint and record["settings"]["arch"] == "resnet18"
+        assert record["fingerprint"] == fingerprint and record["settings"]["arch"] == "resnet10t"
     assert json.loads((experiment.dir / "tuning.json").read_text())["fingerprint"] == fingerprint
     sidecar = json.loads(experiment.submission.with_suffix(".json").read_text())
     assert sidecar["fingerprints"] == [fingerprint] and sidecar["models"] == 2
@@ -76,7 +76,7 @@ def test_predict_refuses_folds_trained_otherwise(trained):
     config = str(experiment.dir / "config.yaml")
     refused = run_script("predict.py", "--config", config, "arch=resnet50", "epochs=7", cwd=work, env=env)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "fold0/export.pkl: made with arch=resnet18 epochs=1, asked for arch=resnet50 epochs=7" in refused.stderr
+    assert "fold0/export.pkl: made with arch=resnet10t epochs=1, asked for arch=resnet50 epochs=7" in refused.stderr
     assert "--any-export" in refused.stderr
     rows = len(pd.read_csv(work / "reports" / "results.csv"))
     anyway = run_script("predict.py", "--config", config, "arch=resnet50", "epochs=7", "--any-export", cwd=work,
@@ -126,26 +126,32 @@ def _experiment(raw, tmp_path, *overrides):
     return experiment
 
 
-def _best_epoch_first():
-    """Make epoch 1 the best by QWK whatever the model learns, so that the last epoch's weights differ from the
-    best's: the case an interrupted fold used to get wrong."""
+def _best_epoch_first(monkeypatch):
+    """Make epoch 1 the best by QWK whatever the model learns (the validation QWK reads 0.9 in each fit's first
+    epoch, 0.1 after), so that the last epoch's weights differ from the best's: the case an interrupted fold used to
+    get wrong. The metric itself is replaced, so the tracker, the table and history.csv all see the same values;
+    returns the callback that tells it the epoch."""
     from fastai.callback.core import Callback
 
-    class FirstEpochBest(Callback):
-        order = 55  # after the Recorder (50) has written the epoch's metrics, before SaveModelCallback (60)
+    import retinopathy.training.models as models
 
-        def after_epoch(self):
-            index = list(self.recorder.metric_names[1:]).index("qwk")
-            self.recorder.values[-1][index] = 0.9 if self.epoch == 0 else 0.1
+    state = {"epoch": 0}
 
-    return FirstEpochBest()
+    class Epoch(Callback):
+        def before_epoch(self):
+            state["epoch"] = self.epoch
+
+    monkeypatch.setattr(models, "output_kappa", lambda outputs, targets: 0.9 if state["epoch"] == 0 else 0.1)
+    return Epoch()
 
 
 def test_resume_after_the_last_epoch_exports_the_best(tiny_aptos, tmp_path, monkeypatch):
     import retinopathy.training.train as train
+    from retinopathy.plots import plot_history
 
+    epoch = _best_epoch_first(monkeypatch)
     whole = _experiment(tiny_aptos, tmp_path / "whole", "epochs=3")
-    expected = train.train_fold(whole, 0, verbose=False, callbacks=[_best_epoch_first()])
+    expected = train.train_fold(whole, 0, verbose=False, callbacks=[epoch])
     assert expected.best_epoch == 0
 
     cut = _experiment(tiny_aptos, tmp_path / "cut", "epochs=3")
@@ -155,10 +161,10 @@ def test_resume_after_the_last_epoch_exports_the_best(tiny_aptos, tmp_path, monk
 
     monkeypatch.setattr(train, "plot_history", killed)
     with pytest.raises(KeyboardInterrupt):
-        train.train_fold(cut, 0, verbose=False, callbacks=[_best_epoch_first()])
+        train.train_fold(cut, 0, verbose=False, callbacks=[epoch])
     assert not (cut.fold_dir(0) / "export.pkl").exists()
-    monkeypatch.undo()
-    resumed = train.train_fold(cut, 0, verbose=False, resume=True, callbacks=[_best_epoch_first()])
+    monkeypatch.setattr(train, "plot_history", plot_history)
+    resumed = train.train_fold(cut, 0, verbose=False, resume=True, callbacks=[epoch])
     ours = pd.read_csv(resumed.dir / "oof.csv")
     theirs = pd.read_csv(expected.dir / "oof.csv")
     assert np.allclose(ours[[f"prob_{g}" for g in range(5)]], theirs[[f"prob_{g}" for g in range(5)]], atol=1e-5), \

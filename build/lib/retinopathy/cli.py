@@ -51,7 +51,12 @@ def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
         # Other data, other caches: processed images and folds are filed under the raw folder's name.
         raw = Path(changes["raw_dir"]).expanduser().resolve()
         changes.update(raw_dir=str(raw), dataset=raw.name, synthetic_images=0)
-    return (config.replace(**changes) if changes else config), Paths.default(data_dir=args.data_dir)
+    config = config.replace(**changes) if changes else config
+    paths = Paths.default(data_dir=args.data_dir)
+    # init_from / pseudo_labels may name an experiment: its folder under models/
+    named = {key: str(paths.experiment(value)) for key in ("init_from", "pseudo_labels")
+             if (value := getattr(config, key)) and not Path(value).is_dir() and paths.experiment(value).is_dir()}
+    return (config.replace(**named) if named else config), paths
 
 
 def experiment(args: argparse.Namespace, **changes) -> Experiment:

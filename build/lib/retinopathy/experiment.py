@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import Config, settings_difference
 from .data.competitions import Competition, detect_competition
 from .errors import UserError
+from .io import write_text
 from .paths import MANIFEST, Paths
 
 #: beside each fold's export: the fingerprint and model settings of the config that trained it
@@ -96,6 +97,12 @@ class Experiment:
                 raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
                                 f"this config (scripts/train_fold.py --fold {fold}), or pass --any-export to use it")
         return folds
+
+
+def write_provenance(fold_dir: Path, config: Config) -> Path:
+    """Record beside a fold's export which settings made it (``fingerprint.json``); write it after the export."""
+    return write_text(Path(fold_dir) / FINGERPRINT, json.dumps(
+        {"fingerprint": config.fingerprint, "settings": config.model_settings()}, indent=1, default=str))
 
 
 def read_provenance(fold_dir: Path) -> dict | None:

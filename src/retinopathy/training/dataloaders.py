@@ -23,6 +23,17 @@ def num_workers(config) -> int:
     return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
 
 
+def batch_augmentations() -> list:
+    """The per-item augmentation's kind and strength as fastai batch transforms, run on the device (training
+    batches only): flips both ways, any rotation and a zoom up to 1.1 as one affine warp per batch (zeros outside
+    the eye), brightness and contrast ±15 %, a slight hue shift."""
+    from fastai.vision.all import Hue, aug_transforms
+
+    return [*aug_transforms(do_flip=True, flip_vert=True, max_rotate=180, min_zoom=0.95, max_zoom=1.1, max_warp=0,
+                            max_lighting=0.15, p_affine=0.9, p_lighting=0.7, pad_mode="zeros"),
+            Hue(max_hue=0.03, p=0.3)]
+
+
 def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     """fastai DataLoaders for one fold: the fold's rows validate, the rest train (oversampled if asked)."""
     from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, Normalize,
@@ -40,7 +51,10 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     # fastai adds the hub weights' own statistics; weights from a file or from scratch get the config's
     stats = imagenet_stats if config.normalize == "imagenet" else ([0.5] * 3, [0.5] * 3)
     batch_tfms = [] if config.hub_weights else [Normalize.from_stats(*stats)]
-    item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment else []
+    item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment and config.augment_on == "item" \
+        else []
+    if config.augment and config.augment_on == "batch":
+        batch_tfms = [*batch_augmentations(), *batch_tfms]
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=ColReader("path"), get_y=ColReader("target"),
                        splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)

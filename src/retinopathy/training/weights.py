@@ -17,8 +17,11 @@ _PREFIXES = ("module.", "model.", "backbone.", "body.", "encoder.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: a plain state dict, or a checkpoint holding one."""
-    path = Path(path)
+    """The tensors of a weights file (a path, or ``package:<module>/<file>``): a plain state dict, or a checkpoint
+    holding one."""
+    from ..config import weights_path
+
+    path = weights_path(str(path))
     if not path.is_file():
         raise UserError(f"pretrained_weights: {path} not found")
     try:

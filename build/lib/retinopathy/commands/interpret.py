@@ -15,9 +15,10 @@ def main(argv: list[str] | None = None) -> None:
     cli.data_args(p)
     p.add_argument("--fold", type=int, help="only this fold's out-of-fold images (default: every fold)")
     p.add_argument("--top", type=int, default=16, help="images in each grid (default 16)")
+    p.add_argument("--no-heat-maps", action="store_true", help="leave out the Grad-CAM overlays (they need torch)")
     args = p.parse_args(argv)
     from ..reports.interpret import interpret
 
-    page = interpret(cli.experiment(args), fold=args.fold, top=args.top)
+    page = interpret(cli.experiment(args), fold=args.fold, top=args.top, heat_maps=not args.no_heat_maps)
     print(f"interpretation → {page} (open it in a browser; it works offline)")
 

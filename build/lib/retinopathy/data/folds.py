@@ -5,6 +5,7 @@ the folds joined with the preprocessed images."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,3 +75,33 @@ def training_table(experiment: Experiment) -> pd.DataFrame:
     if dropped:
         print(f"note: {dropped} labelled image(s) have no preprocessed file (see {experiment.manifest_csv})")
     return table.reset_index(drop=True)
+
+
+#: what a predict run leaves beside an experiment's folds: every test image's fold-averaged output
+TEST_OUTPUTS = "test_outputs.csv"
+
+
+def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
+    """The test images graded by the experiment named in ``pseudo_labels`` (its ``test_outputs.csv``), as training
+    rows with fold -1, so no fold ever validates on them: a regression head learns the values themselves (soft
+    targets), a classifier the top grade where its probability reaches ``pseudo_confidence``."""
+    config = experiment.config
+    source = Path(config.pseudo_labels) / TEST_OUTPUTS
+    if not source.is_file():
+        raise UserError(f"pseudo_labels: {source} not found: run predict with that experiment's config first")
+    outputs = pd.read_csv(source, dtype={"id": str})
+    probs = [c for c in outputs.columns if c.startswith("prob_")]
+    if config.head == "regression":
+        grade = outputs["value"] if "value" in outputs else (outputs[probs].to_numpy() * np.arange(len(probs))).sum(1)
+        keep = np.ones(len(outputs), bool)
+    elif probs:
+        p = outputs[probs].to_numpy()
+        grade, keep = p.argmax(1), p.max(1) >= config.pseudo_confidence
+    else:  # a regression experiment's values, for a classifier: those close enough to a whole grade
+        value = outputs["value"].to_numpy()
+        grade = np.clip(np.rint(value), 0, 4).astype(int)
+        keep = np.abs(value - grade) <= (1 - config.pseudo_confidence) / 2
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")][["id", "path"]]
+    rows = pd.DataFrame({"id": outputs["id"], "grade": grade, "fold": -1})[keep]
+    return rows.merge(test, on="id", how="inner").reset_index(drop=True)

@@ -10,6 +10,8 @@ import pandas as pd
 import torch
 
 from ..data.competitions import read_test_ids
+from ..data.folds import TEST_OUTPUTS
+from ..io import write_csv
 from ..errors import UserError
 from ..experiment import Experiment, load_learner_quietly
 from ..training.callbacks import FlipInput
@@ -56,11 +58,21 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True) -> TestPr
     return TestPredictions(list(sample_ids), test["id"].tolist(), np.mean(outputs, axis=0), len(learners))
 
 
+def write_test_outputs(experiment: Experiment, predictions: TestPredictions) -> Path:
+    """Every test image's fold-averaged output beside the folds (``test_outputs.csv``): what ``pseudo_labels``
+    trains another experiment on."""
+    outputs = predictions.outputs
+    columns = {"value": outputs[:, 0]} if outputs.shape[1] == 1 else {f"prob_{g}": outputs[:, g]
+                                                                       for g in range(outputs.shape[1])}
+    return write_csv(pd.DataFrame({"id": predictions.ids, **columns}), experiment.dir / TEST_OUTPUTS)
+
+
 def predict_test(experiment: Experiment, verbose: bool = True) -> Path | None:
     """Average every fold's predictions on the test set, grade them by the experiment's rule (``tuning.json``) and
     write the validated submission CSV."""
     predictions = predict_test_outputs(experiment, verbose)
     if predictions is None:
         return None
+    write_test_outputs(experiment, predictions)
     grades = read_rule(experiment).grades(predictions.outputs, predictions.ids)
     return write_submission(experiment, predictions, grades, experiment.submission, verbose)

@@ -59,6 +59,9 @@ class Prediction:
     value: float | None
     preprocessed_png: bytes
     ms: float
+    #: the Grad-CAM overlay as PNG (asked for with ``explain``), or why there is none
+    explanation_png: bytes = b""
+    explanation_error: str = ""
 
 
 def engine_file(path: Path, engine: str) -> Path:
@@ -200,8 +203,18 @@ class Grader:
         """The fold-averaged output for one prepared RGB image: probabilities (5) or a value (1)."""
         return np.mean([run(img[None]) for run in self.runners], axis=0)[0]
 
+    def explanation(self, img: np.ndarray, grade: int) -> tuple[bytes, str]:
+        """The Grad-CAM overlay of a prepared image for ``grade``, averaged over the folds, as PNG; or, where the
+        folds run in ONNX Runtime (no gradients), an empty PNG and the reason."""
+        if any(f.suffix == ".onnx" for f in self.files):
+            return b"", (f"explanations need the torch engine (this server runs {self.engine}): start it with "
+                         "--engine torch")
+        from .explain import heat_map, overlay
+
+        return encode_png(overlay(img, heat_map([run.model for run in self.runners], img, grade))), ""
+
     def predict(self, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-                with_image: bool = False) -> Prediction:
+                with_image: bool = False, explain: bool = False) -> Prediction:
         """Grade one upload; ``with_image`` also returns the preprocessed image as PNG (for the web page: its
         encoding costs about 6 ms, so the plain API skips it)."""
         start = time.perf_counter()
@@ -211,8 +224,9 @@ class Grader:
         grade = int(self.rule.grades(out[None])[0])
         value = float(scalar_scores(out[None])[0])  # the regression value, or the expected grade
         probabilities = None if self.regression else [float(p) for p in out]
+        explanation, why_not = self.explanation(img, grade) if explain else (b"", "")
         return Prediction(grade, GRADE_NAMES[grade], probabilities, value, encode_png(img) if with_image else b"",
-                          (time.perf_counter() - start) * 1000)
+                          (time.perf_counter() - start) * 1000, explanation, why_not)
 
 
 #: the settings a ``--workers`` process builds its app from (JSON), set by the parent before it starts them
@@ -314,15 +328,21 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
             return error(400, f"malformed upload ({type(e).__name__})")
         g = state["grader"]
         with_image = request.query_params.get("image") in ("1", "true")
+        explain = request.query_params.get("explain") in ("1", "true")
         try:
             async with one_at_a_time:
-                result = await run_in_threadpool(g.predict, data, max_bytes, max_pixels, with_image)
+                result = await run_in_threadpool(g.predict, data, max_bytes, max_pixels, with_image, explain)
         except BadImage as e:
             return error(e.status, e.message)
         body = {"grade": result.grade, "grade_name": result.grade_name, "probabilities": result.probabilities,
                 "value": result.value, "model_id": g.model_id, "ms": round(result.ms, 1)}
         if with_image:
             body["preprocessed"] = "data:image/png;base64," + base64.b64encode(result.preprocessed_png).decode()
+        if explain:
+            body["explanation"] = ("data:image/png;base64," + base64.b64encode(result.explanation_png).decode()
+                                   if result.explanation_png else None)
+            if result.explanation_error:
+                body["explanation_error"] = result.explanation_error
         return JSONResponse(body)
 
     async def http_error(request: Request, exc: HTTPException):

@@ -49,24 +49,52 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
     return oof.merge(manifest[["id", "path"]], on="id", how="left")
 
 
-def image_grid(rows: pd.DataFrame, path: Path, title: str, columns: int = 4) -> Path:
-    """The preprocessed images the model saw, each titled with actual and predicted grade, loss and probability."""
+def image_grid(rows: pd.DataFrame, path: Path, title: str, columns: int = 4,
+               overlays: dict[str, np.ndarray] | None = None) -> Path:
+    """The preprocessed images the model saw, each titled with actual and predicted grade, loss and probability;
+    with ``overlays`` (id → heat map drawn over the image), each image beside its overlay."""
     from PIL import Image
 
     plt = pyplot()
     n = max(1, len(rows))
+    per_image = 2 if overlays else 1
     nrows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(nrows, columns, figsize=(3 * columns, 3.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, columns * per_image, figsize=(3 * columns * per_image, 3.3 * nrows),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows.itertuples()):
+    cells = axes.reshape(nrows, columns, per_image).reshape(-1, per_image)
+    for cell, row in zip(cells, rows.itertuples()):
         if isinstance(row.path, str) and row.path and Path(row.path).is_file():
             with Image.open(row.path) as im:
-                ax.imshow(np.asarray(im.convert("RGB")))
-        ax.set_title(f"{row.id}\nactual {row.grade} / predicted {row.pred}\nloss {row.loss:.2f} / {row.shown}",
-                     fontsize=8, color="tab:red" if row.grade != row.pred else "black")
+                cell[0].imshow(np.asarray(im.convert("RGB")))
+        if overlays and row.id in overlays:
+            cell[1].imshow(overlays[row.id])
+            cell[1].set_title("where it looked", fontsize=8)
+        cell[0].set_title(f"{row.id}\nactual {row.grade} / predicted {row.pred}\nloss {row.loss:.2f} / {row.shown}",
+                          fontsize=8, color="tab:red" if row.grade != row.pred else "black")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def oof_overlays(experiment: Experiment, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Grad-CAM overlays of out-of-fold images, each from the fold that held it out, for its predicted grade."""
+    from ..experiment import load_learner_quietly
+    from ..inference.explain import heat_map, overlay
+    from ..inference.torch_engine import serving_model
+    from ..preprocessing.image_io import read_prepared
+
+    regression = experiment.config.head == "regression"
+    models, out = {}, {}
+    for row in rows.itertuples():
+        if not (isinstance(row.path, str) and row.path and Path(row.path).is_file()):
+            continue
+        if row.fold not in models:
+            learn = load_learner_quietly(experiment.fold_dir(int(row.fold)) / "export.pkl")
+            models[row.fold] = serving_model(learn, regression)
+        image = read_prepared([row.path])[0]
+        out[row.id] = overlay(image, heat_map([models[row.fold]], image, int(row.pred)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- confusion matrix
@@ -154,8 +182,18 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
 
 
-def interpret(experiment: Experiment, fold: int | None = None, top: int = 16) -> Path:
-    """Write ``reports/<exp>/`` (or only one fold's part with ``fold``) and return its HTML page."""
+#: how to read the heat maps, on the report page
+HEAT_MAP_HELP = """<p><b>Reading the heat maps.</b> Beside each image, its Grad-CAM from the fold that held it out:
+the gradient of the predicted grade (a classifier's logit for that grade; a regression's value) with respect to the
+last convolutional stage, drawn in red where that stage's features raised the prediction most, blue where they did
+not. Look for red on lesions (haemorrhages, exudates, new vessels); red on the optic disc, a notch, a reflection or
+the image's rim points at a shortcut the model learnt. The map is coarse: it has the stage's resolution (the input
+size / 32) and is stretched to the image.</p>"""
+
+
+def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, heat_maps: bool = True) -> Path:
+    """Write ``reports/<exp>/`` (or only one fold's part with ``fold``) and return its HTML page; ``heat_maps``
+    draws each shown image's Grad-CAM beside it."""
     out = experiment.paths.reports / experiment.config.name
     out.mkdir(parents=True, exist_ok=True)
     oof = oof_with_losses(experiment)
@@ -165,9 +203,11 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16) ->
             raise UserError(f"fold {fold} has no out-of-fold predictions in {experiment.dir}")
     scope = f"fold {fold}" if fold is not None else f"{oof['fold'].nunique()} fold(s)"
     worst = oof.sort_values("loss", ascending=False).head(top)
-    image_grid(worst, out / "top_losses.png", f"{experiment.config.name}: most wrong ({scope}, highest loss first)")
     unsure = oof.sort_values("sureness").head(top)
-    image_grid(unsure, out / "least_sure.png", f"{experiment.config.name}: least sure ({scope})")
+    overlays = oof_overlays(experiment, pd.concat([worst, unsure]).drop_duplicates("id")) if heat_maps else None
+    image_grid(worst, out / "top_losses.png", f"{experiment.config.name}: most wrong ({scope}, highest loss first)",
+               overlays=overlays)
+    image_grid(unsure, out / "least_sure.png", f"{experiment.config.name}: least sure ({scope})", overlays=overlays)
     write_csv(worst.drop(columns=["shown"]), out / "top_losses.csv")
     table, qwk = confusion_report(oof, out)
     verdicts = curves(experiment, out)
@@ -176,6 +216,7 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16) ->
     lr_plots = sorted(p for p in experiment.dir.glob("fold*/lr_find.png")
                       if fold is None or p.parent.name == f"fold{fold}")
 
+    heat_map_help = HEAT_MAP_HELP if heat_maps else ""
     config_path = experiment.dir / "config.yaml"
     config_text = config_path.read_text() if config_path.is_file() else experiment.config.to_yaml()
     diagnosis = "".join(f"<li><b>fold {k}</b>: {html.escape('; '.join(v) or 'healthy: nothing alarming')}</li>"
@@ -191,7 +232,8 @@ pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 {"".join(f"<h3>lr_find, {p.parent.name}</h3>" + _img(p) for p in lr_plots)}
 <h2>Confusion matrix</h2>{_img(out / "confusion_matrix.png")}
 {table.to_html(index=False)}
-<h2>Top losses</h2><p>The images the model was most wrong about (red: wrong grade).</p>{_img(out / "top_losses.png")}
+<h2>Top losses</h2><p>The images the model was most wrong about (red: wrong grade).</p>{heat_map_help}
+{_img(out / "top_losses.png")}
 <h2>Least sure</h2>{_img(out / "least_sure.png")}
 <h2>Config</h2><pre>{html.escape(config_text)}</pre>
 </body></html>

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.folds import training_table
+from ..data.folds import pseudo_label_rows, training_table
 from ..errors import UserError
-from ..experiment import FINGERPRINT, Experiment
+from ..experiment import FINGERPRINT, Experiment, write_provenance
 from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..plots import plot_history, plot_lr_find
@@ -75,7 +75,7 @@ def _phases(config) -> list[tuple[str, int, object]]:
     """(name, epochs, learning rate) of each fit: the head alone first when the body is pretrained, then all."""
     lr = slice(config.lr_min, config.lr) if config.lr_min > 0 else config.lr
     phases = []
-    if config.pretrained and config.freeze_epochs > 0:
+    if config.starts_trained and config.freeze_epochs > 0:
         phases.append(("frozen", config.freeze_epochs, config.lr))
     phases.append(("unfrozen", config.epochs, lr))
     return phases
@@ -166,8 +166,21 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     start = time.time()
     set_seed(config.seed + fold, reproducible=True)
     table = training_table(experiment)
+    if config.pseudo_labels:
+        pseudo = pseudo_label_rows(experiment)
+        if verbose and main_process:
+            print(f"fold {fold}: {len(pseudo)} pseudo-labelled test images added to training (never validation)")
+        table = pd.concat([table, pseudo], ignore_index=True)
     dls = build_dataloaders(table, experiment, fold)
     learn = build_learner(dls, experiment, out)
+    if config.init_from:
+        from .weights import init_from_experiment
+
+        copied = init_from_experiment(learn.model, Path(config.init_from), fold)
+        if verbose and main_process:
+            print(f"fold {fold}: {copied}")
+    if verbose and main_process and getattr(learn, "weights_loaded", None):
+        print(f"fold {fold}: {config.pretrained_weights}: {learn.weights_loaded}")
     # Only now is the config known good: a typo in it leaves the previous run's files as they were.
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -274,8 +287,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
         # Never an export beside the fingerprint of another: the old one goes before the new export lands, and the
         # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
         (out / FINGERPRINT).unlink(missing_ok=True)
-    write_text(out / FINGERPRINT, json.dumps({"fingerprint": config.fingerprint, "settings": config.model_settings()},
-                                             indent=1, default=str))
+    write_provenance(out, config)
     qwk = quadratic_kappa(oof["pred"], oof["grade"])
     best_epoch = int(history["qwk"].to_numpy().argmax())
     config.save(out / "config.yaml")
