@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 OLDEST := torch==2.9.1 torchvision==0.24.1 fastai==2.8.5 timm==1.0.3
 OLDEST_VENV := .venv-oldest
 
-.PHONY: demo test test-all test-oldest test-serve setup clean
+.PHONY: demo test test-all test-oldest test-serve test-slow setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-oldest:
 # The torch-free server in a fresh environment holding only the serve extra (a real install; CI runs it).
 test-serve: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests/test_serve_extra.py
+
+# Every slow check: the notebook run in a fresh environment, two-process training, the serve extra (CI runs it).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf data/raw/synthetic-* data/processed/synthetic-* models/demo submissions/demo.csv

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import nbformat
+import pytest
 import pandas as pd
 
 from conftest import REPO, runtime_without_library
@@ -21,6 +22,23 @@ def test_readme_links_to_colab():
     assert "colab.research.google.com/github/" in (REPO / "README.md").read_text()
 
 
+def test_every_cell_compiles_and_runs_real_commands():
+    """The fast smoke of the notebook (its full run below is slow): each code cell is valid Python and every
+    `run("<command>", …)` names a real subcommand."""
+    import re
+
+    from retinopathy.commands import COMMANDS
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    sources = [c.source for c in nb.cells if c.cell_type == "code"]
+    for i, source in enumerate(sources):
+        compile(source, f"cell {i}", "exec")
+    used = set(re.findall(r'\brun\("([a-z-]+)"', "\n".join(sources)))
+    assert used and used <= set(COMMANDS), used - set(COMMANDS)
+    assert {"train", "predict", "kernel", "export-onnx"} <= used
+
+
+@pytest.mark.slow
 def test_notebook_runs_in_demo_mode_in_a_fresh_environment(tmp_path, monkeypatch):
     """Run all, as on a fresh Colab runtime: the library is not installed, the runtime has its own torch; the
     install cell installs it for real (not editable) and the rest runs on it."""

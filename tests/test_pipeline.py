@@ -151,7 +151,7 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "batch_size=4", "--configs",
-                           "debug", "--steps", "3", "--workers", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "debug", "--steps", "2", "--workers", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     ratio = re.search(r"^throughput ratio \(training / model alone\): debug (\d+\.\d\d)$", done.stdout, re.M)
     assert ratio and 0.2 < float(ratio.group(1)) < 2.0, done.stdout[-1500:]

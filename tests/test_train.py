@@ -166,4 +166,5 @@ def test_batch_augmentation_changes_training_batches_only(tiny_aptos, tmp_path):
     assert low - 1e-4 <= xa.min() and xa.max() <= high + 1e-4, "pixel values stay in range"
     va, vya = augmented.valid.one_batch()
     vp, vyp = plain.valid.one_batch()
-    assert torch.equal(va, vp) and torch.equal(vya, vyp), "validation batches are untouched"
+    # untouched, up to the float round trip (logit / HSV and back, ~3e-5) of fastai's lighting transforms
+    assert torch.allclose(va, vp, atol=1e-4) and torch.equal(vya, vyp), "validation batches are untouched"
