@@ -72,7 +72,7 @@ def test_build_writes_a_dataset_and_an_offline_script_kernel(built):
     assert kernel["enable_gpu"] is False
     script = (base / "kernel" / kernel["code_file"]).read_text()
     assert '"--no-index"' in script and f'DATASET = "{DATASET}"' in script and "__DATASET__" not in script
-    assert "13,000 test images" in stdout and "min per 1,000 images" in stdout
+    assert "13,000 test images" in stdout and "per 1,000 images on this machine" in stdout
 
 
 def offline_env(**extra) -> dict:

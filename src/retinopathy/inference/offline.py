@@ -103,10 +103,15 @@ def seconds_per_image(grader: Grader, images: list[Path], tta: bool) -> float:
     return (time.perf_counter() - start) / len(images)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
 def describe_speed(per_image: float, n_images: int = 13_000, limit_hours: float = 9.0) -> str:
     """One line: the time per 1,000 images and for ``n_images``, against the kernel's run-time limit."""
     total = per_image * n_images
     verdict = "fits" if total < limit_hours * 3600 else "does NOT fit"
-    return (f"{per_image * 1000 / 60:.1f} min per 1,000 images here → about {total / 3600:.1f} h for "
-            f"{n_images:,} test images ({verdict} Kaggle's {limit_hours:.0f} h limit; a kernel's CPU differs, so "
-            "measure it with --gpu or a smaller config if it is close)")
+    return (f"{_duration(per_image * 1000)} per 1,000 images on this machine → about {_duration(total)} for "
+            f"{n_images:,} test images ({verdict} Kaggle's {limit_hours:.0f} h limit; a kernel's CPU differs: keep a "
+            "margin, or use --gpu)")
