@@ -30,12 +30,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
-test-oldest:
+test-oldest: $(STAMP)
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[train]'
-	$(OLDEST_VENV)/bin/python tests/oldest_stack.py $(OLDEST)
+	$(OLDEST_VENV)/bin/python tests/oldest_stack.py --trainer $(BIN)/python $(OLDEST)
 
 # The torch-free server in a fresh environment holding only the serve extra (a real install; CI runs it).
 test-serve: $(STAMP)

@@ -159,6 +159,30 @@ def training_rate(experiment, batches: int) -> float:
     return clock.images / clock.elapsed
 
 
+def save_augmentation_samples(experiment, path: Path, n: int = 8) -> Path:
+    """A PNG grid: the same training images augmented per item (albumentations) and per batch (fastai on the
+    device), to check by eye that both are alike in kind and strength."""
+    from retinopathy.data.folds import training_table
+    from retinopathy.io import pyplot, save_figure
+    from retinopathy.training.dataloaders import build_dataloaders
+
+    plt = pyplot()
+    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
+    table = training_table(experiment).head(n * 4)
+    for row, (label, changes) in enumerate([("none", {"augment": False}), ("per item", {"augment_on": "item"}),
+                                            ("per batch", {"augment_on": "batch"})]):
+        variant = type(experiment)(experiment.config.replace(num_workers=0, batch_size=n, balance="none",
+                                                             **changes), experiment.paths)
+        dl = build_dataloaders(table, variant, 0).train.new(shuffle=False)
+        xb, _ = dl.one_batch()
+        images = dl.decode((xb,))[0]
+        for col in range(min(n, len(images))):
+            axes[row, col].imshow(images[col].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            axes[row, col].axis("off")
+        axes[row, 0].set_title(label, fontsize=9, loc="left")
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
+
+
 def main() -> None:
     global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,6 +217,9 @@ def main() -> None:
             print(f"  model alone ({how2}): {other:8.1f} images/s ({other / model:.2f}x)", flush=True)
         train = training_rate(experiment, args.steps)
         print(f"  training steps: {train:8.1f} images/s", flush=True)
+        if c.augment:
+            grid = save_augmentation_samples(experiment, OUT / f"augmentation-{Path(name).stem}.png")
+            print(f"  augmentation samples (none / per item / per batch): {grid}")
         ratios.append(f"throughput ratio (training / model alone): {name} {train / model:.2f}")
     print()
     print("\n".join(ratios))

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from retinopathy.data.synthetic import make_competition
+from runtimes import runtime_without_library  # noqa: F401 - a helper the tests import from here
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -60,21 +61,3 @@ def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None)
     config = debug_config(raw, name, *overrides)
     paths = Paths.default(data_dir=work / "data", output_dir=work)
     return Experiment(config, paths), run_pipeline(config, paths, folds=folds)
-
-
-def runtime_without_library(tmp_path: Path) -> Path:
-    """A fresh virtual environment that sees this environment's packages (torch, fastai, … as a Kaggle image has
-    them) but not this library: a folder of links to every installed package except retinopathy, on its path."""
-    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
-    mirror = tmp_path / "image-packages"
-    mirror.mkdir()
-    for entry in site.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("retinopathy", "__editable__", "_retinopathy")) or name.endswith(".pth"):
-            continue
-        (mirror / entry.name).symlink_to(entry)
-    venv = tmp_path / "runtime"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    runtime_site = next((venv / "lib").glob("python3*/site-packages"))
-    (runtime_site / "kaggle-image.pth").write_text(str(mirror) + "\n")
-    return venv

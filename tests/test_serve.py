@@ -248,16 +248,27 @@ def server(trained):
     proc.wait(timeout=20)
 
 
-def test_load_200_requests_from_20_clients(server):
+def _load(server, clients: int, each: int) -> list[int]:
     data = photo().read_bytes()
 
     def client_session(n):
         with httpx.Client(base_url=server, timeout=60) as c:
             return [c.post("/predict", files={"file": ("p.jpeg", data)}).status_code for _ in range(n)]
 
-    with ThreadPoolExecutor(20) as pool:
-        statuses = [s for batch in pool.map(client_session, [10] * 20) for s in batch]
+    with ThreadPoolExecutor(clients) as pool:
+        return [s for batch in pool.map(client_session, [each] * clients) for s in batch]
+
+
+@pytest.mark.slow
+def test_load_200_requests_from_20_clients(server):
+    statuses = _load(server, 20, 10)
     assert len(statuses) == 200 and set(statuses) == {200}
+
+
+def test_load_smoke_20_requests_from_5_clients(server):
+    """The load test's fast smoke (the full one is slow): concurrent clients, every answer a 200."""
+    statuses = _load(server, 5, 4)
+    assert len(statuses) == 20 and set(statuses) == {200}
 
 
 def test_a_streamed_upload_is_cut_off_at_the_limit(server):

@@ -1,0 +1,26 @@
+"""Environments like the ones users run in, made cheaply for tests: a fresh virtual environment that sees an
+existing environment's packages (torch, fastai, … as a Kaggle or Colab image has them) but not this library."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def runtime_without_library(tmp_path: Path, python: str = sys.executable) -> Path:
+    """A fresh venv whose path holds links to every package of ``python``'s environment except retinopathy (and
+    its editable-install hooks): the library can be installed into it for real, and pip sees the rest as installed
+    elsewhere, so it never replaces them."""
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    mirror = tmp_path / "image-packages"
+    mirror.mkdir()
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("retinopathy", "__editable__", "_retinopathy")) or name.endswith(".pth"):
+            continue
+        (mirror / entry.name).symlink_to(entry)
+    venv = tmp_path / "runtime"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    runtime_site = next((venv / "lib").glob("python3*/site-packages"))
+    (runtime_site / "kaggle-image.pth").write_text(str(mirror) + "\n")
+    return venv
