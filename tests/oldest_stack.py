@@ -36,6 +36,7 @@ def kernel_on_this_stack(trainer: Path, work: Path) -> str:
     run([newer, "kernel", "--config", "debug", "--dataset", "you/debug-folds", "--kernel", "you/debug-kernel",
          "--no-push"], work)
     root = work / "input"
+    root.mkdir()
     (root / "debug-folds").symlink_to(work / "kaggle" / "debug" / "dataset", target_is_directory=True)
     make_competition(root / "aptos2019-blindness-detection", "aptos2019", n_train=8, n_test=12, seed=7,
                      max_side=160, workers=1, progress=False)
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"oldest stack ({' '.join(args.pins)}): kept by the install, tiny pipeline passed")
     if args.trainer:
         with tempfile.TemporaryDirectory() as work:
-            print(kernel_on_this_stack(args.trainer.resolve(), Path(work)))
+            print(kernel_on_this_stack(Path(os.path.abspath(args.trainer)), Path(work)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def runtime_without_library(tmp_path: Path, python: str = sys.executable) -> Pat
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     mirror = tmp_path / "image-packages"
-    mirror.mkdir()
+    mirror.mkdir(parents=True)
     for entry in site.iterdir():
         name = entry.name.lower()
         if name.startswith(("retinopathy", "__editable__", "_retinopathy")) or name.endswith(".pth"):

@@ -230,6 +230,8 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
             cbs += trackers
         with write_faults_named(out / "checkpoints"):  # the checkpoints are written by torch.save during the fit
             if distributed:
+                import fastai.distributed  # noqa: F401 - gives Learner its distrib_ctx
+
                 # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
                 cpu = not torch.cuda.is_available()
                 with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), \
