@@ -174,10 +174,9 @@ def save_augmentation_samples(experiment, path: Path, n: int = 8) -> Path:
         variant = type(experiment)(experiment.config.replace(num_workers=0, batch_size=n, balance="none",
                                                              **changes), experiment.paths)
         dl = build_dataloaders(table, variant, 0).train.new(shuffle=False)
-        xb, _ = dl.one_batch()
-        images = dl.decode((xb,))[0]
+        images = dl.decode(dl.one_batch())[0]  # back to 0-255 pixels
         for col in range(min(n, len(images))):
-            axes[row, col].imshow(images[col].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            axes[row, col].imshow(images[col].permute(1, 2, 0).cpu().numpy().astype("uint8"))
             axes[row, col].axis("off")
         axes[row, 0].set_title(label, fontsize=9, loc="left")
     return save_figure(fig, path, dpi=90, bbox_inches="tight")
