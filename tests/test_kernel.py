@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_script, runtime_without_library, tiny_pipeline
+from conftest import REPO, run_script, runtime_without_library, tiny_pipeline
 from fake_kaggle import FakeCompetition, FakeKaggle
 from retinopathy.data.synthetic import make_competition
 
@@ -52,8 +52,10 @@ def sample_submission(raw: Path) -> bytes:
 def built(trained):
     """The kernel's folders, built once (no push)."""
     work, experiment = trained
+    had_build = (REPO / "build").exists()
     done = kernel_command(work, experiment, None, "--no-push")
     assert done.returncode == 0, done.stderr
+    assert (REPO / "build").exists() == had_build, "building the wheel leaves no build/ in the checkout"
     return work, experiment, done.stdout
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -72,8 +73,16 @@ def _pip(*args: str, what: str) -> None:
 def build_wheels(dest: Path, engine: str) -> list[str]:
     """The library's wheel and those the kernel's image lacks into ``dest``; returns what the kernel installs."""
     dest.mkdir(parents=True, exist_ok=True)
-    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(source_root()),
-         what="building the library's wheel")
+    root = source_root()
+    # Built from a copy: setuptools leaves build/ and *.egg-info/ beside the sources it builds, and the user's
+    # checkout is no place for them.
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "retinopathy"
+        shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy2(root / name, copy / name)
+        _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(copy),
+             what="building the library's wheel")
     extra = [p for p in ENGINE_PACKAGES[engine] if p not in KAGGLE_IMAGE]
     if extra:
         _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *extra,
