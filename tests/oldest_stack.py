@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtimes import runtime_without_library  # noqa: E402
+from runtimes import offline_env, runtime_without_library  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,7 @@ def kernel_on_this_stack(trainer: Path, work: Path) -> str:
     venv = runtime_without_library(work / "image", sys.executable)
     out = work / "working"
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", HTTP_PROXY="http://127.0.0.1:9",
-               HTTPS_PROXY="http://127.0.0.1:9", RETINOPATHY_KERNEL_INPUT=str(root),
-               RETINOPATHY_KERNEL_OUTPUT=str(out))
+    env = offline_env(RETINOPATHY_KERNEL_INPUT=str(root), RETINOPATHY_KERNEL_OUTPUT=str(out))
     script = next((work / "kaggle" / "debug" / "kernel").glob("*.py"))
     run([venv / "bin" / "python", script], work, env)
     rows = (out / "submission.csv").read_text().splitlines()

@@ -1,6 +1,7 @@
 """Environments like the ones users run in, made cheaply for tests: a fresh virtual environment that sees an
 existing environment's packages (torch, fastai, … as a Kaggle or Colab image has them) but not this library."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +25,11 @@ def runtime_without_library(tmp_path: Path, python: str = sys.executable) -> Pat
     runtime_site = next((venv / "lib").glob("python3*/site-packages"))
     (runtime_site / "kaggle-image.pth").write_text(str(mirror) + "\n")
     return venv
+
+
+def offline_env(**extra) -> dict:
+    """No index, no configured find-links, no proxy that leads anywhere: pip can reach nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", HTTP_PROXY="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", PYTHONNOUSERSITE="1", **extra)
+    return env

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_script, runtime_without_library, tiny_pipeline
+from runtimes import offline_env
 from fake_kaggle import FakeCompetition, FakeKaggle
 from retinopathy.data.synthetic import make_competition
 
@@ -75,14 +76,6 @@ def test_build_writes_a_dataset_and_an_offline_script_kernel(built):
     script = (base / "kernel" / kernel["code_file"]).read_text()
     assert '"--no-index"' in script and f'DATASET = "{DATASET}"' in script and "__DATASET__" not in script
     assert "13,000 test images" in stdout and "per 1,000 images on this machine" in stdout
-
-
-def offline_env(**extra) -> dict:
-    """No index, no configured find-links, no proxy that leads anywhere: pip can reach nothing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", HTTP_PROXY="http://127.0.0.1:9",
-               HTTPS_PROXY="http://127.0.0.1:9", PYTHONNOUSERSITE="1", **extra)
-    return env
 
 
 def test_push_submit_then_run_the_kernel_offline_on_unseen_ids(built, server, tiny_aptos, tmp_path):

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.submit and not args.message:
         p.error("--submit needs -m/--message, the submission's description")
     experiment = cli.experiment(args)
-    experiment.check_exports(any_export=args.any_export)
     from ..data.competitions import read_test_ids
     from ..inference.offline import describe_speed
     from ..kernel.build import build_kernel, existing_build
@@ -46,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_build:
         build = existing_build(experiment, args.dataset, args.kernel, args.out)
     else:
-        build = build_kernel(experiment, args.dataset, args.kernel, args.engine, args.gpu, args.out)
+        build = build_kernel(experiment, args.dataset, args.kernel, args.engine, args.gpu, args.out,
+                             any_export=args.any_export)
     print(f"dataset folder: {build.dataset_dir} (installs {' '.join(build.packages)})")
     print(f"kernel folder:  {build.kernel_dir}")
     if build.seconds_per_image is not None:

@@ -18,6 +18,8 @@ ENGINE_HELP = ("torch: PyTorch float32 (export.pkl); bf16: PyTorch bfloat16 + ch
                "AVX512-BF16/AMX; onnx: ONNX Runtime float32 (model.onnx); int8: ONNX Runtime, 8-bit "
                "(model-int8.onnx); make the ONNX files with scripts/export_onnx.py")
 ONNX_FILES = {"onnx": "model.onnx", "int8": "model-int8.onnx"}
+#: the file a trained fold runs from, by engine
+MODEL_FILES = {"torch": "export.pkl", "bf16": "export.pkl", **ONNX_FILES}
 #: the ONNX files' metadata key holding the fingerprint of the config that trained the fold they were exported from
 FINGERPRINT_KEY = "retinopathy_fingerprint"
 
@@ -45,6 +47,12 @@ class OnnxRunner:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         return np.concatenate([self.session.run(None, {self.input: images[i:i + 1]})[0] for i in range(len(images))])
+
+
+def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """A batch (N, H, W, 3) as the model sees it at test time: as is, and with ``tta`` flipped left-right and
+    upside-down (the same views as :class:`~retinopathy.training.callbacks.FlipInput` at prediction)."""
+    return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
 
 
 def run_batched(runner, images: np.ndarray, batch: int = 32) -> np.ndarray:

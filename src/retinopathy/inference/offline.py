@@ -11,45 +11,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import load_config
 from ..data.competitions import detect_competition, read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment
 from ..paths import Paths
 from ..preprocessing.image_io import prepare_file, read_prepared
 from ..preprocessing.stage import preprocess_dataset
-from .engines import ONNX_FILES
-from .serve import Grader
+from .engines import MODEL_FILES
+from .serve import Grader, models_in_folder
 from .submission import TestPredictions, write_submission
-
-#: the file a bundle's fold runs from, by engine
-MODEL_FILES = {"torch": "export.pkl", "bf16": "export.pkl", **ONNX_FILES}
-
 
 def bundle_models(models_dir: Path, engine: str) -> list[Path]:
     """The model files, for ``engine``, of the one experiment under a bundle's ``models`` folder
     (``<exp>/fold<K>/<file>``, at any depth: an unpacked archive may add a level)."""
-    models = sorted(Path(models_dir).rglob(f"fold*/{MODEL_FILES[engine]}"))
-    experiments = sorted({p.parent.parent for p in models})
+    experiments = sorted({p.parent.parent for p in Path(models_dir).rglob(f"fold*/{MODEL_FILES[engine]}")})
     if len(experiments) != 1:
         raise UserError(f"{models_dir}: expected the trained folds of one experiment with {MODEL_FILES[engine]} "
                         f"files (the {engine} engine), found {len(experiments)} experiments")
-    return models
-
-
-def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
-    """The batch as the model sees it at test time: as is, and with ``tta`` flipped left-right and upside-down
-    (the same views as :class:`~retinopathy.training.callbacks.FlipInput` at prediction)."""
-    return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
+    return models_in_folder(experiments[0], engine)
 
 
 def grade_batches(grader: Grader, paths: list[str], tta: bool, batch: int = 32, progress=None) -> np.ndarray:
     """Fold- and view-averaged outputs for prepared images on disk, ``batch`` at a time."""
     outputs = []
     for start in range(0, len(paths), batch):
-        images = read_prepared(paths[start:start + batch])
-        views = tta_views(images, tta)
-        outputs.append(np.mean([run(np.ascontiguousarray(v)) for run in grader.runners for v in views], axis=0))
+        outputs.append(grader.batch_outputs(read_prepared(paths[start:start + batch]), tta))
         if progress:
             progress(min(start + batch, len(paths)), len(paths))
     return np.concatenate(outputs) if outputs else np.zeros((0, 1 if grader.regression else 5), np.float32)
@@ -87,8 +73,7 @@ def predict_offline(models_dir: Path, competition_dir: Path, output_dir: Path, e
     predictions = TestPredictions(list(sample_ids), ids, outputs, len(grader.runners))
     grades = grader.rule.grades(outputs, ids)
     return write_submission(experiment, predictions, grades, output_dir / "submission.csv", verbose,
-                            fingerprints=sorted({load_config(p.parent / "config.yaml").fingerprint
-                                                 for p in grader.paths}))
+                            fingerprints=sorted({c.fingerprint for c in grader.configs}))
 
 
 def seconds_per_image(grader: Grader, images: list[Path], tta: bool) -> float:
@@ -96,10 +81,7 @@ def seconds_per_image(grader: Grader, images: list[Path], tta: bool) -> float:
     if not images:
         raise UserError("no image to time the kernel with")
     start = time.perf_counter()
-    prepared = np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images])
-    for view in tta_views(prepared, tta):
-        for run in grader.runners:
-            run(np.ascontiguousarray(view))
+    grader.batch_outputs(np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images]), tta)
     return (time.perf_counter() - start) / len(images)
 
 

@@ -30,7 +30,7 @@ from ..experiment import provenance_problem, read_provenance
 from ..metrics import GRADE_NAMES, GradeRule, scalar_scores
 from ..preprocessing.fundus import prepare
 from ..preprocessing.image_io import decode_image, encode_png
-from .engines import ENGINES, ONNX_FILES, OnnxRunner
+from .engines import ENGINES, MODEL_FILES, ONNX_FILES, OnnxRunner, tta_views
 
 DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7700 x 5200; EyePACS tops out near 18 megapixels
@@ -127,7 +127,7 @@ class Grader:
         if engine not in ENGINES:
             raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
         self.paths = [Path(p).resolve() for p in model_paths]
-        configs = check_model_paths(self.paths)
+        self.configs = configs = check_model_paths(self.paths)
         first = configs[0]
         self.config = first
         self.method, self.size = first.preprocess, first.image_size
@@ -201,7 +201,12 @@ class Grader:
 
     def outputs(self, img: np.ndarray) -> np.ndarray:
         """The fold-averaged output for one prepared RGB image: probabilities (5) or a value (1)."""
-        return np.mean([run(img[None]) for run in self.runners], axis=0)[0]
+        return self.batch_outputs(img[None])[0]
+
+    def batch_outputs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Fold-averaged (and with ``tta`` view-averaged) outputs for prepared images (N, H, W, 3)."""
+        return np.mean([run(np.ascontiguousarray(view)) for run in self.runners for view in tta_views(images, tta)],
+                       axis=0)
 
     def explanation(self, img: np.ndarray, grade: int) -> tuple[bytes, str]:
         """The Grad-CAM overlay of a prepared image for ``grade``, averaged over the folds, as PNG; or, where the
@@ -247,9 +252,7 @@ def app_from_environment():
 def models_in_folder(folder: Path, engine: str) -> list[Path]:
     """The trained folds in an experiment's folder (``fold<K>/``), as the files ``engine`` runs from: what a
     container mounts at ``/models``."""
-    from .engines import ONNX_FILES
-
-    name = ONNX_FILES.get(engine, "export.pkl")
+    name = MODEL_FILES[engine]
     found = sorted(Path(folder).glob(f"fold*/{name}"))
     if not found:
         raise UserError(f"{folder}: no fold*/{name} for the {engine} engine (mount or copy an experiment's folder, "

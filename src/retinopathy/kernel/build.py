@@ -93,12 +93,11 @@ def build_wheels(dest: Path, engine: str) -> list[str]:
     return ["retinopathy", *extra]
 
 
-def _copy_models(experiment: Experiment, dest: Path, engine: str) -> list[int]:
+def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[int]) -> None:
     """The trained folds' model files (for ``engine``), configs, fingerprints and the tuning, as laid out in
     ``models/<exp>/``."""
-    from ..inference.offline import MODEL_FILES
+    from ..inference.engines import MODEL_FILES
 
-    folds = experiment.check_exports()
     out = dest / experiment.config.name
     for fold in folds:
         source = experiment.fold_dir(fold)
@@ -113,10 +112,9 @@ def _copy_models(experiment: Experiment, dest: Path, engine: str) -> list[int]:
     if tuning.is_file():
         shutil.copy2(tuning, out / "tuning.json")
     shutil.copy2(experiment.dir / "config.yaml", out / "config.yaml")
-    return folds
 
 
-def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path) -> tuple[list[str], list[int]]:
+def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path, folds: list[int]) -> list[str]:
     """The dataset folder: metadata, wheels, models and the bundle's mark. Built beside ``dest`` and swapped in
     whole, so an interrupted build never leaves half a dataset to push."""
     building = dest.with_name(dest.name + ".building")
@@ -129,7 +127,7 @@ def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path)
          "description": f"Trained folds of the retinopathy experiment '{experiment.config.name}' and the wheels to "
                         "install the library offline; made by `retinopathy kernel`."}, indent=1))
     packages = build_wheels(building / "wheels", engine)
-    folds = _copy_models(experiment, building / "models", engine)
+    _copy_models(experiment, building / "models", engine, folds)
     write_text(building / BUNDLE_MARK, json.dumps(
         {"experiment": experiment.config.name, "competition": experiment.competition.slug, "engine": engine,
          "folds": folds, "fingerprint": experiment.config.fingerprint, "packages": packages,
@@ -138,7 +136,7 @@ def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path)
     if dest.exists():
         shutil.rmtree(dest)
     building.rename(dest)
-    return packages, folds
+    return packages
 
 
 def kernel_source(competition: str, dataset: str, engine: str, packages: list[str]) -> str:
@@ -169,10 +167,11 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
     return dest
 
 
-def measure_speed(experiment: Experiment, engine: str, n_images: int = 16) -> float | None:
+def measure_speed(experiment: Experiment, engine: str, folds: list[int], n_images: int = 16) -> float | None:
     """Seconds per test image of the kernel's work (decode, prepare, every fold, TTA) on this machine's CPU,
     timed on up to ``n_images`` of the competition's images; None where there are none."""
-    from ..inference.offline import MODEL_FILES, seconds_per_image
+    from ..inference.engines import MODEL_FILES
+    from ..inference.offline import seconds_per_image
     from ..inference.serve import Grader
 
     competition, raw = experiment.competition, experiment.raw_dir
@@ -180,14 +179,14 @@ def measure_speed(experiment: Experiment, engine: str, n_images: int = 16) -> fl
         sorted((raw / competition.train_images).glob(f"*{competition.image_suffix}"))[:n_images]
     if not images:
         return None
-    grader = Grader([experiment.fold_dir(k) / MODEL_FILES[engine] for k in experiment.trained_folds()],
-                    engine=engine)
+    grader = Grader([experiment.fold_dir(k) / MODEL_FILES[engine] for k in folds], engine=engine,
+                    any_export=True)  # the folds were checked before the build
     seconds_per_image(grader, images[:2], experiment.config.tta)  # the first call pays for lazy initialisation
     return seconds_per_image(grader, images, experiment.config.tta)
 
 
 def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: bool = False,
-                 root: Path = Path("kaggle"), measure: bool = True) -> KernelBuild:
+                 root: Path = Path("kaggle"), measure: bool = True, any_export: bool = False) -> KernelBuild:
     """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition."""
     check_ref(dataset, "dataset")
     check_ref(kernel, "kernel")
@@ -196,10 +195,11 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
                         "CSV that scripts/predict.py writes")
     if engine not in ENGINE_PACKAGES:
         raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINE_PACKAGES)}")
+    folds = experiment.check_exports(any_export=any_export)  # before anything is built
     base = root / experiment.config.name
-    packages, folds = write_dataset(experiment, dataset, engine, base / "dataset")
+    packages = write_dataset(experiment, dataset, engine, base / "dataset", folds)
     write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
-    per_image = measure_speed(experiment, engine) if measure else None
+    per_image = measure_speed(experiment, engine, folds) if measure else None
     return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image)
 
 

@@ -15,20 +15,22 @@ from ..inference.submission import validate_submission
 from .build import KernelBuild
 
 #: the states after which a kernel session does nothing more
-FINISHED = ("COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")
+KERNEL_ENDED = ("COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")
+#: the states after which Kaggle does nothing more with an uploaded dataset version
+DATASET_ENDED = ("READY", "FAILED", "DELETED")
 
 
 def _status_name(status) -> str:
     return getattr(status, "name", str(status)).upper().rpartition(".")[2]
 
 
-def _wait(what: str, check, poll: float, timeout: float, echo) -> str:
-    """Call ``check`` (→ status name) every ``poll`` seconds until it says the work finished; one progress line
-    per check."""
+def _wait(what: str, check, ended: tuple[str, ...], poll: float, timeout: float, echo) -> str:
+    """Call ``check`` (→ status name) every ``poll`` seconds until it names one of the ``ended`` states; one
+    progress line per check."""
     start = time.time()
     while True:
         status = check()
-        if status in FINISHED or status == "READY":
+        if status in ended:
             return status
         if time.time() - start > timeout:
             raise UserError(f"{what} still {status.lower()} after {timeout:.0f}s: check it on kaggle.com, or run "
@@ -40,15 +42,17 @@ def _wait(what: str, check, poll: float, timeout: float, echo) -> str:
 def upload_dataset(api, build: KernelBuild, notes: str, poll: float, timeout: float, echo=print) -> str:
     """Create the dataset, or a new version where it exists; wait until Kaggle has processed it. Returns
     "created" or "new version"."""
+    import requests
+
     ref = build.dataset
-    try:
-        with kaggle_errors(ref, "dataset"):
+    with kaggle_errors(ref, "dataset"):
+        try:
             api.dataset_status(ref)
-        exists = True
-    except UserError as e:
-        if "404" not in str(e):
-            raise
-        exists = False
+            exists = True
+        except requests.exceptions.HTTPError as e:
+            if getattr(e.response, "status_code", None) != 404:  # a new dataset answers 404; anything else is said
+                raise
+            exists = False
     with kaggle_errors(ref, "dataset upload"):  # folders (wheels/, models/) travel as zip archives
         if exists:
             response = api.dataset_create_version(str(build.dataset_dir), notes, quiet=True, dir_mode="zip")
@@ -64,7 +68,7 @@ def upload_dataset(api, build: KernelBuild, notes: str, poll: float, timeout: fl
         with kaggle_errors(ref, "dataset status"):
             return _status_name(api.dataset_status(ref))
 
-    status = _wait(f"dataset {ref}", check, poll, timeout, echo)
+    status = _wait(f"dataset {ref}", check, DATASET_ENDED, poll, timeout, echo)
     if status != "READY":
         raise UserError(f"Kaggle could not process the dataset {ref} (status {status.lower()}): see "
                         f"https://www.kaggle.com/datasets/{ref}")
@@ -100,7 +104,7 @@ def wait_for_kernel(api, kernel: str, poll: float, timeout: float, echo=print) -
         failure["message"] = getattr(response, "failure_message", "") or ""
         return _status_name(response.status)
 
-    status = _wait(f"kernel {kernel}", check, poll, timeout, echo)
+    status = _wait(f"kernel {kernel}", check, KERNEL_ENDED, poll, timeout, echo)
     if status != "COMPLETE":
         message = " ".join(failure["message"].split())[:300] or "no message"
         raise UserError(f"kernel {kernel} ended with {status.lower()}: {message} (its log: "
