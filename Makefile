@@ -24,8 +24,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/run_pipeline.py
 
+# One worker per core, each test file on one worker (so a file's fixtures are built once), one thread per worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadscope
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "recipe"
 APTOS = REPO.parent / "shared" / "data" / "aptos2019-224"
 
-#: the ablation: one of our choices at a time moved toward the script's (config overrides of our recipe)
+#: the ablation: one of our choices at a time moved toward the script's (config overrides of our recipe); a row
+#: whose first item is ``config=<name>`` starts from that shipped config instead of aptos_cpu
 ROWS = {
     "ours": [],
     "whole image + mask (no eye crop)": ["preprocess=none"],
@@ -34,6 +35,7 @@ ROWS = {
     "batch augmentation instead of per item": ["augment_on=batch"],
     "ps 0.5 instead of 0.25": ["ps=0.5"],
     "lr 1e-3 instead of 3e-3": ["lr=1e-3"],
+    "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained)": ["config=aptos_cpu_pretrained"],
 }
 
 
@@ -112,8 +114,10 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     from retinopathy.paths import Paths
     from retinopathy.pipeline import run_pipeline
 
-    config = load_config("aptos_cpu", [f"raw_dir={root}", f"image_size={size}", f"epochs={epochs}", f"arch={arch}",
-                                       "tta=false", f"name={name}", *overrides])
+    base = overrides[0].split("=", 1)[1] if overrides[:1] and overrides[0].startswith("config=") else "aptos_cpu"
+    overrides = [o for o in overrides if not o.startswith("config=")]
+    same_compute = [f"image_size={size}", f"epochs={epochs}"] + ([f"arch={arch}"] if base == "aptos_cpu" else [])
+    config = load_config(base, [f"raw_dir={root}", *same_compute, "tta=false", f"name={name}", *overrides])
     paths = Paths(data=OUT / "data", output=OUT)
     with contextlib.redirect_stdout(io.StringIO()):
         run_pipeline(config, paths, folds=[0])

@@ -188,7 +188,7 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["demo", "aptos_cpu"])
     p.add_argument("--raw-dir", type=Path, help="data for configs that do not synthesize their own "
                                                 "(default: ../shared/data/aptos2019-224)")
-    p.add_argument("--steps", type=int, default=12, help="batches timed in each measurement (default 12)")
+    p.add_argument("--steps", type=int, default=40, help="batches timed in each measurement (default 40)")
     p.add_argument("--workers", type=int, nargs="+", help="loader worker counts (default 0..cores)")
     p.add_argument("--out", type=Path, default=OUT, help=f"where data and models go (default {OUT})")
     p.add_argument("overrides", nargs="*", metavar="key=value")

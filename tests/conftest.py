@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the scripts it starts compute on one
+# thread: two workers of two threads each on two cores only fight over them. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 from retinopathy.data.synthetic import make_competition
 from runtimes import runtime_without_library  # noqa: F401 - a helper the tests import from here
 

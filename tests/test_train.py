@@ -174,3 +174,32 @@ def test_batch_augmentation_changes_training_batches_only(tiny_aptos, tmp_path):
     vp, vyp = plain.valid.one_batch()
     # untouched, up to the float round trip (logit / HSV and back, ~3e-5) of fastai's lighting transforms
     assert torch.allclose(va, vp, atol=1e-4) and torch.equal(vya, vyp), "validation batches are untouched"
+
+
+def test_images_are_decoded_once_and_exports_carry_none(tiny_aptos, tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    from retinopathy.data.folds import training_table
+    from retinopathy.training import dataloaders
+
+    config = debug_config(tiny_aptos, "cache", "augment=false", "balance=none")
+    experiment = Experiment(config, Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    make_folds(experiment, verbose=False)
+    table = training_table(experiment)
+    made, original = [], dataloaders.CachedImages
+    monkeypatch.setattr(dataloaders, "CachedImages", type("Recorded", (original,), {
+        "__init__": lambda self, *a: (original.__init__(self, *a), made.append(self))[0]}))
+    cached = dataloaders.build_dataloaders(table, experiment, 0)
+    assert set(made[0].images) == set(table["path"]), "every image decoded once, up front"
+    monkeypatch.setattr(dataloaders, "CACHE_BYTES", 0)
+    from_disk = dataloaders.build_dataloaders(table, experiment, 0)
+    assert not made[1].images, "over the budget, images are read from disk"
+    for a, b in ((cached.train, from_disk.train), (cached.valid, from_disk.valid)):
+        (xa, ya), (xb, yb) = a.new(shuffle=False).one_batch(), b.new(shuffle=False).one_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb), "the cache serves exactly what the files hold"
+    monkeypatch.undo()
+    assert pickle.loads(pickle.dumps(original(table["path"], 32))).images == {}, \
+        "an exported learner pickles no images"

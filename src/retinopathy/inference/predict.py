@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..data.competitions import read_test_ids
 from ..data.folds import TEST_OUTPUTS
@@ -26,7 +27,8 @@ def predict_items(learn, items: pd.DataFrame, tta: bool = False) -> np.ndarray:
     outputs = []
     for dims in views:
         cbs = [FlipInput(dims)] if dims else None
-        preds, _ = learn.get_preds(dl=dl, cbs=cbs)
+        with learn.no_bar():  # fastai's bar garbles logs; the caller shows progress by fold
+            preds, _ = learn.get_preds(dl=dl, cbs=cbs)
         outputs.append(preds.float().numpy())
     out = np.mean(outputs, axis=0)
     return out.reshape(len(items), -1)
@@ -54,7 +56,8 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True) -> TestPr
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")]
     test = test.set_index("id").reindex([i for i in sample_ids if i in set(test["id"])]).reset_index()
     learners = load_fold_learners(experiment)
-    outputs = [predict_items(learn, test[["id", "path"]], tta=experiment.config.tta) for learn in learners.values()]
+    folds = tqdm(learners.values(), desc=f"predict {len(test)} test images", unit="fold", disable=not verbose)
+    outputs = [predict_items(learn, test[["id", "path"]], tta=experiment.config.tta) for learn in folds]
     return TestPredictions(list(sample_ids), test["id"].tolist(), np.mean(outputs, axis=0), len(learners))
 
 

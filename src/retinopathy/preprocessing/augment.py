@@ -15,7 +15,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
-from fastai.vision.all import PILImage, Transform
+import torch
+from fastai.vision.all import PILImage, TensorImage, Transform
 
 
 def fundus_augmentations(seed: int | None = None) -> A.Compose:
@@ -31,7 +32,8 @@ def fundus_augmentations(seed: int | None = None) -> A.Compose:
 
 
 class AlbumentationsTransform(Transform):
-    """Apply an albumentations pipeline to training images only (``split_idx = 0``)."""
+    """Apply an albumentations pipeline to training images only (``split_idx = 0``); the result is already the
+    uint8 channels-first tensor fastai's ``ToTensor`` would make, skipping a round trip through PIL."""
 
     split_idx = 0
     order = 2  # after the image is loaded, before it becomes a tensor
@@ -40,5 +42,6 @@ class AlbumentationsTransform(Transform):
         super().__init__()
         self.augmentations = augmentations or fundus_augmentations(seed)
 
-    def encodes(self, img: PILImage) -> PILImage:
-        return PILImage.create(self.augmentations(image=np.asarray(img))["image"])
+    def encodes(self, img: PILImage) -> TensorImage:
+        augmented = np.ascontiguousarray(self.augmentations(image=np.array(img))["image"])  # a writable copy
+        return TensorImage(torch.from_numpy(augmented).permute(2, 0, 1))
