@@ -10,6 +10,7 @@ the loader keeps up and training runs at the network's own speed; well below it,
 
   python benchmarks/throughput.py                                  # demo and aptos_cpu (on ../shared's APTOS)
   python benchmarks/throughput.py --configs debug --steps 4        # what the tests run
+  python benchmarks/throughput.py --configs demo --compile         # torch.compile beside eager, for the network
   python benchmarks/throughput.py --configs aptos_gpu --raw-dir /data/aptos2019   # on a GPU box
 """
 
@@ -74,9 +75,10 @@ def learner(experiment):
     return build_learner(dls, experiment, OUT / "models" / experiment.config.name)
 
 
-def model_rate(experiment, steps: int, channels_last: bool | None = None) -> tuple[float, str]:
+def model_rate(experiment, steps: int, channels_last: bool | None = None, compiled: bool = False
+               ) -> tuple[float, str]:
     """Images per second of forward + backward + optimizer step alone, at the config's precision; returns the rate
-    and a word on the precision and memory format used."""
+    and a word on the precision and memory format used (and, ``compiled``, the seconds ``torch.compile`` took)."""
     import torch
     from retinopathy.training.callbacks import CPUBFloat16
 
@@ -92,6 +94,7 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None) -> tup
     model.to(memory_format=fmt)
     learn.create_opt()
     opt = learn.opt
+    forward = torch.compile(model) if compiled else model
     x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, device=device).to(memory_format=fmt)
     y = (torch.rand(config.batch_size, 1, device=device) * 4 if config.head == "regression"
          else torch.randint(0, 5, (config.batch_size,), device=device))
@@ -101,7 +104,7 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None) -> tup
 
     def step():
         with autocast:
-            loss = learn.loss_func(model(x), y)
+            loss = learn.loss_func(forward(x), y)
         if scaler:
             scaler.scale(loss).backward()
             scaler.step(opt.opt if hasattr(opt, "opt") else opt)
@@ -111,10 +114,12 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None) -> tup
             opt.step()
         opt.zero_grad()
 
+    warm_up = time.perf_counter()
     for _ in range(2):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
+    warm_up = time.perf_counter() - warm_up
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -122,7 +127,8 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None) -> tup
         torch.cuda.synchronize()
     precision = "bf16" if bf16 else "fp16" if fp16 else "float32"
     return steps * config.batch_size / (time.perf_counter() - start), \
-        f"{precision}, {'channels-last' if channels_last else 'contiguous'}"
+        f"{precision}, {'channels-last' if channels_last else 'contiguous'}" + \
+        (f", torch.compile, compiled and warmed up in {warm_up:.0f} s" if compiled else "")
 
 
 def training_rate(experiment, batches: int) -> float:
@@ -190,6 +196,7 @@ def main() -> None:
                                                 "(default: ../shared/data/aptos2019-224)")
     p.add_argument("--steps", type=int, default=40, help="batches timed in each measurement (default 40)")
     p.add_argument("--workers", type=int, nargs="+", help="loader worker counts (default 0..cores)")
+    p.add_argument("--compile", action="store_true", help="also time the network alone under torch.compile")
     p.add_argument("--out", type=Path, default=OUT, help=f"where data and models go (default {OUT})")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
@@ -214,6 +221,9 @@ def main() -> None:
         if not torch.cuda.is_available() and how.startswith("float32"):
             other, how2 = model_rate(experiment, args.steps, channels_last="contiguous" in how)
             print(f"  model alone ({how2}): {other:8.1f} images/s ({other / model:.2f}x)", flush=True)
+        if args.compile:
+            fast, how3 = model_rate(experiment, args.steps, channels_last="channels-last" in how, compiled=True)
+            print(f"  model alone ({how3}): {fast:8.1f} images/s ({fast / model:.2f}x)", flush=True)
         train = training_rate(experiment, args.steps)
         print(f"  training steps: {train:8.1f} images/s", flush=True)
         if c.augment:
