@@ -40,6 +40,7 @@ ROWS = {
     "lr 1e-3 instead of 3e-3": [*OLD, "lr=1e-3"],
     "the old one again, another seed (folds and initialisation): the run-to-run spread": [*OLD, "seed=7"],
     "all three of the script's training choices (MSE, ps 0.5, batch augmentation): the new aptos_cpu": [],
+    "the new one again, another seed": ["seed=7"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained)": ["config=aptos_cpu_pretrained"],
 }
 
