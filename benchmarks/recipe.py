@@ -30,7 +30,7 @@ APTOS = REPO.parent / "shared" / "data" / "aptos2019-224"
 OLD = ["regression_loss=smooth_l1", "ps=0.25", "augment_on=item"]
 
 #: the ablation: one of the old recipe's choices at a time moved toward the script's (config overrides of
-#: aptos_cpu); a row whose first item is ``config=<name>`` starts from that shipped config instead
+#: aptos_cpu); a row with an item ``config=<name>`` starts from that shipped config instead
 ROWS = {
     "ours, the old aptos_cpu": OLD,
     "whole image + mask (no eye crop)": [*OLD, "preprocess=none"],
@@ -120,7 +120,7 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     from retinopathy.paths import Paths
     from retinopathy.pipeline import run_pipeline
 
-    base = overrides[0].split("=", 1)[1] if overrides[:1] and overrides[0].startswith("config=") else "aptos_cpu"
+    base = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")), "aptos_cpu")
     overrides = [o for o in overrides if not o.startswith("config=")]
     same_compute = [f"image_size={size}", f"epochs={epochs}"] + ([f"arch={arch}"] if base == "aptos_cpu" else [])
     config = load_config(base, [f"raw_dir={root}", *same_compute, "tta=false", f"name={name}", *overrides])

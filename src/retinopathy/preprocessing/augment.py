@@ -36,7 +36,7 @@ class AlbumentationsTransform(Transform):
     uint8 channels-first tensor fastai's ``ToTensor`` would make, skipping a round trip through PIL."""
 
     split_idx = 0
-    order = 2  # after the image is loaded, before it becomes a tensor
+    order = 2  # after the image is loaded; fastai's ToTensor (order 5) leaves the tensor it returns alone
 
     def __init__(self, augmentations: A.Compose | None = None, seed: int | None = None):
         super().__init__()

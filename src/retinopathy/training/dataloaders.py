@@ -33,7 +33,7 @@ class CachedImages:
     table's images fit in :data:`CACHE_BYTES`; otherwise (and in an exported learner, which pickles without its
     images) the path, decoded by fastai as usual. Decoding was a third of the demo loader's time per image."""
 
-    def __init__(self, paths=(), image_size: int = 0):
+    def __init__(self, paths, image_size: int):
         from fastai.vision.all import PILImage
 
         paths = list(dict.fromkeys(paths))
