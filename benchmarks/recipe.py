@@ -116,7 +116,7 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, size: int, epochs: int, 
 
 
 def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: str, overrides: list[str],
-                 name: str, whole: bool = False) -> dict:
+                 name: str, whole: bool = False, tta: bool = False) -> dict:
     """Our recipe (configs/aptos_cpu.yaml at this size and epochs), fold 0 only, predicting the held-out images;
     ``whole``: every fold from a fresh data folder, the fold ensemble predicting, and the pooled OOF QWK too."""
     import contextlib
@@ -133,7 +133,7 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     base = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")), "aptos_cpu")
     overrides = [o for o in overrides if not o.startswith("config=")]
     same_compute = [f"image_size={size}", f"epochs={epochs}"] + ([f"arch={arch}"] if base == "aptos_cpu" else [])
-    config = load_config(base, [f"raw_dir={root}", *same_compute, "tta=false", f"name={name}", *overrides])
+    config = load_config(base, [f"raw_dir={root}", *same_compute, f"tta={str(tta).lower()}", f"name={name}", *overrides])
     paths = Paths(data=OUT / (f"data-{name}" if whole else "data"), output=OUT)
     experiment = Experiment(config, paths)
     if whole:  # timed from nothing: no preprocessed images, folds or models of an earlier run are reused
@@ -159,11 +159,14 @@ def main() -> None:
     p.add_argument("--whole", nargs="*", metavar="key=value",
                    help="our rows run the whole pipeline (every fold, timed from a fresh data folder) with these "
                         "extra overrides, e.g. n_folds=3")
+    p.add_argument("--tta", action="store_true", help="our rows predict the held-out images with flips too (a "
+                   "trained row is not trained again: TTA is a runtime setting)")
     args = p.parse_args()
     train, test = held_out_split()
     root = competition_folder(train, test)
-    print(f"APTOS: {len(train)} training images, {len(test)} held out; {args.arch} from scratch, {args.size} px, "
-          f"{args.epochs} epochs, one model per row")
+    print(f"APTOS: {len(train)} training images, {len(test)} held out; {args.size} px, {args.epochs} epochs; "
+          f"{args.arch} from scratch unless the row names another config; "
+          + ("the whole pipeline per row" if args.whole is not None else "one model per row"))
     wanted = args.rows or ["script", *ROWS]
     rows = []
     for row in ["script", *ROWS]:
@@ -176,7 +179,7 @@ def main() -> None:
             slug = "recipe-" + "".join(c if c.isalnum() else "-" for c in row)[:40]
             whole = args.whole is not None
             result = our_pipeline(root, test, args.size, args.epochs, args.arch, ROWS[row] + (args.whole or []),
-                                  slug + ("-whole" if whole else ""), whole)
+                                  slug + ("-whole" if whole else ""), whole, args.tta)
         minutes = (time.time() - start) / 60
         cv = "" if args.whole is None else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}"
                                             if "cv" in result else " | (its own split only)")
