@@ -16,12 +16,16 @@ from ..io import write_csv
 from ..errors import UserError
 from ..experiment import Experiment, load_learner_quietly
 from ..training.callbacks import FlipInput
+from ..training.models import cpu_prefers_channels_last
 from .submission import TestPredictions, write_submission
 from .tuning import read_rule
 
 
-def predict_items(learn, items: pd.DataFrame, tta: bool = False) -> np.ndarray:
-    """One learner's outputs on rows with a ``path`` column: probabilities (n × 5) or values (n × 1)."""
+def predict_items(learn, items: pd.DataFrame, tta: bool = False, channels_last: bool = False) -> np.ndarray:
+    """One learner's outputs on rows with a ``path`` column: probabilities (n × 5) or values (n × 1);
+    ``channels_last`` runs the network in that memory layout (the same outputs, faster on a CPU from 128 px)."""
+    if channels_last:
+        learn.model = learn.model.to(memory_format=torch.channels_last)
     dl = learn.dls.test_dl(items, bs=64, num_workers=0)
     views = [None, (-1,), (-2,)] if tta else [None]
     outputs = []
@@ -57,7 +61,8 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True) -> TestPr
     test = test.set_index("id").reindex([i for i in sample_ids if i in set(test["id"])]).reset_index()
     learners = load_fold_learners(experiment)
     folds = tqdm(learners.values(), desc=f"predict {len(test)} test images", unit="fold", disable=not verbose)
-    outputs = [predict_items(learn, test[["id", "path"]], tta=experiment.config.tta) for learn in folds]
+    channels_last = cpu_prefers_channels_last(experiment.config.image_size)
+    outputs = [predict_items(learn, test[["id", "path"]], experiment.config.tta, channels_last) for learn in folds]
     return TestPredictions(list(sample_ids), test["id"].tolist(), np.mean(outputs, axis=0), len(learners))
 
 
