@@ -55,6 +55,8 @@ ROWS = {
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
     "pretrained + raw colour (eye crop, no Ben)": [*FIRST_PRETRAINED, "preprocess=crop"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained: the body at 1e-3)": ["config=aptos_cpu_pretrained"],
+    "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
+                                                                               "lr_min=0"],
 }
 
 
@@ -154,8 +156,24 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     plain = GradeRule.plain(config.head).grades(outputs, ids)
     tuned = read_rule(experiment).grades(outputs, ids)
     tuning = json.loads((experiment.dir / "tuning.json").read_text())
-    return {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(tuned, truth),
-            "cv": tuning["oof_qwk"], "cv_tuned": tuning["oof_qwk_tuned"], "n": tuning["n"]}
+    result = {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(tuned, truth),
+              "cv": tuning["oof_qwk"], "cv_tuned": tuning["oof_qwk_tuned"], "n": tuning["n"]}
+    if whole:  # what the ensemble adds: each fold alone on the held-out images (no flips), tuned thresholds
+        result["folds"] = [quadratic_kappa(read_rule(experiment).grades(fold_outputs, ids), truth)
+                           for fold_outputs in each_fold_on(experiment, ids)]
+    return result
+
+
+def each_fold_on(experiment, ids: list[str]) -> list[np.ndarray]:
+    """Every trained fold's outputs, alone, on these test images."""
+    from retinopathy.inference.predict import load_fold_learners, predict_items
+    from retinopathy.training.models import cpu_prefers_channels_last
+
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False).set_index("id")
+    items = manifest.loc[ids, ["path"]].reset_index()
+    channels_last = cpu_prefers_channels_last(experiment.config.image_size)
+    return [predict_items(learn, items, channels_last=channels_last)
+            for learn in load_fold_learners(experiment).values()]
 
 
 def main() -> None:
@@ -189,11 +207,12 @@ def main() -> None:
             result = our_pipeline(root, test, args.size, args.epochs, args.arch, ROWS[row] + (args.whole or []),
                                   slug + ("-whole" if whole else ""), whole, args.tta)
         minutes = (time.time() - start) / 60
-        cv = "" if args.whole is None else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}"
+        cv = "" if args.whole is None else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
+                                            f"each fold alone {', '.join(f'{q:.3f}' for q in result['folds'])}"
                                             if "cv" in result else " | (its own split only)")
         rows.append(f"| {row} | {result['qwk']:.3f} | {result['tuned']:.3f}{cv} | {minutes:.1f} |")
         print(rows[-1], flush=True)
-    whole = " | pooled OOF CV QWK / tuned" if args.whole is not None else ""
+    whole = " | pooled OOF CV QWK / tuned; held-out tuned per fold" if args.whole is not None else ""
     print(f"\n| row ({args.size} px, {args.epochs} epochs) | held-out QWK | tuned thresholds{whole} | minutes |")
     print("|---|---|---|---|" + ("---|" if whole else ""))
     print("\n".join(rows))
