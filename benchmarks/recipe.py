@@ -20,7 +20,6 @@ with its tuned thresholds, and its minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -131,7 +130,6 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     from retinopathy.config import load_config
     from retinopathy.experiment import Experiment
     from retinopathy.data.folds import TEST_OUTPUTS
-    from retinopathy.inference.tuning import read_rule
     from retinopathy.metrics import GradeRule, quadratic_kappa
     from retinopathy.paths import Paths
     from retinopathy.pipeline import run_pipeline
@@ -154,13 +152,12 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     ids, outputs = written["id"].tolist(), written.drop(columns="id").to_numpy()
     truth = test.set_index("id_code").loc[ids, "diagnosis"].to_numpy()
     plain = GradeRule.plain(config.head).grades(outputs, ids)
-    tuned = read_rule(experiment).grades(outputs, ids)
-    tuning = json.loads((experiment.dir / "tuning.json").read_text())
-    result = {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(tuned, truth),
-              "cv": tuning["oof_qwk"], "cv_tuned": tuning["oof_qwk_tuned"], "n": tuning["n"],
+    rule = pipeline.rule  # tuned on the OOF predictions, with their QWK before and after (tuning.json)
+    result = {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(rule.grades(outputs, ids), truth),
+              "cv": rule.extra["oof_qwk"], "cv_tuned": rule.extra["oof_qwk_tuned"], "n": rule.extra["n"],
               "seconds": pipeline.seconds}  # the pipeline's own time, not this benchmark's scoring below
     if whole:  # what the ensemble adds: each fold alone on the held-out images (no flips), tuned thresholds
-        result["folds"] = [quadratic_kappa(read_rule(experiment).grades(fold_outputs, ids), truth)
+        result["folds"] = [quadratic_kappa(rule.grades(fold_outputs, ids), truth)
                            for fold_outputs in each_fold_on(experiment, ids)]
     return result
 
@@ -191,9 +188,10 @@ def main() -> None:
     args = p.parse_args()
     train, test = held_out_split()
     root = competition_folder(train, test)
+    whole = args.whole is not None
     print(f"APTOS: {len(train)} training images, {len(test)} held out; {args.size} px, {args.epochs} epochs; "
           f"{args.arch} from scratch unless the row names another config; "
-          + ("the whole pipeline per row" if args.whole is not None else "one model per row"))
+          + ("the whole pipeline per row" if whole else "one model per row"))
     wanted = args.rows or ["script", *ROWS]
     rows = []
     for row in ["script", *ROWS]:
@@ -204,17 +202,16 @@ def main() -> None:
             result = the_script(train, test, args.size, args.epochs, args.arch)
         else:
             slug = "recipe-" + "".join(c if c.isalnum() else "-" for c in row)[:40]
-            whole = args.whole is not None
             result = our_pipeline(root, test, args.size, args.epochs, args.arch, ROWS[row] + (args.whole or []),
                                   slug + ("-whole" if whole else ""), whole, args.tta)
         minutes = result.get("seconds", time.time() - start) / 60
-        cv = "" if args.whole is None else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
+        cv = "" if not whole else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
                                             f"each fold alone {', '.join(f'{q:.3f}' for q in result['folds'])}"
                                             if "cv" in result else " | (its own split only)")
         rows.append(f"| {row} | {result['qwk']:.3f} | {result['tuned']:.3f}{cv} | {minutes:.1f} |")
         print(rows[-1], flush=True)
-    whole = " | pooled OOF CV QWK / tuned; held-out tuned per fold" if args.whole is not None else ""
-    print(f"\n| row ({args.size} px, {args.epochs} epochs) | held-out QWK | tuned thresholds{whole} | minutes |")
+    cv_column = " | pooled OOF CV QWK / tuned; held-out tuned per fold" if whole else ""
+    print(f"\n| row ({args.size} px, {args.epochs} epochs) | held-out QWK | tuned thresholds{cv_column} | minutes |")
     print("|---|---|---|---|" + ("---|" if whole else ""))
     print("\n".join(rows))
 
