@@ -18,7 +18,7 @@ with its tuned thresholds, and its minutes.
   python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: aptos_gpu from" --whole --tta
       # on a GPU: aptos_gpu's whole pipeline from EfficientNet-Lite0's ImageNet file (--log FILE keeps its output)
   python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: the shipped"
-      # one fold of the shipped aptos_gpu's EfficientNet-B3, untrained where no hub is reachable: its time per fold
+      # one fold of the shipped aptos_gpu's EfficientNet-B3, untrained where its weights cannot be downloaded: its time per fold
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ ROWS = {
     "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "seed=7"],
     "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
                                                                                "lr_min=0"],
-    # on a GPU (--size 384 --epochs 15): the shipped aptos_gpu with the one ImageNet checkpoint a machine without a
-    # hub has, then its own EfficientNet-B3 untrained (no hub either) for the time a fold of it takes
+    # on a GPU (--size 384 --epochs 15): the shipped aptos_gpu with the one ImageNet checkpoint a machine offline
+    # has, then its own EfficientNet-B3 untrained (no download either) for the time a fold of it takes
     "GPU: aptos_gpu from EfficientNet-Lite0's file": ["config=aptos_gpu", *LITE0_FILE],
     "GPU: the shipped aptos_gpu's EfficientNet-B3, untrained (its time per fold)": ["config=aptos_gpu",
                                                                                     "pretrained=false"],
