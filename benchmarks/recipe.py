@@ -84,9 +84,10 @@ def held_out_split(data: Path, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFra
 
 def competition_folder(train: pd.DataFrame, test: pd.DataFrame, data: Path) -> Path:
     """A Kaggle-layout folder: the train part labelled, the held-out part as the test set (links, no copies)."""
-    root = OUT / "aptos-heldout"
-    if (root / "sample_submission.csv").is_file():
+    root, source = OUT / "aptos-heldout", OUT / "aptos-heldout.source"
+    if (root / "sample_submission.csv").is_file() and source.is_file() and source.read_text() == str(data.resolve()):
         return root
+    shutil.rmtree(root, ignore_errors=True)  # links into another --data folder: made again
     for split, table in (("train_images", train), ("test_images", test)):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in table["id_code"]:
@@ -96,6 +97,7 @@ def competition_folder(train: pd.DataFrame, test: pd.DataFrame, data: Path) -> P
     train.to_csv(root / "train.csv", index=False)
     test[["id_code"]].to_csv(root / "test.csv", index=False)
     test[["id_code"]].assign(diagnosis=0).to_csv(root / "sample_submission.csv", index=False)
+    source.write_text(str(data.resolve()))
     return root
 
 
