@@ -18,7 +18,8 @@ with its tuned thresholds, and its minutes.
   python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: aptos_gpu from" --whole --tta
       # on a GPU: aptos_gpu's whole pipeline from EfficientNet-Lite0's ImageNet file (--log FILE keeps its output)
   python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: the shipped"
-      # one fold of the shipped aptos_gpu's EfficientNet-B3, untrained where its weights cannot be downloaded: its time per fold
+      # one fold of the shipped aptos_gpu's EfficientNet-B3 (untrained where its weights cannot be downloaded):
+      # its time per fold
 """
 
 from __future__ import annotations
