@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from retinopathy.config import load_config
+from retinopathy.errors import UserError
 from retinopathy.inference.predict import load_fold_learners, predict_items
 from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
@@ -163,3 +164,27 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / "augmentation-debug.png") as grid:
         assert grid.size[0] > 300, "a grid of samples without, per item and per batch augmentation"
+
+
+def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path):
+    """folds_at_once=2: each fold trained by its own process, to the same predictions as one after another."""
+    experiment, first, _ = finished
+    side, result = tiny_pipeline(tiny_aptos, tmp_path, "tiny", "folds_at_once=2")
+    assert side.config.fingerprint == experiment.config.fingerprint  # a runtime setting: the same model
+    for fold in (0, 1):
+        log = (side.dir / f"train-fold{fold}.log").read_text()
+        assert f"fold {fold}: QWK" in log
+        together = pd.read_csv(side.fold_dir(fold) / "oof.csv", dtype={"id": str})
+        alone = pd.read_csv(experiment.fold_dir(fold) / "oof.csv", dtype={"id": str})
+        assert together["id"].tolist() == alone["id"].tolist()
+        probs = [f"prob_{g}" for g in range(5)]
+        assert np.allclose(together[probs].to_numpy(), alone[probs].to_numpy(), atol=1e-5)
+    assert result.cv["pooled"] == pytest.approx(first.cv["pooled"], abs=0.02)
+
+
+def test_a_fold_failing_beside_the_others_is_one_line_naming_its_log(tiny_aptos, tmp_path, capsys):
+    """A fold's process that stops (here: a weights file that is not there) ends the pipeline in one line."""
+    missing = tmp_path / "no-such-weights.pth"
+    with pytest.raises(UserError, match=r"fold \d failed beside the others: .*no-such-weights.*train-fold\d\.log"):
+        tiny_pipeline(tiny_aptos, tmp_path, "broken", "folds_at_once=2", f"pretrained_weights={missing}")
+    assert "stopped (exit 2)" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from .metrics import GradeRule, quadratic_kappa
 from .paths import Paths
 from .preprocessing.stage import preprocess
 from .reports.results import append_results, print_cv_report
-from .training.train import fold_is_done, train_fold
+from .training.train import fold_is_done, train_fold, train_side_by_side
 
 
 @dataclass
@@ -59,11 +59,17 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
     print(f"experiment '{config.name}': {experiment.competition.slug} data in {experiment.raw_dir}")
     preprocess(experiment)
     make_folds(experiment)
+    todo = []
     for fold in folds if folds is not None else range(config.n_folds):
         if fold_is_done(experiment, fold):
             print(f"fold {fold}: up to date in {experiment.fold_dir(fold)}, skipped")
-            continue
-        train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
+        else:
+            todo.append(fold)
+    if config.folds_at_once > 1 and len(todo) > 1:
+        train_side_by_side(experiment, todo)
+    else:
+        for fold in todo:
+            train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
     cv, rule, submission = report_and_predict(experiment)
     test_qwk = None
     solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers

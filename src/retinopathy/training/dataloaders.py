@@ -16,11 +16,13 @@ from .losses import class_weights
 
 
 def num_workers(config) -> int:
-    """The config's dataloader workers; -1: one per core (at most 8) on a GPU box, none on a CPU."""
+    """The config's dataloader workers; -1: one per core (at most 8) on a GPU box, none on a CPU; with
+    ``folds_at_once`` folds training side by side, each takes its share of the cores."""
     if config.num_workers >= 0:
         return config.num_workers
     # Cached PNGs at training size decode fast: on a CPU, extra worker processes only steal the model's cores.
-    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+    share = (os.cpu_count() or 1) // config.folds_at_once - 1 if config.folds_at_once > 1 else os.cpu_count() or 1
+    return min(8, max(1, share)) if torch.cuda.is_available() else 0
 
 
 #: decoded training-size images kept in memory up to this many bytes (APTOS at 128 px: 144 MB; EyePACS at 384 px,
