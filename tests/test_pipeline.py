@@ -1,5 +1,7 @@
 """The whole pipeline end to end on a tiny synthetic competition: 2 folds, 1 epoch, 32 px, CPU."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -166,10 +168,17 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
         assert grid.size[0] > 300, "a grid of samples without, per item and per batch augmentation"
 
 
-def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path):
+def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path, monkeypatch, capsys):
     """folds_at_once=2: each fold trained by its own process, to the same predictions as one after another."""
+    from retinopathy.training import train
+
     experiment, first, _ = finished
+    monkeypatch.setattr(train, "SIDE_BY_SIDE_PROGRESS_S", 0.5)
     side, result = tiny_pipeline(tiny_aptos, tmp_path, "tiny", "folds_at_once=2")
+    printed = capsys.readouterr().out
+    assert "training 2 folds (0, 1) side by side, 2 at a time" in printed
+    assert re.search(r"side by side: fold \d (starting|epoch 1/1 QWK -?\d\.\d{3})", printed)
+    assert re.search(r"^fold 0: QWK .* in \d+s", printed, re.MULTILINE)  # each fold's closing line, relayed
     assert side.config.fingerprint == experiment.config.fingerprint  # a runtime setting: the same model
     for fold in (0, 1):
         log = (side.dir / f"train-fold{fold}.log").read_text()

@@ -317,16 +317,32 @@ def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
     return folds
 
 
+#: seconds between the progress lines of folds training side by side
+SIDE_BY_SIDE_PROGRESS_S = 60.0
+
+
+def _fold_progress(experiment: Experiment, fold: int, total: int) -> str:
+    """"fold K epoch E/N QWK q" from the epochs its history.csv holds so far (fastai's CSVLogger writes a row an
+    epoch, and its header again at each fit)."""
+    lines = (experiment.fold_dir(fold) / "history.csv").read_text(errors="replace").splitlines()
+    header = lines[0].split(",") if lines else []
+    rows = [line.split(",") for line in lines if line[:1].isdigit()]
+    if not rows or "qwk" not in header:
+        return f"fold {fold} starting"
+    return f"fold {fold} epoch {len(rows)}/{total} QWK {float(rows[-1][header.index('qwk')]):.3f}"
+
+
 def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     """Train ``folds`` ``folds_at_once`` at a time, each in its own ``retinopathy train --resume`` process (one GPU
-    and the cores shared), its output in ``models/<exp>/train-fold<K>.log``; a line per fold as it finishes.
+    and the cores shared), its output in ``models/<exp>/train-fold<K>.log``; every running fold's epoch and QWK now
+    and then, and a line per fold as it finishes.
 
     One fold at a time leaves a big GPU mostly idle (small images, a loader that restarts its workers every epoch):
     on an H100, aptos_gpu's five Lite0 folds trained side by side in 3.4 min, where one after another take about 9
     (1.7-1.9 min each), and to the same models.
     The data must be preprocessed and split first (the pipeline does that)."""
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     from ..paths import DATA_DIR_ENV, OUTPUT_DIR_ENV
 
@@ -350,8 +366,18 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
         print(done[-1] if code == 0 and done else f"fold {fold}: stopped (exit {code}); see {log}", flush=True)
         return fold, code, log
 
+    total = sum(epochs for _, epochs, _ in _phases(config))
     with ThreadPoolExecutor(at_once) as pool:
-        failed = [(fold, log) for fold, code, log in pool.map(train, folds) if code != 0]
+        running = {pool.submit(train, fold): fold for fold in folds}
+        while True:  # a line of every running fold's epoch now and then: long folds are not silent
+            done, pending = wait(running, timeout=SIDE_BY_SIDE_PROGRESS_S)
+            if not pending:
+                break
+            started = [running[f] for f in pending if (experiment.fold_dir(running[f]) / "history.csv").is_file()]
+            if started:
+                print("side by side: " + " · ".join(_fold_progress(experiment, k, total) for k in sorted(started)),
+                      flush=True)
+        failed = [(fold, log) for fold, code, log in (f.result() for f in running) if code != 0]
     if failed:
         fold, log = failed[0]
         last = (log.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1]
