@@ -59,6 +59,20 @@ def test_timm_architecture_by_name(tiny_aptos, tmp_path):
     assert learn.model.eval()(x).shape == (2, 5)
 
 
+def test_timm_prefix_takes_timm_where_torchvision_has_the_name(tiny_aptos, tmp_path):
+    """arch=timm:resnet18 is timm's resnet18 (its residual branches start at zero), not torchvision's."""
+    import timm
+
+    plain = _learner(_tiny_experiment(tiny_aptos, tmp_path, "pretrained=false", "arch=resnet18"))
+    forced = _learner(_tiny_experiment(tiny_aptos, tmp_path, "pretrained=false", "arch=timm:resnet18"))
+    assert not any(isinstance(m, timm.models.resnet.ResNet) for m in plain.model.modules())
+    assert any(isinstance(m, timm.models.resnet.ResNet) for m in forced.model.modules())
+    last_norms = [b.bn2.weight for b in forced.model.modules() if isinstance(b, timm.models.resnet.BasicBlock)]
+    assert last_norms and all(float(w.abs().sum()) == 0 for w in last_norms)
+    with pytest.raises(UserError, match="unknown arch 'resnet_nope': not a timm model name"):
+        _learner(_tiny_experiment(tiny_aptos, tmp_path, "arch=timm:resnet_nope"))
+
+
 def test_unknown_architecture(tiny_aptos, tmp_path):
     experiment = _tiny_experiment(tiny_aptos, tmp_path, "arch=resnet_not_a_model")
     with pytest.raises(UserError, match="unknown arch 'resnet_not_a_model'"):

@@ -14,10 +14,17 @@ from ..metrics import GRADES, output_accuracy, output_error_rate, output_kappa
 from .losses import WeightedRegressionLoss, class_weights
 
 
+#: an arch name starting with this is timm's even where torchvision has the same name (resnet18, efficientnet_b3)
+TIMM_PREFIX = "timm:"
+
+
 def resolve_arch(name: str):
-    """A torchvision model function by name, else the name itself for fastai to build through timm."""
+    """A torchvision model function by name, else the name itself for fastai to build through timm; ``timm:<name>``
+    is timm's model (and its weights) where both libraries have the name."""
     import torchvision.models as tvm
-    fn = getattr(tvm, name, None)
+    forced = name.startswith(TIMM_PREFIX)
+    name = name.removeprefix(TIMM_PREFIX)
+    fn = None if forced else getattr(tvm, name, None)
     if callable(fn) and name.islower():
         return fn
     try:
@@ -25,8 +32,8 @@ def resolve_arch(name: str):
     except ImportError:
         raise UserError(f"arch '{name}' is not a torchvision model, and timm (for other names) is not installed: "
                         "pip install timm, or use e.g. resnet18, resnet34, resnet50, efficientnet_b0") from None
-    if not timm.list_models(name):
-        raise UserError(f"unknown arch '{name}': not a torchvision or timm model name")
+    if not (timm.list_models(name) or timm.list_models(name, pretrained=True)):  # the latter: "resnet18.a1_in1k"
+        raise UserError(f"unknown arch '{name}': not a {'' if forced else 'torchvision or '}timm model name")
     return name
 
 
