@@ -65,6 +65,8 @@ ROWS = {
     "from scratch, batch 16 (twice the steps per epoch)": ["batch_size=16"],
     "from scratch, lr 1e-2": ["lr=1e-2"],
     "from scratch, weight decay 0.1": ["wd=0.1"],
+    "from scratch, timm's resnet18 (the same network, its residual branches starting at zero)": ["arch=timm:resnet18"],
+    "from scratch, CLAHE instead of Ben (local contrast of the lesions)": ["preprocess=clahe"],
     "pretrained, the body at 1e-4 (the first aptos_cpu_pretrained)": [*FIRST_PRETRAINED],
     "pretrained + the script's MSE, ps 0.5, batch augmentation": [
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
