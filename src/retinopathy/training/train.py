@@ -324,7 +324,10 @@ SIDE_BY_SIDE_PROGRESS_S = 60.0
 def _fold_progress(experiment: Experiment, fold: int, total: int) -> str:
     """"fold K epoch E/N QWK q" from the epochs its history.csv holds so far (fastai's CSVLogger writes a row an
     epoch, and its header again at each fit)."""
-    lines = (experiment.fold_dir(fold) / "history.csv").read_text(errors="replace").splitlines()
+    try:
+        lines = (experiment.fold_dir(fold) / "history.csv").read_text(errors="replace").splitlines()
+    except OSError:  # a fresh start removes an earlier run's history
+        lines = []
     header = lines[0].split(",") if lines else []
     rows = [line.split(",") for line in lines if line[:1].isdigit()]
     if not rows or "qwk" not in header:
@@ -370,7 +373,7 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     with ThreadPoolExecutor(at_once) as pool:
         running = {pool.submit(train, fold): fold for fold in folds}
         while True:  # a line of every running fold's epoch now and then: long folds are not silent
-            done, pending = wait(running, timeout=SIDE_BY_SIDE_PROGRESS_S)
+            pending = wait(running, timeout=SIDE_BY_SIDE_PROGRESS_S).not_done
             if not pending:
                 break
             started = [running[f] for f in pending if (experiment.fold_dir(running[f]) / "history.csv").is_file()]
