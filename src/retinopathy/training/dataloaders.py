@@ -15,13 +15,18 @@ from ..metrics import GRADES
 from .losses import class_weights
 
 
+def cores_per_fold(config) -> int:
+    """The cores one fold's process may use: all of them, or an equal share with ``folds_at_once`` side by side."""
+    return max(1, (os.cpu_count() or 1) // config.folds_at_once)
+
+
 def num_workers(config) -> int:
     """The config's dataloader workers; -1: one per core (at most 8) on a GPU box, none on a CPU; with
-    ``folds_at_once`` folds training side by side, each takes its share of the cores."""
+    ``folds_at_once`` folds training side by side, its share of the cores less one for the fold's own process."""
     if config.num_workers >= 0:
         return config.num_workers
     # Cached PNGs at training size decode fast: on a CPU, extra worker processes only steal the model's cores.
-    share = (os.cpu_count() or 1) // config.folds_at_once - 1 if config.folds_at_once > 1 else os.cpu_count() or 1
+    share = cores_per_fold(config) - (1 if config.folds_at_once > 1 else 0)
     return min(8, max(1, share)) if torch.cuda.is_available() else 0
 
 

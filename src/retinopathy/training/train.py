@@ -27,7 +27,7 @@ from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..plots import plot_history, plot_lr_find
 from .callbacks import EpochOffset, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
-from .dataloaders import build_dataloaders
+from .dataloaders import build_dataloaders, cores_per_fold
 from .models import build_learner, remove_speed_callbacks
 
 
@@ -353,7 +353,7 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     at_once = min(config.folds_at_once, len(folds))
     config_file = config.save(experiment.dir / "config.yaml")  # what every process trains, exactly
     # each process's own CPU work on its share of the cores (a caller's thread setting wins)
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // at_once)), **os.environ,
+    env = {"OMP_NUM_THREADS": str(cores_per_fold(config)), **os.environ,
            DATA_DIR_ENV: str(paths.data), OUTPUT_DIR_ENV: str(paths.output)}
     print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time; each "
           f"one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
