@@ -109,6 +109,12 @@ def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
     assert history["epoch"].tolist() == [0, 1, 2] and history["qwk"].notna().all()
     assert (result.dir / "export.pkl").is_file() and not (result.dir / "checkpoints").exists()
 
+    # ... to exactly what an uninterrupted run gives: the same batches, augmentations and dropout in each epoch
+    whole = train_fold(_tiny_experiment(tiny_aptos, tmp_path / "whole", "epochs=3"), 0, verbose=False)
+    uninterrupted = pd.read_csv(whole.dir / "history.csv")
+    pd.testing.assert_frame_equal(history.drop(columns="time"), uninterrupted.drop(columns="time"))
+    pd.testing.assert_frame_equal(pd.read_csv(result.dir / "oof.csv"), pd.read_csv(whole.dir / "oof.csv"))
+
 
 def test_resume_ignores_a_checkpoint_from_another_config(tiny_aptos, tmp_path):
     from fastai.callback.core import Callback
@@ -141,12 +147,64 @@ def test_lr_find_saves_its_plot_and_can_pick_the_rate(tiny_aptos, tmp_path):
     assert suggestion != pytest.approx(experiment.config.lr)
 
 
+def test_a_resumed_run_trains_at_the_rate_lr_find_picked(tiny_aptos, tmp_path):
+    import json
+
+    from fastai.callback.core import Callback
+
+    class CtrlC(Callback):
+        order = 100
+
+        def after_epoch(self):
+            raise KeyboardInterrupt
+
+    class PeakRate(Callback):
+        def before_fit(self):
+            self.rates = [h["lr"] for h in self.opt.hypers]
+
+    experiment = _tiny_experiment(tiny_aptos, tmp_path, "lr_find=pick", "epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(experiment, 0, verbose=False, callbacks=[CtrlC()])
+    suggestion = json.loads((experiment.fold_dir(0) / "lr_find.json").read_text())["suggestion"]
+    assert suggestion != pytest.approx(experiment.config.lr)
+    peak = PeakRate()
+    result = train_fold(experiment, 0, verbose=False, resume=True, callbacks=[peak])
+    assert len(pd.read_csv(result.dir / "history.csv")) == 3, "resumed, not started again"
+    assert result.lr == pytest.approx(suggestion), "the resumed epochs follow the picked rate's schedule"
+    # the resumed fit's scheduler starts part-way through the picked rate's cycle, never the config's
+    assert max(peak.rates) <= suggestion * 1.0001 and max(peak.rates) > suggestion / 25
+
+
 def test_lr_find_plot_only_keeps_the_config_rate():
     from retinopathy.training.train import _phases
 
     plot = load_config(REPO / "configs" / "debug.yaml", ["lr_find=plot", "lr=0.004"])
     assert plot.model_settings()["lr_find"] is False, "plotting changes nothing the model is trained with"
     assert [lr for *_, lr in _phases(plot)] == [0.004]
+
+
+def test_per_item_augmentation_follows_torchs_seed():
+    """Loader workers are fresh copies of the transform every epoch, each seeded by torch: albumentations' own
+    generators must follow that seed, or every epoch and every worker would replay the same draws."""
+    import copy
+
+    import torch
+    from fastai.vision.all import PILImage
+
+    from retinopathy.preprocessing.augment import AlbumentationsTransform
+
+    image = PILImage.create(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    augment = AlbumentationsTransform(seed=0)
+
+    def draws(seed: int) -> list:  # in a worker: a copy of the transform, under torch's seed for that worker
+        worker = copy.deepcopy(augment)
+        torch.manual_seed(seed)
+        return [worker(image, split_idx=0) for _ in range(3)]  # the training split's transform
+
+    first, again, other = draws(1), draws(1), draws(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)), "the same seed draws the same augmentations"
+    assert not all(torch.equal(a, b) for a, b in zip(first, other)), "another worker's seed draws others"
+    assert not torch.equal(first[0], first[1]), "and within one seed the draws go on"
 
 
 def test_batch_augmentation_changes_training_batches_only(tiny_aptos, tmp_path):

@@ -43,5 +43,13 @@ class AlbumentationsTransform(Transform):
         self.augmentations = augmentations or fundus_augmentations(seed)
 
     def encodes(self, img: PILImage) -> TensorImage:
+        # albumentations draws from its own generators, which torch's seeding never touches: a loader worker (a fresh
+        # copy of this transform every epoch) would replay the same draws each epoch, and every worker the same
+        # ones. So the draws follow torch's seed, as fastai's own transforms do: each worker's, and in the training
+        # process each epoch's (EpochSeed), which also makes a resumed run draw what an uninterrupted one drew.
+        seed = torch.initial_seed()
+        if getattr(self, "_seeded_from", None) != seed:
+            self.augmentations.set_random_seed(seed % 2**32)
+            self._seeded_from = seed
         augmented = np.ascontiguousarray(self.augmentations(image=np.array(img))["image"])  # a writable copy
         return TensorImage(torch.from_numpy(augmented).permute(2, 0, 1))

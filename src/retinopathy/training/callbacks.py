@@ -51,18 +51,50 @@ class ResumeCheckpoint(Callback):
         model_dir = self.learn.path / self.learn.model_dir
         self.learn.save("last-partial", with_opt=True)
         os.replace(model_dir / "last-partial.pth", model_dir / "last.pth")
+        smooth = self.learn.recorder.smooth_loss  # the table's train_loss: a running average across epochs
         state = {"phase": self.phase, "epoch": self.offset + self.epoch, "best": float(self.tracker.best),
-                 "fingerprint": self.fingerprint}
+                 "fingerprint": self.fingerprint, "smooth_loss": [float(smooth.val), int(smooth.count)]}
         write_text(self.state_file, json.dumps(state, indent=1))
 
 
+class EpochSeed(Callback):
+    """Each epoch's randomness (batch order, augmentation, dropout, the loader workers' seeds) from the run's seed,
+    the phase and the epoch's number alone, so a run resumed after epoch k trains epoch k+1 exactly as an
+    uninterrupted run does (no generator state has to be saved)."""
+
+    order = -10  # before anything in the epoch draws a random number
+
+    def __init__(self, seed: int, phase: int, offset: int = 0):
+        self.seed, self.phase, self.offset = seed, phase, offset
+
+    def before_epoch(self):
+        import random
+
+        import numpy as np
+        from fastai.torch_core import set_seed
+
+        epoch_seed = int(np.random.SeedSequence([self.seed, self.phase, self.offset + self.epoch]).generate_state(1)[0])
+        set_seed(epoch_seed, reproducible=True)
+        for dl in self.dls.loaders:  # fastai's loaders shuffle with a generator of their own
+            for loader in (dl, getattr(dl, "dl", None)):  # and a distributed one's wrapped loader
+                if loader is not None and hasattr(loader, "rng"):
+                    loader.rng = random.Random(epoch_seed)
+
+
 class EpochOffset(Callback):
-    """A resumed fit counts its epochs from 0: number the printed and logged table from where it resumed."""
+    """A resumed fit counts its epochs from 0 and starts its running training loss afresh: number the printed and
+    logged table from where it resumed, and carry on the running loss from where it stopped."""
 
-    order = 51  # right after the Recorder has started the epoch's row
+    order = 51  # right after the Recorder has started the epoch's row (and reset its running loss)
 
-    def __init__(self, offset: int):
-        self.offset = offset
+    def __init__(self, offset: int, smooth_loss: tuple[float, int] | None = None):
+        self.offset, self.smooth_loss = offset, smooth_loss
+
+    def before_fit(self):
+        """The running training loss where the interrupted fit left it."""
+        if self.smooth_loss and hasattr(self.learn, "recorder"):
+            val, count = self.smooth_loss
+            self.learn.recorder.smooth_loss.val, self.learn.recorder.smooth_loss.count = torch.tensor(val), count
 
     def before_epoch(self):
         self.learn.recorder.log[0] = self.epoch + self.offset

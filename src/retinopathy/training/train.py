@@ -26,7 +26,7 @@ from ..experiment import FINGERPRINT, Experiment, write_provenance
 from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..plots import plot_history, plot_lr_find
-from .callbacks import EpochOffset, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
+from .callbacks import EpochOffset, EpochSeed, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
 from .dataloaders import build_dataloaders, cores_per_fold
 from .models import build_learner, remove_speed_callbacks
 
@@ -81,11 +81,20 @@ def _phases(config) -> list[tuple[str, int, object]]:
     return phases
 
 
+def _picked(phases: list, suggested: float, config) -> list:
+    """The phases at lr_find's suggestion: the frozen head at it, the body's rates keeping the config's ratio."""
+    ratio = config.lr / config.lr_min if config.lr_min > 0 else None
+    picked = slice(suggested / ratio, suggested) if ratio else suggested
+    return [(name, n, suggested if name == "frozen" else picked) for name, n, _ in phases]
+
+
 def _resume_state(out: Path, config) -> dict | None:
     """Where an interrupted run of this very config stopped, if it left a checkpoint."""
     state_file = out / RESUME_STATE
     if not state_file.is_file() or not (out / "checkpoints" / "last.pth").is_file():
         return None
+    if config.lr_find == "pick" and not (out / "lr_find.json").is_file():
+        return None  # the rate the interrupted part trained at is unknown: start again
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
@@ -200,9 +209,11 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         suggested = run_lr_find(learn, out, config)
         print(f"fold {fold}: lr_find suggests {suggested:.2e} → {out / 'lr_find.png'}")
         if config.lr_find == "pick":
-            ratio = config.lr / config.lr_min if config.lr_min > 0 else None
-            picked = slice(suggested / ratio, suggested) if ratio else suggested
-            phases = [(name, n, suggested if name == "frozen" else picked) for name, n, _ in phases]
+            phases = _picked(phases, suggested, config)
+    elif config.lr_find == "pick" and state is not None:
+        # A resumed run goes on at the rate its first part picked, not the config's (lr_find is not run twice: its
+        # trial steps would start from the checkpoint, not the fresh model, and pick another rate).
+        phases = _picked(phases, json.loads((out / "lr_find.json").read_text())["suggestion"], config)
 
     distributed = _distributed()
     trackers = tracker_callbacks(config, out, fold) if main_process else []
@@ -224,7 +235,8 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                     learn.load("best", with_opt=False)
                     continue
         cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, config.fingerprint),
-               *([EpochOffset(start_epoch)] if start_epoch else []), *callbacks]
+               EpochSeed(config.seed + fold, index, start_epoch),
+               *([EpochOffset(start_epoch, state.get("smooth_loss"))] if start_epoch else []), *callbacks]
         if main_process:
             cbs.insert(0, CSVLogger(fname="history.csv", append=True))
             cbs += trackers
