@@ -41,7 +41,8 @@ def lesson2(raw: Path, arch: str, size: int, epochs: int, lr: float, bs: int, se
     df["fname"] = "train_images/" + df["id_code"] + ".png"
     dls = ImageDataLoaders.from_df(df, raw, fn_col="fname", label_col="diagnosis", valid_pct=0.2, seed=seed,
                                    item_tfms=Resize(size), bs=bs, num_workers=0)
-    learn = vision_learner(dls, getattr(tvm, arch), pretrained=False, path=OUT / "lesson2")
+    body = getattr(tvm, arch, arch)  # a name torchvision lacks (aptos_cpu's resnet10t) goes to timm through fastai
+    learn = vision_learner(dls, body, pretrained=False, path=OUT / "lesson2")
     learn.fit_one_cycle(epochs, lr)
     probs, targs = learn.get_preds(dl=dls.valid)
     vocab = np.array([int(v) for v in dls.vocab])  # labels as fastai sorted them
