@@ -33,16 +33,16 @@ OUT = REPO / "benchmarks" / "out"
 
 def lesson2(raw: Path, arch: str, size: int, epochs: int, lr: float, bs: int, seed: int) -> dict:
     """fastai's lesson-2 way: a random 20% validation split, resize, cross-entropy, fit_one_cycle."""
-    import torchvision.models as tvm
     from fastai.vision.all import ImageDataLoaders, Resize, set_seed, vision_learner
+
+    from retinopathy.training.models import resolve_arch
 
     set_seed(seed, reproducible=True)
     df = pd.read_csv(raw / "train.csv")
     df["fname"] = "train_images/" + df["id_code"] + ".png"
     dls = ImageDataLoaders.from_df(df, raw, fn_col="fname", label_col="diagnosis", valid_pct=0.2, seed=seed,
                                    item_tfms=Resize(size), bs=bs, num_workers=0)
-    body = getattr(tvm, arch, arch)  # a name torchvision lacks (aptos_cpu's resnet10t) goes to timm through fastai
-    learn = vision_learner(dls, body, pretrained=False, path=OUT / "lesson2")
+    learn = vision_learner(dls, resolve_arch(arch), pretrained=False, path=OUT / "lesson2")
     learn.fit_one_cycle(epochs, lr)
     probs, targs = learn.get_preds(dl=dls.valid)
     vocab = np.array([int(v) for v in dls.vocab])  # labels as fastai sorted them

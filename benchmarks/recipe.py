@@ -127,6 +127,7 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, data: Path, size: int, e
 
     from retinopathy.inference.tuning import optimize_thresholds
     from retinopathy.metrics import DEFAULT_THRESHOLDS, cut, quadratic_kappa
+    from retinopathy.training.models import resolve_arch
 
     def load(path):
         img = cv2.resize(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), (size, size))
@@ -141,9 +142,7 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, data: Path, size: int, e
         splitter=RandomSplitter(0.2, seed=42),
         batch_tfms=aug_transforms(flip_vert=True, max_rotate=180, max_zoom=1.1, max_warp=0))
     dls = block.dataloaders(train, bs=32, num_workers=0)
-    import torchvision.models
-    body = getattr(torchvision.models, arch, arch)  # a name torchvision lacks goes to timm through fastai
-    learn = vision_learner(dls, body, pretrained=False, loss_func=MSELossFlat(), y_range=(-0.5, 4.5))
+    learn = vision_learner(dls, resolve_arch(arch), pretrained=False, loss_func=MSELossFlat(), y_range=(-0.5, 4.5))
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs, 3e-3)
         valid, valid_y = learn.get_preds()

@@ -194,7 +194,7 @@ def test_per_item_augmentation_follows_torchs_seed():
     from retinopathy.preprocessing.augment import AlbumentationsTransform
 
     image = PILImage.create(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    augment = AlbumentationsTransform(seed=0)
+    augment = AlbumentationsTransform()
 
     def draws(seed: int) -> list:  # in a worker: a copy of the transform, under torch's seed for that worker
         worker = copy.deepcopy(augment)

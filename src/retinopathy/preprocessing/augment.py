@@ -38,9 +38,9 @@ class AlbumentationsTransform(Transform):
     split_idx = 0
     order = 2  # after the image is loaded; fastai's ToTensor (order 5) leaves the tensor it returns alone
 
-    def __init__(self, augmentations: A.Compose | None = None, seed: int | None = None):
+    def __init__(self, augmentations: A.Compose | None = None):
         super().__init__()
-        self.augmentations = augmentations or fundus_augmentations(seed)
+        self.augmentations = augmentations or fundus_augmentations()  # reseeded from torch's seed as it draws
 
     def encodes(self, img: PILImage) -> TensorImage:
         # albumentations draws from its own generators, which torch's seeding never touches: a loader worker (a fresh

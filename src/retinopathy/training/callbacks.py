@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from fastai.callback.core import Callback
-from fastai.torch_core import rank_distrib
+from fastai.torch_core import rank_distrib, set_seed
 
 from ..io import write_text
 
@@ -68,11 +70,6 @@ class EpochSeed(Callback):
         self.seed, self.phase, self.offset = seed, phase, offset
 
     def before_epoch(self):
-        import random
-
-        import numpy as np
-        from fastai.torch_core import set_seed
-
         epoch_seed = int(np.random.SeedSequence([self.seed, self.phase, self.offset + self.epoch]).generate_state(1)[0])
         set_seed(epoch_seed, reproducible=True)
         for dl in self.dls.loaders:  # fastai's loaders shuffle with a generator of their own
@@ -92,7 +89,7 @@ class EpochOffset(Callback):
 
     def before_fit(self):
         """The running training loss where the interrupted fit left it."""
-        if self.smooth_loss and hasattr(self.learn, "recorder"):
+        if self.smooth_loss:
             val, count = self.smooth_loss
             self.learn.recorder.smooth_loss.val, self.learn.recorder.smooth_loss.count = torch.tensor(val), count
 

@@ -83,8 +83,7 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     # fastai adds the hub weights' own statistics; weights from a file or from scratch get the config's
     stats = imagenet_stats if config.normalize == "imagenet" else ([0.5] * 3, [0.5] * 3)
     batch_tfms = [] if config.hub_weights else [Normalize.from_stats(*stats)]
-    item_tfms = [AlbumentationsTransform(seed=config.seed + fold)] if config.augment and config.augment_on == "item" \
-        else []
+    item_tfms = [AlbumentationsTransform()] if config.augment and config.augment_on == "item" else []
     if config.augment and config.augment_on == "batch":
         batch_tfms = [*batch_augmentations(), *batch_tfms]
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=CachedImages(table["path"], config.image_size),
