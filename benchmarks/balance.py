@@ -43,7 +43,7 @@ def main() -> None:
         start = time.time()
         run_pipeline(config, paths, folds=folds)
         oof = load_oof(Experiment(config, paths))
-        pred, truth = GradeRule.plain(config.head).grades(oof_outputs(oof)), oof["grade"].to_numpy()
+        pred, truth = GradeRule.plain(config.head).grades(oof_outputs(oof, config.head)), oof["grade"].to_numpy()
         recall = recall_score(truth, pred, labels=list(range(5)), average=None, zero_division=0)
         rows.append({"balance": mode, "OOF QWK": quadratic_kappa(pred, truth), "accuracy": float((pred == truth).mean()),
                      **{f"recall {g}": r for g, r in enumerate(recall)}, "minutes": (time.time() - start) / 60})

@@ -164,6 +164,7 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     from retinopathy.config import load_config
     from retinopathy.experiment import Experiment
     from retinopathy.data.folds import TEST_OUTPUTS
+    from retinopathy.heads import get_head
     from retinopathy.metrics import GradeRule, quadratic_kappa
     from retinopathy.paths import Paths
     from retinopathy.pipeline import run_pipeline
@@ -183,7 +184,7 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     with (open(log, "a") if log else io.StringIO()) as sink, contextlib.redirect_stdout(sink):
         pipeline = run_pipeline(config, paths, folds=None if whole else [0])
     written = pd.read_csv(experiment.dir / TEST_OUTPUTS, dtype={"id": str})  # the fold ensemble's, as predicted
-    ids, outputs = written["id"].tolist(), written.drop(columns="id").to_numpy()
+    ids, outputs = written["id"].tolist(), get_head(config.head).outputs_of(written)
     truth = test.set_index("id_code").loc[ids, "diagnosis"].to_numpy()
     plain = GradeRule.plain(config.head).grades(outputs, ids)
     rule = pipeline.rule  # tuned on the OOF predictions, with their QWK before and after (tuning.json)
@@ -197,15 +198,13 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
 
 
 def each_fold_on(experiment, ids: list[str]) -> list[np.ndarray]:
-    """Every trained fold's outputs, alone, on these test images."""
-    from retinopathy.inference.predict import load_fold_learners, predict_items
-    from retinopathy.training.models import cpu_prefers_channels_last
+    """Every trained fold's outputs, alone, on these test images (through the Grader, no flips)."""
+    from retinopathy.inference.grader import Grader
 
     manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False).set_index("id")
-    items = manifest.loc[ids, ["path"]].reset_index()
-    channels_last = cpu_prefers_channels_last(experiment.config.image_size)
-    return [predict_items(learn, items, channels_last=channels_last)
-            for learn in load_fold_learners(experiment).values()]
+    paths = manifest.loc[ids, "path"].tolist()
+    return [Grader.of_experiment(experiment, folds=[k], tta=False).outputs_of_files(paths)
+            for k in experiment.trained_folds()]
 
 
 def main() -> None:

@@ -84,14 +84,14 @@ def model_only(export: Path, config, onnx_files: dict, n: int = 30) -> dict:
 
     from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.engines import OnnxRunner
-    from retinopathy.inference.torch_engine import TorchRunner, serving_model
+    from retinopathy.training.serving_model import TorchRunner, serving_model
 
     torch.set_num_threads(1)
-    size, regression = config.image_size, config.head == "regression"
+    size = config.image_size
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
 
     def fresh():
-        return serving_model(load_learner_quietly(export), regression)
+        return serving_model(load_learner_quietly(export), config.head)
 
     compiled = TorchRunner(fresh())
     compiled.model = torch.compile(compiled.model)

@@ -80,6 +80,7 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None, compil
     """Images per second of forward + backward + optimizer step alone, at the config's precision; returns the rate
     and a word on the precision and memory format used (and, ``compiled``, the seconds ``torch.compile`` took)."""
     import torch
+    from retinopathy.heads import get_head
     from retinopathy.training.callbacks import CPUBFloat16
 
     learn = learner(experiment)
@@ -96,8 +97,8 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None, compil
     opt = learn.opt
     forward = torch.compile(model) if compiled else model
     x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, device=device).to(memory_format=fmt)
-    y = (torch.rand(config.batch_size, 1, device=device) * 4 if config.head == "regression"
-         else torch.randint(0, 5, (config.batch_size,), device=device))
+    grades = torch.randint(0, 5, (config.batch_size,), device=device)
+    y = grades if get_head(config.head).categorical_targets else grades.float()
     scaler = torch.amp.GradScaler("cuda") if fp16 else None
     dtype = torch.bfloat16 if bf16 else torch.float16
     autocast = torch.autocast(device, dtype=dtype) if (bf16 or fp16) else contextlib.nullcontext()
@@ -169,11 +170,10 @@ def save_augmentation_samples(experiment, path: Path, n: int = 8) -> Path:
     """A PNG grid: the same training images augmented per item (albumentations) and per batch (fastai on the
     device), to check by eye that both are alike in kind and strength."""
     from retinopathy.data.folds import training_table
-    from retinopathy.io import pyplot, save_figure
+    from retinopathy.plots import figure, save_figure
     from retinopathy.training.dataloaders import build_dataloaders
 
-    plt = pyplot()
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
+    fig, axes = figure(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
     table = training_table(experiment).head(n * 4)
     for row, (label, changes) in enumerate([("none", {"augment": False}), ("per item", {"augment_on": "item"}),
                                             ("per batch", {"augment_on": "batch"})]):

@@ -1,6 +1,6 @@
 import pytest
 
-from retinopathy.data.competitions import APTOS2019, detect_competition, get_competition, read_labels
+from retinopathy.competitions import APTOS2019, detect_competition, get_competition, read_labels
 from retinopathy.errors import UserError
 
 

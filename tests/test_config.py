@@ -39,7 +39,7 @@ def test_save_then_load_gives_the_same_config(tmp_path):
     ("epochs: three\n", [], r"epochs must be int, not str"),
     ("epochs: 2.5\n", [], r"epochs must be int"),
     ("pretrained: 1\n", [], r"pretrained must be bool"),
-    ("head: ordinal\n", [], r"head must be one of classification \| regression"),
+    ("head: ordnial\n", [], r"head must be one of classification \| regression \| ordinal \| multitask"),
     ("balance_alpha: 2\n", [], r"balance_alpha must be between 0 and 1"),
     ("epochs: [1\n", [], r"line \d+: not valid YAML"),
     ("- a\n- b\n", [], r"expected a mapping"),
@@ -126,3 +126,34 @@ def test_every_shipped_config_builds_its_learner_on_cpu(tiny_aptos, tmp_path):
         out = learn.model.eval()(xb)
         assert out.shape == (len(xb), 1 if config.head == "regression" else 5), path.name
         assert float(learn.loss_func(out, yb)) >= 0, path.name
+
+
+def test_keys_are_grouped_by_stage_and_their_metadata_decides_the_fingerprint(tmp_path):
+    import dataclasses
+
+    from retinopathy.config import GROUPS, Config, config_keys_help
+
+    fields = dataclasses.fields(Config)
+    assert all(f.metadata["group"] in GROUPS for f in fields)
+    text = config_keys_help()
+    assert [line.strip(" :") for line in text.splitlines() if line.startswith(" ") and line.endswith(":")
+            and not line.startswith("  ")] == list(GROUPS), "--help lists the keys stage by stage"
+    assert text.index(" model:") < text.index("  arch=") < text.index(" training:") < text.index("  epochs=")
+    base = load_config("debug")
+    for f in fields:
+        changed = {"str": "x-other", "int": 3, "float": 0.25, "bool": not getattr(base, f.name)}[f.type]
+        if f.metadata["choices"]:
+            changed = next(c for c in f.metadata["choices"] if c != getattr(base, f.name))
+        changed = {"competition": "eyepacs2015", "lr_find": "pick", "loggers": "tensorboard"}.get(f.name, changed)
+        other = base.replace(**{f.name: changed})
+        assert (other.fingerprint == base.fingerprint) == (f.metadata["fingerprint"] == "never"), f.name
+    assert base.replace(pool="concat").fingerprint == base.fingerprint, "a key added later counts only when set"
+    assert "pool" not in base.model_settings() and "pool" in base.replace(pool="gem").model_settings()
+
+
+def test_a_config_may_nest_its_keys_under_their_stages(tmp_path):
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text("base: debug\narch: resnet18\nepochs: 2\nhead: ordinal\ntta: true\n")
+    nested.write_text("base: debug\nmodel:\n  arch: resnet18\n  head: ordinal\ntraining:\n  epochs: 2\n"
+                      "prediction:\n  tta: true\n")
+    assert load_config(nested).replace(name="flat") == load_config(flat)

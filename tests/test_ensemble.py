@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from retinopathy.inference.tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blend
-from retinopathy.metrics import DEFAULT_THRESHOLDS, blend_eyes, partner_ids
+from retinopathy.competitions import APTOS2019, EYEPACS2015
+from retinopathy.metrics import DEFAULT_THRESHOLDS, blend_eyes
 
 
 def test_thresholds_recover_a_shifted_scale():
@@ -48,7 +49,8 @@ def test_weights_favour_the_better_experiment():
 
 def test_eye_blending_uses_the_other_eye():
     ids = pd.Series([f"{p}_{side}" for p in range(300) for side in ("left", "right")])
-    assert partner_ids(ids.iloc[:2]).tolist() == ["0_right", "0_left"]
+    assert [EYEPACS2015.other_eye(i) for i in ids.iloc[:2]] == ["0_right", "0_left"]
+    assert APTOS2019.other_eye("0_left") == "", "APTOS ids name no patient"
     rng = np.random.default_rng(2)
     patient_grade = np.repeat(rng.integers(0, 5, size=300), 2)
     values = patient_grade + rng.normal(0, 0.8, size=600)  # both eyes share the grade; each view is noisy

@@ -43,7 +43,7 @@ def quadrant_competition(root: Path, n: int = 80, size: int = 128, seed: int = 0
 def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
     from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.explain import heat_map, quadrant_mass
-    from retinopathy.inference.torch_engine import serving_model
+    from retinopathy.training.serving_model import serving_model
     from retinopathy.preprocessing.image_io import read_prepared
 
     raw = quadrant_competition(tmp_path / "quadrant")
@@ -53,7 +53,7 @@ def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
                                   "epochs=4", "mixed_precision=false", folds=[0])
     oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})
     assert (oof["pred"] == oof["grade"]).mean() >= 0.75, "the model learnt the lesions (else its map means nothing)"
-    model = serving_model(load_learner_quietly(experiment.fold_dir(0) / "export.pkl"), regression=False)
+    model = serving_model(load_learner_quietly(experiment.fold_dir(0) / "export.pkl"), "classification")
     paths = pd.read_csv(experiment.manifest_csv, dtype={"id": str}).set_index("id")["path"]
     sick = oof.loc[oof["grade"] == 4, "id"]
     masses = np.mean([quadrant_mass(heat_map([model], read_prepared([paths[i]])[0], 4)) for i in sick], axis=0)
@@ -66,7 +66,7 @@ def test_heat_map_for_torchvision_and_timm_bodies(tiny_aptos, tmp_path, arch, he
     from retinopathy.data.folds import make_folds, training_table
     from retinopathy.experiment import Experiment
     from retinopathy.inference.explain import heat_map, last_conv_stage, overlay
-    from retinopathy.inference.torch_engine import serving_model
+    from retinopathy.training.serving_model import serving_model
     from retinopathy.paths import Paths
     from retinopathy.preprocessing.stage import preprocess
     from retinopathy.training.dataloaders import build_dataloaders
@@ -83,7 +83,7 @@ def test_heat_map_for_torchvision_and_timm_bodies(tiny_aptos, tmp_path, arch, he
     stage = last_conv_stage(learn.model)
     assert any(stage is m for m in learn.model[0].modules()), "a stage of the body, not of the head"
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    heat = heat_map([serving_model(learn, head == "regression")] * 2, image, grade=2)
+    heat = heat_map([serving_model(learn, head)] * 2, image, grade=2)
     assert heat.shape == (64, 64) and heat.min() >= 0 and heat.max() <= 1 and heat.max() > 0
     drawn = overlay(image, heat)
     assert drawn.shape == (64, 64, 3) and drawn.dtype == np.uint8 and not np.array_equal(drawn, image)

@@ -9,7 +9,6 @@ import torch
 
 from retinopathy.config import load_config
 from retinopathy.errors import UserError
-from retinopathy.inference.predict import load_fold_learners, predict_items
 from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
 
@@ -64,16 +63,21 @@ def test_fold_outputs(finished):
 
 def test_exported_learner_reproduces_the_oof_predictions_on_cpu(finished):
     experiment, _, _ = finished
-    learn = load_fold_learners(experiment)[0]
+    from retinopathy.inference.grader import Grader
+    from retinopathy.training.serving_model import TorchRunner
+
+    grader = Grader([experiment.fold_dir(0) / "export.pkl"], tta=False)
     oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})
     manifest = pd.read_csv(experiment.processed_dir / "manifest.csv", dtype={"id": str})
     items = oof[["id"]].merge(manifest[["id", "path"]], on="id")
-    probs = predict_items(learn, items)
+    probs = grader.outputs_of_files(items["path"].tolist())
     assert np.allclose(probs, oof[[f"prob_{g}" for g in range(5)]].to_numpy(), atol=1e-4)
-    faster = predict_items(learn, items, channels_last=True)  # the layout predict uses on a CPU from 128 px
-    first_conv = next(w for w in learn.model.parameters() if w.dim() == 4)
+    # the layout a CPU prefers from 128 px gives the same outputs
+    faster = TorchRunner(grader.runners[0].model, image_size=10_000)
+    first_conv = next(w for w in faster.model.parameters() if w.dim() == 4)
     assert first_conv.is_contiguous(memory_format=torch.channels_last)
-    assert np.allclose(faster, probs, atol=1e-5)
+    from retinopathy.preprocessing.image_io import read_prepared
+    assert np.allclose(faster(read_prepared(items["path"])), probs, atol=1e-5)
 
 
 def test_second_run_skips_finished_folds(finished, capsys):
@@ -170,10 +174,10 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
 
 def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path, monkeypatch, capsys):
     """folds_at_once=2: each fold trained by its own process, to the same predictions as one after another."""
-    from retinopathy.training import train
+    from retinopathy import launcher
 
     experiment, first, _ = finished
-    monkeypatch.setattr(train, "SIDE_BY_SIDE_PROGRESS_S", 0.5)
+    monkeypatch.setattr(launcher, "SIDE_BY_SIDE_PROGRESS_S", 0.5)
     side, result = tiny_pipeline(tiny_aptos, tmp_path, "tiny", "folds_at_once=2")
     printed = capsys.readouterr().out
     assert "training 2 folds (0, 1) side by side, 2 at a time" in printed

@@ -100,10 +100,10 @@ def test_a_config_mistake_leaves_the_previous_run_intact(trained):
 def test_a_stale_onnx_file_is_refused(trained, tmp_path):
     from retinopathy.errors import UserError
     from retinopathy.inference.export import export_fold
-    from retinopathy.inference.serve import Grader
+    from retinopathy.inference.grader import Grader
 
     experiment, _, _ = trained
-    export_fold(experiment, 0, int8=False, verbose=False)
+    export_fold(experiment, 0, engines=("onnx",), verbose=False)
     fold = tmp_path / "exp" / "fold0"
     fold.mkdir(parents=True)
     for name in ("model.onnx", "config.yaml", "export.pkl", "fingerprint.json"):
@@ -141,7 +141,7 @@ def _best_epoch_first(monkeypatch):
         def before_epoch(self):
             state["epoch"] = self.epoch
 
-    monkeypatch.setattr(models, "output_kappa", lambda outputs, targets: 0.9 if state["epoch"] == 0 else 0.1)
+    monkeypatch.setattr(models, "output_kappa", lambda outputs, targets, head: 0.9 if state["epoch"] == 0 else 0.1)
     return Epoch()
 
 
@@ -310,11 +310,11 @@ def test_preprocessing_survives_sigkill(tmp_path):
 
 # ----------------------------------------------------------------------------------------- smaller
 def test_outputs_get_the_process_umask(tmp_path):
-    from retinopathy.io import write_text
+    from retinopathy.files import write_text
 
     before = os.umask(0o027)
     try:
-        probe = subprocess.run([sys.executable, "-c", "from retinopathy.io import write_text; import sys; "
+        probe = subprocess.run([sys.executable, "-c", "from retinopathy.files import write_text; import sys; "
                                 f"write_text(sys.argv[1], 'x')", str(tmp_path / "a.txt")], check=True)
     finally:
         os.umask(before)
@@ -348,7 +348,7 @@ def test_a_port_in_use_is_one_line_and_nothing_is_announced(trained):
 
 
 def test_rare_grades_are_noted_once(tiny_aptos, capsys, recwarn):
-    from retinopathy.data.competitions import APTOS2019, read_labels
+    from retinopathy.competitions import APTOS2019, read_labels
     from retinopathy.data.folds import assign_folds
 
     assign_folds(read_labels(tiny_aptos, APTOS2019), 4, seed=0, competition=APTOS2019)

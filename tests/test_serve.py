@@ -20,8 +20,8 @@ from PIL import Image
 
 from conftest import REPO, run_script, shared, tiny_pipeline
 from retinopathy.errors import UserError
-from retinopathy.inference.predict import load_fold_learners, predict_items
-from retinopathy.inference.serve import Grader, create_app
+from retinopathy.inference.grader import Grader
+from retinopathy.inference.serve import create_app, grade_upload, prepare_upload
 
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):
@@ -79,19 +79,26 @@ def test_predict_a_real_photograph(client, trained):
 
 
 def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path, synthetic_photo):
+    """The Grader against fastai's own inference (its test loader, transforms and loss activation) on each fold."""
+    from retinopathy.experiment import load_learner_quietly
+
     experiment, models = trained
-    grader = Grader(models)
-    img = grader.preprocess(synthetic_photo.read_bytes())
+    grader = Grader(models, tta=False)
+    img = prepare_upload(grader, synthetic_photo.read_bytes())
     Image.fromarray(img).save(tmp_path / "seen.png")
-    ours = grader.outputs(img)
+    ours = grader.outputs(img[None])[0]
     items = pd.DataFrame({"id": ["x"], "path": [str(tmp_path / "seen.png")]})
-    theirs = np.mean([predict_items(learn, items) for learn in load_fold_learners(experiment).values()], axis=0)[0]
-    assert np.allclose(ours, theirs, atol=1e-5)
+    theirs = []
+    for model in models:
+        learn = load_learner_quietly(model)
+        with learn.no_bar():
+            theirs.append(learn.get_preds(dl=learn.dls.test_dl(items, num_workers=0))[0].numpy()[0])
+    assert np.allclose(ours, np.mean(theirs, axis=0), atol=1e-5)
 
 
 def test_bf16_engine_close_to_float32(trained, synthetic_photo):
-    img = Grader(trained[1]).preprocess(synthetic_photo.read_bytes())
-    float32, bf16 = Grader(trained[1]).outputs(img), Grader(trained[1], engine="bf16").outputs(img)
+    img = prepare_upload(Grader(trained[1]), synthetic_photo.read_bytes())[None]
+    float32, bf16 = Grader(trained[1]).outputs(img)[0], Grader(trained[1], engine="bf16").outputs(img)[0]
     assert bf16.shape == (5,) and np.allclose(bf16, float32, atol=0.03), (bf16, float32)
 
 
@@ -122,7 +129,7 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
 def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):
     from starlette.testclient import TestClient
     _, models, _, _ = exported
-    img = Grader(models).preprocess(synthetic_photo.read_bytes())
+    img = prepare_upload(Grader(models), synthetic_photo.read_bytes())[None]
     reference = Grader(models).outputs(img)
     onnx = Grader(models, engine="onnx")
     assert [f.name for f in onnx.files] == ["model.onnx"] * 2 and np.allclose(onnx.outputs(img), reference, atol=1e-5)
@@ -152,9 +159,10 @@ def test_onnx_serving_imports_neither_torch_nor_fastai(exported, synthetic_photo
     probe = f"""
 import sys
 from pathlib import Path
-from retinopathy.inference.serve import Grader, create_app
+from retinopathy.inference.grader import Grader
+from retinopathy.inference.serve import create_app, grade_upload
 grader = Grader([Path({str(models[0].parent / 'model.onnx')!r}), Path({str(models[1].parent / 'model-int8.onnx')!r})])
-result = grader.predict(Path({str(synthetic_photo)!r}).read_bytes())
+result = grade_upload(grader, Path({str(synthetic_photo)!r}).read_bytes())
 print(result.grade, grader.engine)
 print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))
 """
@@ -170,7 +178,7 @@ def test_missing_onnx_file_is_one_line(trained, tmp_path):
     fold.mkdir(parents=True)
     for name in ("export.pkl", "config.yaml"):
         shutil.copy(trained[1][0].parent / name, fold / name)
-    with pytest.raises(UserError, match="model-int8.onnx not found: make it with python scripts/export_onnx.py"):
+    with pytest.raises(UserError, match="model-int8.onnx not found: make it with retinopathy export-onnx"):
         Grader([fold / "export.pkl"], engine="int8")
     r = run_script("serve.py", "--model", str(fold / "export.pkl"), "--engine", "onnx", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model.onnx not found" in r.stderr, r.stderr

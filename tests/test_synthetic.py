@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from retinopathy.data.competitions import APTOS2019, EYEPACS2015, read_labels, read_test_ids
+from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels, read_test_ids
 from retinopathy.errors import UserError
 from retinopathy.preprocessing.fundus import find_eye
 from retinopathy.data.synthetic import fundus_image, make_competition

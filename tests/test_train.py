@@ -1,6 +1,7 @@
 """One epoch at 32 px on the tiny synthetic competition for each head and imbalance mode."""
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -8,11 +9,13 @@ from retinopathy.config import load_config
 from retinopathy.experiment import Experiment
 from retinopathy.data.folds import make_folds
 from retinopathy.errors import UserError
-from retinopathy.metrics import GradeRule, output_kappa, quadratic_kappa
+from retinopathy.metrics import GradeRule, quadratic_kappa
+from retinopathy.training.models import output_kappa
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
 from retinopathy.training.losses import class_weights
-from retinopathy.training.train import parse_fold_spec, train_fold
+from retinopathy.cli import parse_fold_spec
+from retinopathy.training.train import train_fold
 
 from conftest import REPO, debug_config
 
@@ -58,8 +61,11 @@ def test_grades_from_outputs_and_kappa():
     assert GradeRule.plain("classification")(np.array([[0.1, 0.7, 0.1, 0.05, 0.05]])).tolist() == [1]
     assert GradeRule.plain("regression")(np.array([-0.2, 0.49, 0.5, 2.6, 9.0])).tolist() == [0, 0, 1, 3, 4]
     y = np.array([0, 1, 2, 3, 4, 0, 2])
-    assert output_kappa(np.eye(5)[y], y) == pytest.approx(1.0)
-    assert output_kappa(np.eye(5)[4 - y], y) < 0
+    logits = torch.as_tensor(np.eye(5)[y] * 5)
+    assert output_kappa(logits, torch.as_tensor(y)) == pytest.approx(1.0)
+    assert output_kappa(torch.as_tensor(np.eye(5)[4 - y] * 5), torch.as_tensor(y)) < 0
+    steps = torch.as_tensor((y[:, None] >= np.arange(1, 5)[None]) * 10.0 - 5)  # ordinal logits of P(grade >= k)
+    assert output_kappa(steps, torch.as_tensor(y), head="ordinal") == pytest.approx(1.0)
     assert quadratic_kappa(y, y) == pytest.approx(1.0) and quadratic_kappa(4 - y, y) < 0
 
 
@@ -106,7 +112,8 @@ def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
     result = train_fold(experiment, 0, verbose=False, resume=True, callbacks=[counter])
     assert len(counter.epochs) == 2, "only the two unfinished epochs are trained again"
     history = pd.read_csv(result.dir / "history.csv")
-    assert history["epoch"].tolist() == [0, 1, 2] and history["qwk"].notna().all()
+    assert history["epoch"].tolist() == [1, 2, 3] and history["step"].tolist() == [1, 2, 3], "counted from 1"
+    assert history["qwk"].notna().all()
     assert (result.dir / "export.pkl").is_file() and not (result.dir / "checkpoints").exists()
 
     # ... to exactly what an uninterrupted run gives: the same batches, augmentations and dropout in each epoch
@@ -176,11 +183,11 @@ def test_a_resumed_run_trains_at_the_rate_lr_find_picked(tiny_aptos, tmp_path):
 
 
 def test_lr_find_plot_only_keeps_the_config_rate():
-    from retinopathy.training.train import _phases
+    from retinopathy.training.train import phases_of
 
     plot = load_config(REPO / "configs" / "debug.yaml", ["lr_find=plot", "lr=0.004"])
     assert plot.model_settings()["lr_find"] is False, "plotting changes nothing the model is trained with"
-    assert [lr for *_, lr in _phases(plot)] == [0.004]
+    assert [lr for *_, lr in phases_of(plot)] == [0.004]
 
 
 def test_per_item_augmentation_follows_torchs_seed():

@@ -44,7 +44,7 @@ def test_pretrained_weights_key_loads_the_body_freezes_it_and_fingerprints_the_c
     from retinopathy.preprocessing.stage import preprocess
     from retinopathy.training.dataloaders import build_dataloaders
     from retinopathy.training.models import build_learner
-    from retinopathy.training.train import _phases
+    from retinopathy.training.train import phases_of
     from retinopathy.training.weights import read_state_dict
 
     copy = tmp_path / "elsewhere.pth"
@@ -60,7 +60,7 @@ def test_pretrained_weights_key_loads_the_body_freezes_it_and_fingerprints_the_c
     stem = learn.model[0].model.conv_stem.weight
     assert torch.equal(stem, read_state_dict(lite0_file())["_conv_stem.weight"])
     assert not stem.requires_grad and any(p.requires_grad for p in learn.model[1].parameters()), "frozen body"
-    assert [name for name, *_ in _phases(config)] == ["frozen", "unfrozen"]
+    assert [name for name, *_ in phases_of(config)] == ["frozen", "unfrozen"]
     norm = [t for t in learn.dls.after_batch.fs if type(t).__name__ == "Normalize"]
     assert len(norm) == 1 and torch.allclose(norm[0].mean.flatten(), torch.tensor([0.5] * 3))
 

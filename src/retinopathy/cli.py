@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .data.competitions import get_competition
+from .competitions import get_competition
 from .config import Config, config_keys_help, load_config, shipped_configs
 from .errors import UserError
 from .experiment import Experiment
@@ -110,3 +110,17 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
+    """``"all"`` → every fold; ``"2"`` or ``"0,3"`` → those folds, each checked against ``n_folds``."""
+    if str(spec).strip().lower() == "all":
+        return list(range(n_folds))
+    try:
+        folds = [int(part) for part in str(spec).split(",")]
+    except ValueError:
+        raise UserError(f"--fold '{spec}': give a fold number 0..{n_folds - 1}, a list like 0,2, or 'all'") from None
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad:
+        raise UserError(f"--fold {bad[0]}: this config has n_folds={n_folds}, so folds go 0..{n_folds - 1}")
+    return folds

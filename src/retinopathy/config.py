@@ -15,12 +15,28 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import UserError
-from .io import write_text
+from .files import write_text
+from .heads import HEADS
 
 
-def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    """A config key: its default, the one line ``--help`` shows for it, and its allowed values (if a choice)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+#: the stages a key belongs to, in the order ``--help`` lists them; a YAML file may nest its keys under these
+GROUPS = ("data", "preprocessing", "model", "training", "prediction", "runtime")
+#: groups whose keys change how a run goes or where it reads, never the model it trains
+RUNTIME_GROUPS = ("prediction", "runtime")
+#: the config's ``pool`` names (the layers are in :mod:`retinopathy.training.pooling`)
+POOLS = {"concat": "max and average side by side (fastai's default)", "avg": "average",
+         "gem": "generalised mean with a learnt power (the 1st-place APTOS 2019 pooling)"}
+
+
+def key(default: Any, help: str, group: str, choices: tuple[str, ...] = (), fingerprint: str = "") -> Any:
+    """A config key: its default, the one line ``--help`` shows for it, its stage (one of :data:`GROUPS`), its
+    allowed values (if a choice), and how it counts in the fingerprint: ``always``, ``when_set`` (only when it
+    differs from the default: keys added later, so folds trained before them stay current) or ``never`` (the
+    default for the runtime groups)."""
+    assert group in GROUPS, group
+    fingerprint = fingerprint or ("never" if group in RUNTIME_GROUPS else "always")
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group,
+                                            "fingerprint": fingerprint})
 
 
 @dataclass
@@ -28,71 +44,87 @@ class Config:
     """Everything that decides what an experiment produces. Paths come from :class:`~retinopathy.paths.Paths`."""
 
     name: str = key("experiment", "experiment name: outputs go to models/<name>/ and submissions/<name>.csv "
-                                  "(default: the config file's name)")
+                                  "(default: the config file's name)", "runtime")
 
-    # --- data ---
+    # --- data: which images and labels, and how they are split ---
     competition: str = key("aptos2019-blindness-detection",
                            "Kaggle slug or alias: aptos2019-blindness-detection (aptos2019) or "
-                           "diabetic-retinopathy-detection (eyepacs2015)")
-    dataset: str = key("", "folder name under data/raw/ (default: the competition's slug)")
-    raw_dir: str = key("", "a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>")
+                           "diabetic-retinopathy-detection (eyepacs2015)", "data")
+    dataset: str = key("", "folder name under data/raw/ (default: the competition's slug)", "data")
+    raw_dir: str = key("", "a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>",
+                       "data", fingerprint="never")
     synthetic_images: int = key(0, "when > 0 and the raw folder is missing, synthesize a competition with this "
-                                   "many training images there")
+                                   "many training images there", "data")
+    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data")
+    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data")
 
-    # --- preprocessing ---
+    # --- preprocessing: what the network sees of a photograph ---
     preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
-                          ("none", "crop", "ben", "clahe"))
-    image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network")
+                          "preprocessing", ("none", "crop", "ben", "clahe"))
+    image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network",
+                          "preprocessing")
 
-    # --- folds ---
-    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)")
-    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation")
-
-    # --- model ---
-    arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)")
-    pretrained: bool = key(True, "start from ImageNet weights (downloaded by torchvision/timm on first use)")
-    pretrained_weights: str = key("", "a local weights file (state dict or checkpoint) for the body, matched by name "
-                                      "or by order and shape; no download (offline kernels, no hub)")
+    # --- model: the network, its starting weights and its head ---
+    arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)", "model")
+    pretrained: bool = key(True, "start from ImageNet weights (downloaded by torchvision/timm on first use)",
+                           "model")
+    pretrained_weights: str = key("", "a local weights file (state dict or checkpoint) for the body, matched by "
+                                      "name or by order and shape; no download (offline kernels, no hub)", "model",
+                                  fingerprint="when_set")
     normalize: str = key("imagenet", "input statistics for file weights and from-scratch models: imagenet, or "
-                                     "inception (mean = std = 0.5, what TensorFlow ports expect)",
-                         ("imagenet", "inception"))
-    init_from: str = key("", "start each fold's body (and head, where it fits) from another experiment's trained "
-                             "fold: models/<exp> or its name (e.g. pretrain on EyePACS, fine-tune on APTOS)")
-    pseudo_labels: str = key("", "add the test images as graded by this trained experiment (its predict run) to "
-                                 "every fold's training part, never to validation")
-    pseudo_confidence: float = key(0.8, "classification: keep a pseudo-labelled image only where the top grade's "
-                                        "probability reaches this (regression keeps every value, soft)")
-    head: str = key("classification", "classification (cross-entropy over grades) or regression (the grade as a "
-                                      "number, cut by thresholds)", ("classification", "regression"))
-    regression_loss: str = key("smooth_l1", "regression loss; classification always uses cross-entropy",
-                               ("mse", "smooth_l1"))
-    ps: float = key(0.5, "dropout of the head")
+                                     "inception (mean = std = 0.5, what TensorFlow ports expect)", "model",
+                         ("imagenet", "inception"), fingerprint="when_set")
+    head: str = key("classification", "; ".join(f"{h.name}: {h.help}" for h in HEADS.values()), "model",
+                    tuple(HEADS))
+    pool: str = key("concat", "global pooling before the head: " + "; ".join(f"{k}: {v}" for k, v in POOLS.items()),
+                    "model", tuple(POOLS), fingerprint="when_set")
+    regression_loss: str = key("smooth_l1", "the loss of a regression value (regression and multitask heads)",
+                               "model", ("mse", "smooth_l1"))
+    ps: float = key(0.5, "dropout of the head", "model")
 
-    # --- training ---
-    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)")
-    freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)")
-    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)")
-    lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head")
-    wd: float = key(1e-2, "weight decay (AdamW)")
+    # --- training: the schedule, the training rows and their augmentation ---
+    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)", "training")
+    freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)",
+                             "training")
+    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)", "training")
+    lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head",
+                        "training")
+    wd: float = key(1e-2, "weight decay (AdamW)", "training")
     lr_find: str = key("off", "fastai's learning-rate finder first: plot saves lr_find.png; pick also trains at "
-                              "its suggestion", ("off", "plot", "pick"))
-    batch_size: int = key(32, "images per batch (per GPU under torchrun)")
+                              "its suggestion", "training", ("off", "plot", "pick"))
+    batch_size: int = key(32, "images per batch (per GPU under torchrun)", "training")
     balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
-                       ("none", "sampler", "loss"))
-    balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)")
+                       "training", ("none", "sampler", "loss"))
+    balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)",
+                               "training")
     augment: bool = key(True, "augment training images: flips, any rotation, a small zoom, brightness, contrast, "
-                              "hue")
+                              "hue", "training")
     augment_on: str = key("item", "item: albumentations per image on the loader's CPU workers; batch: fastai's "
-                                  "batch transforms on the device (a GPU that the loader cannot feed)",
-                          ("item", "batch"))
-    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)")
+                                  "batch transforms on the device (a GPU that the loader cannot feed)", "training",
+                          ("item", "batch"), fingerprint="when_set")
+    init_from: str = key("", "start each fold's body (and head, where it fits) from another experiment's trained "
+                             "fold: models/<exp> or its name (e.g. pretrain on EyePACS, fine-tune on APTOS)",
+                         "training", fingerprint="when_set")
+    pseudo_labels: str = key("", "add the test images as graded by this trained experiment (its predict run) to "
+                                 "every fold's training part, never to validation", "training",
+                             fingerprint="when_set")
+    pseudo_confidence: float = key(0.8, "keep a pseudo-labelled image only where its grader was this sure (heads "
+                                        "that learn numbers keep every image, with its soft value)", "training",
+                                   fingerprint="when_set")
+
+    # --- prediction ---
+    tta: bool = key(False, "test-time augmentation with flips wherever the folds grade (predict, kernel, server)",
+                    "prediction")
+
+    # --- runtime: where outputs go and how the machine is used; never a reason to retrain ---
+    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime")
     folds_at_once: int = key(1, "folds the pipeline trains at the same time, each its own process sharing the GPU "
-                                "and the cores (a big GPU that one fold leaves idle: 5 on an 80 GB H100)")
+                                "and the cores (a big GPU that one fold leaves idle: 5 on an 80 GB H100)",
+                             "runtime")
     mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
-                                      "natively")
-    tta: bool = key(False, "test-time augmentation with flips at prediction")
+                                      "natively", "runtime")
     loggers: str = key("csv", "experiment tracking besides history.csv: comma-separated tensorboard, wandb, "
-                              "mlflow (fastai's callbacks; each package is imported only when named)")
+                              "mlflow (fastai's callbacks; each package is imported only when named)", "runtime")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -134,14 +166,14 @@ class Config:
             return self.dataset
         if self.raw_dir:
             return Path(self.raw_dir).resolve().name
-        from .data.competitions import get_competition
+        from .competitions import get_competition
         return get_competition(self.competition).slug
 
     def model_settings(self) -> dict[str, Any]:
-        """The settings that decide the trained model: every key but the runtime ones (:data:`RUNTIME_KEYS`), the
+        """The settings that decide the trained model: every key whose metadata puts it in the fingerprint, the
         data named by its folder name (not the path it was reached by), and ``lr_find`` only where it picks the
         rate."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if FIELDS[k].metadata["fingerprint"] != "never"}
         settings.update(dataset=self.dataset_name, lr_find=self.lr_find == "pick")
         # What a path points at, not the path: the same weights reached another way train the same model.
         if self.pretrained_weights:
@@ -150,8 +182,8 @@ class Config:
             if getattr(self, key):
                 settings[key] = folder_digest(getattr(self, key), name)
         # Keys added since the first release count only when set, so folds trained before them stay current.
-        for key in LATER_KEYS:
-            if settings.get(key) == FIELDS[key].default:
+        for key, f in FIELDS.items():
+            if f.metadata["fingerprint"] == "when_set" and getattr(self, key) == f.default:
                 del settings[key]
         return settings
 
@@ -174,10 +206,6 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-#: settings that change how a run goes or where it reads, not the model it trains: never a reason to retrain
-RUNTIME_KEYS = ("name", "raw_dir", "num_workers", "folds_at_once", "mixed_precision", "tta", "loggers")
-#: model keys added after the first release: in the fingerprint only when they differ from their default
-LATER_KEYS = ("pretrained_weights", "normalize", "init_from", "pseudo_labels", "pseudo_confidence", "augment_on")
 #: experiment trackers ``loggers`` may name (fastai's callbacks)
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 #: the configs shipped inside the package: ``--config aptos_cpu`` finds them from any directory
@@ -204,12 +232,14 @@ def find_config(name: str | os.PathLike) -> Path:
 
 def config_keys_help() -> str:
     """Every config key with its default and meaning, for ``--help``."""
-    lines = ["config keys (set in the YAML, or as key=value after the options):"]
-    for f in dataclasses.fields(Config):
-        choices = f.metadata.get("choices")
-        kind = " | ".join(choices) if choices else f.type
-        default = f.default if f.default != "" else "''"
-        lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
+    lines = ["config keys by stage (set in the YAML, or as key=value after the options):"]
+    for group in GROUPS:
+        lines.append(f" {group}:")
+        for f in (f for f in dataclasses.fields(Config) if f.metadata["group"] == group):
+            choices = f.metadata.get("choices")
+            kind = " | ".join(choices) if choices else f.type
+            default = f.default if f.default != "" else "''"
+            lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
     return "\n".join(lines)
 
 
@@ -335,7 +365,13 @@ def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
             raise UserError(f"{path}: base config '{base}' not found ({base_path})")
         values = _read_config_file(base_path, seen + (path.resolve(),))
         values.pop("name", None)  # a config is named after its own file, not its base
-    values.update({k: _coerce(str(k), v, str(path)) for k, v in loaded.items()})
+    flat: dict[str, Any] = {}
+    for k, v in loaded.items():  # keys may sit under their stage's name (model: {arch: ...}) or at the top
+        if k in GROUPS and isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    values.update({k: _coerce(str(k), v, str(path)) for k, v in flat.items()})
     return values
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, settings_difference
-from .data.competitions import Competition, detect_competition
+from .competitions import Competition, detect_competition
 from .errors import UserError
-from .io import write_text
+from .files import write_text
 from .paths import MANIFEST, Paths
 
 #: beside each fold's export: the fingerprint and model settings of the config that trained it

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Config
-from .data.competitions import get_competition
+from .competitions import get_competition
 from .data.folds import make_folds
 from .data.synthetic import make_competition
 from .errors import UserError
@@ -22,7 +22,8 @@ from .metrics import GradeRule, quadratic_kappa
 from .paths import Paths
 from .preprocessing.stage import preprocess
 from .reports.results import append_results, print_cv_report
-from .training.train import fold_is_done, train_fold, train_side_by_side
+from .launcher import train_side_by_side
+from .training.train import fold_is_done, train_fold
 
 
 @dataclass
@@ -94,7 +95,7 @@ def report_and_predict(experiment: Experiment, verbose: bool = True,
     cv = cv_report(experiment)
     print_cv_report(cv)
     rule = tune_experiment(experiment, verbose)
-    submission = predict_test(experiment, verbose)
+    submission = predict_test(experiment, verbose, any_export)
     table = append_results(experiment, cv, rule, submission)
     if verbose:
         print(f"results table: {table} (and results.md)")

@@ -7,7 +7,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import pyplot, save_figure
+from .files import atomic_path
+
+
+def figure(*grid, figsize: tuple[float, float], **options):
+    """A matplotlib figure and its axes (``Figure.subplots``), drawn off-screen: no pyplot, no backend set for the
+    process, nothing to close."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **options)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100, **savefig_options) -> Path:
+    """A matplotlib figure as a PNG, written atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_options)
+    return Path(path)
 
 
 def draw_history(ax, history: pd.DataFrame, legend_size=None) -> None:
@@ -27,7 +43,7 @@ def draw_history(ax, history: pd.DataFrame, legend_size=None) -> None:
 
 def plot_history(history: pd.DataFrame, path: Path, title: str) -> Path:
     """Loss curves and validation QWK per epoch as one PNG."""
-    fig, ax = pyplot().subplots(figsize=(7, 4))
+    fig, ax = figure(figsize=(7, 4))
     draw_history(ax, history)
     ax.set_title(title)
     fig.tight_layout()
@@ -36,7 +52,7 @@ def plot_history(history: pd.DataFrame, path: Path, title: str) -> Path:
 
 def plot_lr_find(curve: pd.DataFrame, suggestion: float, path: Path, title: str) -> Path:
     """The learning-rate finder's loss against rate (log scale) with its suggestion marked, as one PNG."""
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     shown = curve.iloc[:-5] if len(curve) > 10 else curve  # the last points shoot up and flatten the plot
     ax.plot(shown["lr"], shown["loss"])
     ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"valley {suggestion:.1e}")

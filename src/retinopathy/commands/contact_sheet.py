@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import cli
-from ..io import atomic_path
+from ..files import atomic_path
 
 
 def main(argv: list[str] | None = None) -> None:

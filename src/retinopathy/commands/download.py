@@ -13,7 +13,7 @@ folder costs no network at all.
 import argparse
 
 from .. import cli
-from ..data.competitions import get_competition
+from ..competitions import get_competition
 from ..data.download import download, list_files
 from ..data.verify import verify_dataset
 from ..paths import Paths

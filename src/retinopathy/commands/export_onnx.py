@@ -2,17 +2,18 @@
 (8-bit, calibrated on the fold's training images), each checked against PyTorch on the fold's validation images
 (same grade on what share of them, largest output difference, QWK); the figures go to fold<K>/onnx.json.
 
-  python scripts/export_onnx.py --config configs/demo.yaml
-  python scripts/export_onnx.py --config configs/aptos_cpu.yaml --folds 0 --calibration-images 256
-  python scripts/serve.py --config configs/aptos_cpu.yaml --engine int8
+  retinopathy export-onnx --config demo
+  retinopathy export-onnx --config aptos_cpu --folds 0 --calibration-images 256
+  retinopathy serve --config demo --engine onnx
 
-Run it where the model was trained (int8 calibration reads the preprocessed images); --no-int8 needs only the
+Run it where the model was trained (int8 calibration reads the preprocessed images); --engines onnx needs only the
 export.pkl files.
 """
 
 import shlex
 
 from .. import cli
+from ..inference.engines import ENGINES, EXPORTED
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__, config_default="demo")
     cli.data_args(p)
     p.add_argument("--folds", default="all", help="fold numbers (e.g. 0,2) or 'all' trained folds (default)")
-    p.add_argument("--no-int8", dest="int8", action="store_false", help="only the float32 model.onnx")
+    p.add_argument("--engines", nargs="+", choices=list(EXPORTED), default=list(EXPORTED),
+                   help="the engines to export for: " + "; ".join(f"{e}: {ENGINES[e].help}" for e in EXPORTED)
+                        + f" (default: {' '.join(EXPORTED)})")
     p.add_argument("--calibration-images", type=int, default=128,
                    help="training images that set the int8 activation ranges (default 128)")
     p.add_argument("--check-images", type=int, default=None,
@@ -29,17 +32,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--any-export", action="store_true",
                    help="export folds even where they were not trained with this config's model settings")
     args = p.parse_args(argv)
-    from ..inference.export import export_fold
-    from ..training.train import parse_fold_spec
+    from ..inference.export import engine_agrees, export_fold
 
     experiment = cli.experiment(args)
     trained = experiment.require_trained_folds()
-    folds = trained if args.folds == "all" else parse_fold_spec(args.folds, experiment.config.n_folds)
+    folds = trained if args.folds == "all" else cli.parse_fold_spec(args.folds, experiment.config.n_folds)
     experiment.check_exports([f for f in folds if f in trained], any_export=args.any_export)
-    for fold in folds:
-        export_fold(experiment, fold, int8=args.int8, calibration_images=args.calibration_images,
-                    check_images=args.check_images, force=args.force)
+    reports = [export_fold(experiment, fold, engines=tuple(args.engines), calibration_images=args.calibration_images,
+                           check_images=args.check_images, force=args.force) for fold in folds]
     same = [f"--{k.replace('_', '-')}={v}" for k in ("config", "data_dir", "raw_dir", "competition")
             if (v := getattr(args, k, None))] + list(args.overrides)
-    print(f"serve them with: python scripts/serve.py {shlex.join(same)} --engine {'int8' if args.int8 else 'onnx'}")
+    # the fastest engine whose grades agree with PyTorch's on every fold
+    best = next((e for e in ("int8", "onnx") if all(engine_agrees(r, e) for r in reports)), None)
+    if best is None:
+        print("no exported engine grades as PyTorch does on every fold (see onnx.json): serve with --engine torch")
+    else:
+        print(f"serve them with: retinopathy serve {shlex.join(same)} --engine {best}")
 

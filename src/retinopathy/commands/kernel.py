@@ -13,6 +13,7 @@ validates its submission.csv, and with --submit submits that kernel version and 
 from pathlib import Path
 
 from .. import cli
+from ..inference.engines import ENGINE_HELP, ENGINES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,9 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     cli.data_args(p)
     p.add_argument("--dataset", required=True, help="the Kaggle dataset to create or version: OWNER/SLUG")
     p.add_argument("--kernel", required=True, help="the Kaggle kernel to push: OWNER/SLUG")
-    p.add_argument("--engine", choices=["torch", "onnx", "int8"], default="torch",
-                   help="how the kernel runs the folds: torch (export.pkl) or ONNX Runtime (model.onnx, "
-                        "model-int8.onnx; run scripts/export_onnx.py first)")
+    p.add_argument("--engine", choices=list(ENGINES), default="torch",
+                   help="how the kernel runs the folds: " + ENGINE_HELP + " (default torch)")
     p.add_argument("--gpu", action="store_true", help="run the kernel on a Kaggle GPU")
     p.add_argument("--no-push", action="store_true", help="write the folders and stop")
     p.add_argument("--no-build", action="store_true", help="push the folders an earlier build wrote, as they are")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.submit and not args.message:
         p.error("--submit needs -m/--message, the submission's description")
     experiment = cli.experiment(args)
-    from ..data.competitions import read_test_ids
+    from ..competitions import read_test_ids
     from ..inference.offline import describe_speed
     from ..kernel.build import build_kernel, existing_build
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from .. import cli
 from ..errors import UserError
 from ..inference.engines import ENGINE_HELP, ENGINES
-from ..inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SETTINGS_ENV, Grader, check_model_paths,
-                                         create_app, engine_file, models_in_folder, models_of_experiment)
+from ..inference.grader import Grader, check_model_paths, engine_file, models_in_folder
+from ..inference.serve import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SETTINGS_ENV, create_app, models_of_experiment
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20, help="largest upload, MB (default 30)")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest image, megapixels (default 40)")
-    p.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP + " (default torch)")
+    p.add_argument("--engine", choices=list(ENGINES), default="torch", help=ENGINE_HELP + " (default torch)")
     p.add_argument("--any-export", action="store_true",
                    help="serve models even where they were not trained with the given config's model settings")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    tta = None  # the experiment's config beside the folds says
     if args.model:
         models = args.model
     elif args.models_dir:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.config:
         experiment = cli.experiment(args)
         experiment.check_exports(any_export=args.any_export)
-        models = models_of_experiment(experiment)
+        models, tta = models_of_experiment(experiment), experiment.config.tta
     else:
         p.error("give --config <exp> (its trained folds), --models-dir models/<exp> or --model path/to/model")
     # A missing file is one line here, not a traceback from the server's start-up.
@@ -78,20 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         engine_file(Path(path), args.engine)
     # The port is bound and the models are loaded before anything is announced: either failing is one line.
     sock = listening_socket(args.host, args.port)
-    grader = Grader(models, args.threads, args.engine, args.any_export)
+    grader = Grader(models, args.threads, args.engine, args.any_export, tta=tta)
     limits = {"max_bytes": int(args.max_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6)}
     where = f"http://{args.host}:{args.port}/"
     if args.workers == 1:
         app = create_app(grader=grader, **limits)
-        print(f"serving {len(models)} model(s) ({grader.engine}) on {where} (Ctrl-C stops)", flush=True)
+        print(f"serving {len(models)} model(s) ({grader.engine}, TTA {'on' if grader.tta else 'off'}) on {where} "
+              "(Ctrl-C stops)", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
         return
     # The models loaded once above (any problem was one line); each worker process loads its own copy.
-    engine = grader.engine
+    engine, tta = grader.engine, grader.tta
     del grader
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     os.environ[SETTINGS_ENV] = json.dumps({"models": [str(Path(m).resolve()) for m in models], "threads": threads,
-                                           "engine": engine, "any_export": args.any_export, **limits})
+                                           "engine": engine, "any_export": args.any_export, "tta": tta, **limits})
     config = uvicorn.Config("retinopathy.inference.serve:app_from_environment", factory=True,
                             workers=args.workers, log_level="warning")
     print(f"serving {len(models)} model(s) ({engine}) on {where} with {args.workers} worker processes of "

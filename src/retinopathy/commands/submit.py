@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import cli
-from ..data.competitions import read_test_ids
+from ..competitions import read_test_ids
 from ..data.kaggle_client import submit
 from ..errors import UserError
 from ..inference.submission import validate_submission

@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="carry on from the last finished epoch of an interrupted run with the same config")
     cli.data_args(p)
     args = p.parse_args(argv)
+    experiment = cli.experiment(args)
+    folds = cli.parse_fold_spec(args.fold, experiment.config.n_folds)
     from ..training.train import train_folds
 
-    train_folds(cli.experiment(args), args.fold, resume=args.resume)
+    train_folds(experiment, folds, resume=args.resume)
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import cli
-from ..data.competitions import get_competition
+from ..competitions import get_competition
 from ..data.verify import verify_dataset
 from ..paths import Paths
 

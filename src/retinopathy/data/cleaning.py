@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..io import write_csv
+from ..files import write_csv
 
 ACTIONS = ("drop", "relabel")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .competitions import Competition
+from ..competitions import Competition
 from ..errors import UserError
-from ..io import atomic_path, write_text
+from ..files import atomic_path, write_text
 from .kaggle_client import kaggle_api, kaggle_errors
 
 DOWNLOADS = ".downloads"

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import apply_decisions, decisions_path
-from .competitions import Competition, read_labels
+from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
-from ..io import write_csv
+from ..heads import get_head, head_of_columns
+from ..files import write_csv
 
 
 def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
@@ -83,24 +84,20 @@ TEST_OUTPUTS = "test_outputs.csv"
 
 def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
     """The test images graded by the experiment named in ``pseudo_labels`` (its ``test_outputs.csv``), as training
-    rows with fold -1, so no fold ever validates on them: a regression head learns the values themselves (soft
-    targets), a classifier the top grade where its probability reaches ``pseudo_confidence``."""
+    rows with fold -1, so no fold ever validates on them: a head that learns numbers learns the grader's score
+    itself (soft targets); a classifier learns the grader's plain grade where the grader was at least
+    ``pseudo_confidence`` sure of it."""
     config = experiment.config
     source = Path(config.pseudo_labels) / TEST_OUTPUTS
     if not source.is_file():
         raise UserError(f"pseudo_labels: {source} not found: run predict with that experiment's config first")
     outputs = pd.read_csv(source, dtype={"id": str})
-    probs = [c for c in outputs.columns if c.startswith("prob_")]
-    if config.head == "regression":
-        grade = outputs["value"] if "value" in outputs else (outputs[probs].to_numpy() * np.arange(len(probs))).sum(1)
-        keep = np.ones(len(outputs), bool)
-    elif probs:
-        p = outputs[probs].to_numpy()
-        grade, keep = p.argmax(1), p.max(1) >= config.pseudo_confidence
-    else:  # a regression experiment's values, for a classifier: those close enough to a whole grade
-        value = outputs["value"].to_numpy()
-        grade = np.clip(np.rint(value), 0, 4).astype(int)
-        keep = np.abs(value - grade) <= (1 - config.pseudo_confidence) / 2
+    grader = head_of_columns(outputs.columns)
+    served = grader.outputs_of(outputs)
+    if get_head(config.head).categorical_targets:
+        grade, keep = grader.plain_grades(served), grader.confidence(served) >= config.pseudo_confidence
+    else:
+        grade, keep = grader.scores(served), np.ones(len(outputs), bool)
     manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")][["id", "path"]]
     rows = pd.DataFrame({"id": outputs["id"], "grade": grade, "fold": -1})[keep]

@@ -14,16 +14,24 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .competitions import APTOS2019, Competition, get_competition
+from ..competitions import APTOS2019, Competition, get_competition
 from ..errors import UserError
-from ..io import process_pool
-from ..preprocessing.fundus import Eye
+from ..files import process_pool
+
+class Eye(NamedTuple):
+    """Where the retina is drawn: its centre and radius in pixels."""
+
+    cx: float
+    cy: float
+    radius: float
+
 
 #: Images per grade in the real training sets (APTOS 2019 of 3,662; EyePACS 2015 of 35,126).
 GRADE_COUNTS = {

@@ -15,8 +15,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..metrics import GRADES
-from .competitions import Competition, detect_competition
-from ..io import process_pool, write_csv
+from ..competitions import Competition, detect_competition
+from ..files import process_pool, write_csv
 
 QUARANTINE = "quarantine"
 QUARANTINE_REPORT = "report.csv"

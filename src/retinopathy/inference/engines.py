@@ -1,27 +1,83 @@
-"""How a trained fold runs on a CPU: the same computation (a prepared uint8 RGB image in, probabilities or the grade
-value out) through PyTorch (float32 or bfloat16, :mod:`.torch_engine`) or ONNX Runtime (float32 or int8, here).
+"""How a trained fold runs: the engines by name, each with the file it runs from, how that file is made, what runs
+it and what a Kaggle kernel must bundle for it. Every engine computes the same thing: a prepared uint8 RGB image in,
+the head's served outputs out.
 
-This module imports neither torch nor fastai: a server with only ``model.onnx`` files runs without them. Loading an
-ONNX file runs no code, unlike unpickling ``export.pkl``.
+This module imports neither torch nor fastai: a server with only ONNX files runs without them. Loading an ONNX
+file runs no code, unlike unpickling ``export.pkl``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 
-ENGINES = ("torch", "bf16", "onnx", "int8")
-ENGINE_HELP = ("torch: PyTorch float32 (export.pkl); bf16: PyTorch bfloat16 + channels-last, for CPUs with "
-               "AVX512-BF16/AMX; onnx: ONNX Runtime float32 (model.onnx); int8: ONNX Runtime, 8-bit "
-               "(model-int8.onnx); make the ONNX files with scripts/export_onnx.py")
-ONNX_FILES = {"onnx": "model.onnx", "int8": "model-int8.onnx"}
-#: the file a trained fold runs from, by engine
-MODEL_FILES = {"torch": "export.pkl", "bf16": "export.pkl", **ONNX_FILES}
 #: the ONNX files' metadata key holding the fingerprint of the config that trained the fold they were exported from
 FINGERPRINT_KEY = "retinopathy_fingerprint"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way of running a fold."""
+
+    name: str
+    #: the file in ``fold<K>/`` it runs from
+    model_file: str
+    help: str
+    #: ONNX Runtime (torch-free, no gradients: no heat maps) rather than PyTorch
+    onnx: bool = False
+    #: PyTorch in bfloat16 with channels-last (fast only on CPUs with native bf16)
+    bf16: bool = False
+    #: what a kernel installs for it beyond the library's base
+    packages: tuple[str, ...] = ()
+    #: ``retinopathy export-onnx`` writes its file (the torch engines run training's own export.pkl)
+    exported: bool = False
+
+    def runner(self, path: Path, config, threads: int | None = None, device: str = "cpu"):
+        """What runs the fold in ``path`` (a file of this engine, trained with ``config``): a callable from images
+        (N, H, W, 3) to the head's served outputs."""
+        if self.onnx:
+            return OnnxRunner(path, threads)
+        from ..training.serving_model import torch_runner
+
+        return torch_runner(path, config, threads, bf16=self.bf16, device=device)
+
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    Engine("torch", "export.pkl", "PyTorch float32 (export.pkl)"),
+    Engine("bf16", "export.pkl", "PyTorch bfloat16 + channels-last, for CPUs with AVX512-BF16/AMX", bf16=True),
+    Engine("onnx", "model.onnx", "ONNX Runtime float32 (model.onnx)", onnx=True, packages=("onnxruntime",),
+           exported=True),
+    Engine("int8", "model-int8.onnx", "ONNX Runtime 8-bit (model-int8.onnx)", onnx=True, packages=("onnxruntime",),
+           exported=True),
+)}
+#: the engines ``retinopathy export-onnx`` makes files for
+EXPORTED = tuple(name for name, e in ENGINES.items() if e.exported)
+ENGINE_HELP = "; ".join(f"{e.name}: {e.help}" for e in ENGINES.values()) + \
+    " (make the ONNX files with retinopathy export-onnx)"
+
+
+def get_engine(name: str) -> Engine:
+    """An engine by name, or one line naming the known ones."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise UserError(f"unknown engine '{name}': use one of {', '.join(ENGINES)}") from None
+
+
+def engine_of_file(path: Path, asked: str = "torch") -> Engine:
+    """The engine that runs ``path``: the one asked for where the file is its own, else the engine whose file this
+    is by name (``model-int8.onnx`` → int8), else ONNX Runtime float32 for any other ``.onnx`` file."""
+    path = Path(path)
+    if path.name == ENGINES[asked].model_file:
+        return ENGINES[asked]
+    named = [e for e in ENGINES.values() if e.model_file == path.name]
+    if named:
+        return named[0]
+    return ENGINES["onnx"] if path.suffix == ".onnx" else ENGINES[asked]
 
 
 class OnnxRunner:
@@ -38,7 +94,7 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
             raise UserError(f"{path}: not a usable ONNX model ({str(e).splitlines()[0][:160]}); "
-                            "export it again with scripts/export_onnx.py") from None
+                            "export it again with retinopathy export-onnx") from None
         self.input = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # [1, size, size, 3] as exported
         self.image_size = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
@@ -51,7 +107,7 @@ class OnnxRunner:
 
 def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
     """A batch (N, H, W, 3) as the model sees it at test time: as is, and with ``tta`` flipped left-right and
-    upside-down (the same views as :class:`~retinopathy.training.callbacks.FlipInput` at prediction)."""
+    upside-down. The one definition of test-time augmentation: every caller grades through the Grader."""
     return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
 
 

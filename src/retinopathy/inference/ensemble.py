@@ -12,7 +12,8 @@ import pandas as pd
 from ..config import load_config
 from ..errors import UserError
 from ..experiment import Experiment
-from ..metrics import TUNING, GradeRule, blend_eyes, scalar_scores
+from ..heads import get_head
+from ..metrics import TUNING, GradeRule, blend_eyes
 from .oof import cv_report, load_oof, oof_values
 from .predict import TestPredictions, predict_test_outputs
 from .submission import write_submission
@@ -45,19 +46,20 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
             raise UserError(f"experiments '{first.config.name}' and '{e.config.name}' were not trained on the same "
                             "images (compare their dataset and folds); only such experiments can be ensembled")
     grades = oofs[0]["grade"].to_numpy(int)
-    values = [oof_values(oof.loc[ids].reset_index()) for oof in oofs]
+    values = [oof_values(oof.loc[ids].reset_index(), e.config.head) for e, oof in zip(experiments, oofs)]
     thresholds = optimize_thresholds(np.mean(values, axis=0), grades)
     weights = optimize_weights(values, grades, thresholds)
     blended = weights @ np.vstack(values)
     thresholds = optimize_thresholds(blended, grades, thresholds)
     tuned = qwk_at(blended, grades, thresholds)
     alone = {e.config.name: best_oof_qwk(e) for e in experiments}
-    rule = GradeRule(use_values=True, thresholds=tuple(thresholds))
+    # the blend is one number per image: graded as a regression value is
+    rule = GradeRule(use_values=True, thresholds=tuple(thresholds), head="regression")
     if first.competition.paired_eyes:
         weight = tune_eye_blend(ids, blended, grades, thresholds)
         if weight > 0:
             blended = blend_eyes(ids, blended, weight)
-            rule = GradeRule(True, optimize_thresholds(blended, grades, thresholds), weight)
+            rule = GradeRule(True, optimize_thresholds(blended, grades, thresholds), weight, "regression")
             tuned = qwk_at(blended, grades, rule.thresholds)
     rule = rule.with_extra(experiments=[e.config.name for e in experiments], weights=[float(w) for w in weights],
                            fingerprints=[e.config.fingerprint for e in experiments],
@@ -73,8 +75,8 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
     if any(p is None for p in predictions):
         return None
     order = predictions[0].ids
-    test_values = np.vstack([pd.Series(scalar_scores(p.outputs), index=p.ids).reindex(order).to_numpy()
-                             for p in predictions])
+    test_values = np.vstack([pd.Series(get_head(e.config.head).scores(p.outputs), index=p.ids).reindex(order).to_numpy()
+                             for e, p in zip(experiments, predictions)])
     combined = (weights @ test_values).reshape(-1, 1)
     merged = TestPredictions(predictions[0].sample_ids, order, combined, sum(p.n_models for p in predictions))
     return write_submission(first, merged, rule.grades(combined, order), first.paths.submission(name), verbose,

@@ -1,6 +1,6 @@
 """Where the model looks: Grad-CAM heat maps (the ``grad-cam`` package) from the last convolutional stage of a
-fold's body, for the grade it predicts (a classifier: that grade's logit; a regression: its value), averaged over
-the folds of an ensemble, and drawn over the image."""
+fold's body, for what its head says of the grade it predicts (a classifier: that grade's logit; the other heads:
+their score), averaged over the folds of an ensemble, and drawn over the image."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .torch_engine import ServingModel
+from ..training.serving_model import ServingModel
 
 
 def last_conv_stage(model: nn.Module) -> nn.Module:
@@ -24,25 +24,19 @@ def last_conv_stage(model: nn.Module) -> nn.Module:
     return stages[-1]
 
 
-class _Value:
-    """Grad-CAM target of a regression head: the predicted value itself."""
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return output[..., 0] if output.ndim else output
-
-
 def heat_map(models: list[ServingModel], image: np.ndarray, grade: int | None = None) -> np.ndarray:
     """Grad-CAM of ``image`` (prepared uint8 RGB, H × W × 3) at the model's input size (H × W, 0..1), averaged over
-    ``models`` (the folds). The target is ``grade`` for a classifier (its logit) and the value for a regression."""
+    ``models`` (the folds). The target is what each fold's head explains for ``grade``."""
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ..heads import get_head
 
     maps = []
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     for served in models:
         net = served.model.float().eval()
         x = ((pixels - served.mean.float()) / served.std.float()).contiguous()
-        target = _Value() if served.regression else ClassifierOutputTarget(int(grade or 0))
+        target = get_head(served.head).explain_target(int(grade or 0))
         with torch.enable_grad(), GradCAM(model=net, target_layers=[last_conv_stage(net)]) as cam:
             maps.append(cam(input_tensor=x, targets=[target])[0])
     mean = np.mean(maps, axis=0)

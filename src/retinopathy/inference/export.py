@@ -1,6 +1,7 @@
-"""The export step for CPU serving: each trained fold as ``model.onnx`` (float32) and ``model-int8.onnx`` (weights
-and activations quantised to 8 bits, calibrated on the fold's own training images), measured against PyTorch float32
-on the fold's validation images and reported in ``onnx.json``."""
+"""The export step for CPU serving: each trained fold as the files of the exported engines (``model.onnx``, float32;
+``model-int8.onnx``, weights and activations quantised to 8 bits, calibrated on the fold's own training images),
+each graded through the Grader beside PyTorch float32 on the fold's validation images and reported in
+``onnx.json``."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import torch
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly, read_provenance
-from ..io import atomic_path, write_text
+from ..files import atomic_path, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
-from .engines import FINGERPRINT_KEY, ONNX_FILES, OnnxRunner, run_batched
-from .torch_engine import ServingModel, TorchRunner, serving_model
-from .tuning import read_rule
+from .engines import ENGINES, EXPORTED, FINGERPRINT_KEY, OnnxRunner, get_engine
+from .grader import Grader
+from ..training.serving_model import ServingModel, serving_model
 
 #: the export's measurements, beside the fold's ONNX files
 ONNX_REPORT = "onnx.json"
@@ -121,8 +122,8 @@ def agreement(reference: np.ndarray, outputs: np.ndarray, to_grade, labels: np.n
 
 
 def onnx_files(fold_dir: Path) -> dict[str, Path]:
-    """The ONNX files of a fold, by engine."""
-    return {engine: fold_dir / name for engine, name in ONNX_FILES.items()}
+    """The exported engines' files of a fold, by engine."""
+    return {name: Path(fold_dir) / ENGINES[name].model_file for name in EXPORTED}
 
 
 def save_report(fold_dir: Path, report: dict) -> Path:
@@ -130,37 +131,49 @@ def save_report(fold_dir: Path, report: dict) -> Path:
     return write_text(fold_dir / ONNX_REPORT, json.dumps(report, indent=2) + "\n")
 
 
-def export_fold(experiment, fold: int, int8: bool = True, calibration_images: int = 128,
+def _up_to_date(files: list[Path], source: Path, report_file: Path, fingerprint: str | None) -> bool:
+    return report_file.is_file() and all(p.is_file() and p.stat().st_mtime >= source.stat().st_mtime
+                                         and OnnxRunner(p, 1).fingerprint == fingerprint for p in files)
+
+
+def export_fold(experiment, fold: int, engines: tuple[str, ...] = EXPORTED, calibration_images: int = 128,
                 check_images: int | None = None, force: bool = False, verbose: bool = True) -> dict:
-    """Write ``model.onnx`` (and ``model-int8.onnx``) for one trained fold and measure each against PyTorch
-    float32 on the fold's validation images: largest output difference, grade agreement, QWK. The figures are
-    saved as ``onnx.json`` beside them; a fold already exported from the same ``export.pkl`` is skipped."""
+    """Write the files of ``engines`` (ONNX float32 always, as the int8 file's source) for one trained fold and
+    grade the fold's validation images with each through the Grader beside PyTorch float32: largest output
+    difference, grade agreement, QWK. The figures are saved as ``onnx.json`` beside them; a fold already exported
+    from the same ``export.pkl`` is skipped."""
     config, fold_dir = experiment.config, experiment.fold_dir(fold)
+    engines = tuple(dict.fromkeys(("onnx", *(get_engine(e).name for e in engines))))
+    unknown = [e for e in engines if e not in EXPORTED]
+    if unknown:
+        raise UserError(f"engine {unknown[0]} runs training's own export.pkl: export one of {', '.join(EXPORTED)}")
     source = fold_dir / "export.pkl"
     if not source.is_file():
-        raise UserError(f"{source} not found: train fold {fold} first (scripts/train_fold.py --fold {fold})")
+        raise UserError(f"{source} not found: train fold {fold} first (retinopathy train --fold {fold})")
     fingerprint = (read_provenance(fold_dir) or {}).get("fingerprint")
     files, report_file = onnx_files(fold_dir), fold_dir / ONNX_REPORT
-    wanted = [files["onnx"]] + ([files["int8"]] if int8 else [])
-    if not force and report_file.is_file() and all(p.is_file() and p.stat().st_mtime >= source.stat().st_mtime
-                                                   and OnnxRunner(p, 1).fingerprint == fingerprint for p in wanted):
-        report = json.loads(report_file.read_text())
+    if not force and _up_to_date([files[e] for e in engines], source, report_file, fingerprint):
         if verbose:
-            print(f"fold {fold}: already exported ({', '.join(p.name for p in wanted)}); --force redoes it")
-        return report
+            print(f"fold {fold}: already exported ({', '.join(files[e].name for e in engines)}); --force redoes it")
+        return json.loads(report_file.read_text())
 
-    regression = config.head == "regression"
-    model = serving_model(load_learner_quietly(source), regression)
-    export_onnx(model, config.image_size, files["onnx"], fingerprint)
-
+    step = _progress(verbose, fold, 2 + ("int8" in engines))
+    step("exporting to ONNX")
+    export_onnx(serving_model(load_learner_quietly(source), config.head), config.image_size, files["onnx"],
+                fingerprint)
     try:
         table = training_table(experiment)
     except UserError as e:
-        if int8:
+        if "int8" in engines:
             raise UserError(f"int8 calibration needs fold {fold}'s preprocessed training images ({e}); "
-                            "run the export where the model was trained, or pass --no-int8") from None
+                            "run the export where the model was trained, or pass --engines onnx") from None
         table = None
     rng = np.random.default_rng(config.seed)
+    if "int8" in engines:
+        step("calibrating and quantising to int8")
+        train = table[table["fold"] != fold]
+        picked = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
+        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked), fingerprint)
     if table is not None:
         valid = table[table["fold"] == fold]
         if check_images and len(valid) > check_images:
@@ -170,16 +183,16 @@ def export_fold(experiment, fold: int, int8: bool = True, calibration_images: in
     else:  # no data here: random images still show whether ONNX Runtime computes what PyTorch does
         check = rng.integers(0, 256, (8, config.image_size, config.image_size, 3), dtype=np.uint8)
         labels, checked_on = None, "random images (no preprocessed data found)"
-    to_grade = read_rule(experiment).grades  # one image at a time, as the server grades
-    reference = run_batched(TorchRunner(model), check)
-    report = {"fold": fold, "image_size": config.image_size, "head": config.head, "checked_on": checked_on,
-              "onnx": agreement(reference, run_batched(OnnxRunner(files["onnx"]), check), to_grade, labels).__dict__}
-    if int8:
-        train = table[table["fold"] != fold]
-        picked = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
-        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked), fingerprint)
-        report["int8"] = agreement(reference, run_batched(OnnxRunner(files["int8"]), check), to_grade,
-                                   labels).__dict__
+    # each engine as every caller runs it: through the Grader, one image at a time, the experiment's grade rule
+    step(f"checking on {len(check)} {checked_on}")
+    graders = {name: Grader([source if name == "torch" else files[name]], engine=name, any_export=True, tta=False)
+               for name in ("torch", *engines)}
+    outputs = {name: np.concatenate([g.outputs(check[i:i + 1]) for i in range(len(check))])
+               for name, g in graders.items()}
+    report = {"fold": fold, "image_size": config.image_size, "head": config.head, "checked_on": checked_on}
+    for name in engines:
+        report[name] = agreement(outputs["torch"], outputs[name], graders["torch"].grades, labels).__dict__
+    if "int8" in engines:
         report["int8"]["calibration_images"] = len(picked)
     save_report(fold_dir, report)
     if verbose:
@@ -187,14 +200,38 @@ def export_fold(experiment, fold: int, int8: bool = True, calibration_images: in
     return report
 
 
+#: an engine is recommended where it gives PyTorch's grade on this share of the images and costs at most this QWK
+AGREES_ON, QWK_COST = 0.98, 0.01
+
+
+def engine_agrees(report: dict, engine: str) -> bool:
+    """Whether an export report shows ``engine`` grading as PyTorch float32 does (within the margins above)."""
+    a = report.get(engine)
+    if not a:
+        return False
+    cost = (a["qwk_reference"] - a["qwk_engine"]) if a.get("qwk_reference") is not None else 0.0
+    return a["grade_agreement"] >= AGREES_ON and cost <= QWK_COST
+
+
+def _progress(verbose: bool, fold: int, total: int):
+    """``step(what)`` prints "fold K [i/total] what" (flushed: the export of a large fold takes minutes)."""
+    done = [0]
+
+    def step(what: str) -> None:
+        done[0] += 1
+        if verbose:
+            print(f"fold {fold} [{done[0]}/{total}] {what}", flush=True)
+    return step
+
+
 def describe_report(report: dict) -> str:
     """The export's measurements in a few lines for the terminal."""
     lines = [f"fold {report['fold']}: against PyTorch float32 on {report['checked_on']}"]
-    for engine in ("onnx", "int8"):
+    for engine in EXPORTED:
         if engine in report:
             a = report[engine]
             qwk = (f"; QWK {a['qwk_reference']:.3f} (float32) → {a['qwk_engine']:.3f}"
                    if a["qwk_reference"] is not None else "")
-            lines.append(f"  {ONNX_FILES[engine]:16s} {a['images']} images: same grade on "
+            lines.append(f"  {ENGINES[engine].model_file:16s} {a['images']} images: same grade on "
                          f"{100 * a['grade_agreement']:.1f}%, largest output difference {a['max_abs_diff']:.2g}{qwk}")
     return "\n".join(lines)

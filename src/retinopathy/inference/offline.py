@@ -11,34 +11,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.competitions import detect_competition, read_test_ids
+from ..competitions import detect_competition, read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment
 from ..paths import Paths
-from ..preprocessing.image_io import prepare_file, read_prepared
+from ..preprocessing.image_io import prepare_file
 from ..preprocessing.stage import preprocess_dataset
-from .engines import MODEL_FILES
-from .serve import Grader, models_in_folder
+from .engines import get_engine
+from .grader import Grader, models_in_folder
 from .submission import TestPredictions, write_submission
+
 
 def bundle_models(models_dir: Path, engine: str) -> list[Path]:
     """The model files, for ``engine``, of the one experiment under a bundle's ``models`` folder
     (``<exp>/fold<K>/<file>``, at any depth: an unpacked archive may add a level)."""
-    experiments = sorted({p.parent.parent for p in Path(models_dir).rglob(f"fold*/{MODEL_FILES[engine]}")})
+    name = get_engine(engine).model_file
+    experiments = sorted({p.parent.parent for p in Path(models_dir).rglob(f"fold*/{name}")})
     if len(experiments) != 1:
-        raise UserError(f"{models_dir}: expected the trained folds of one experiment with {MODEL_FILES[engine]} "
+        raise UserError(f"{models_dir}: expected the trained folds of one experiment with {name} "
                         f"files (the {engine} engine), found {len(experiments)} experiments")
     return models_in_folder(experiments[0], engine)
-
-
-def grade_batches(grader: Grader, paths: list[str], tta: bool, batch: int = 32, progress=None) -> np.ndarray:
-    """Fold- and view-averaged outputs for prepared images on disk, ``batch`` at a time."""
-    outputs = []
-    for start in range(0, len(paths), batch):
-        outputs.append(grader.batch_outputs(read_prepared(paths[start:start + batch]), tta))
-        if progress:
-            progress(min(start + batch, len(paths)), len(paths))
-    return np.concatenate(outputs) if outputs else np.zeros((0, 1 if grader.regression else 5), np.float32)
 
 
 def predict_offline(models_dir: Path, competition_dir: Path, output_dir: Path, engine: str = "torch",
@@ -61,27 +53,27 @@ def predict_offline(models_dir: Path, competition_dir: Path, output_dir: Path, e
     readable = manifest[(manifest["path"] != "")]
     if verbose:
         print(f"prepared {len(readable)} of {len(sample_ids)} test images ({time.time() - start:.0f}s); grading "
-              f"with {len(grader.runners)} fold(s), {engine} engine on {device}, TTA {'on' if config.tta else 'off'}",
+              f"with {len(grader.runners)} fold(s), {engine} engine on {device}, TTA {'on' if grader.tta else 'off'}",
               flush=True)
 
     def progress(done, total):
         if verbose and (done == total or done % 1024 < 32):
             print(f"  graded {done}/{total} ({time.time() - start:.0f}s)", flush=True)
 
-    outputs = grade_batches(grader, readable["path"].tolist(), config.tta, progress=progress)
+    outputs = grader.outputs_of_files(readable["path"].tolist(), progress=progress)
     ids = readable["id"].astype(str).tolist()
     predictions = TestPredictions(list(sample_ids), ids, outputs, len(grader.runners))
-    grades = grader.rule.grades(outputs, ids)
+    grades = grader.grades(outputs, ids)
     return write_submission(experiment, predictions, grades, output_dir / "submission.csv", verbose,
                             fingerprints=sorted({c.fingerprint for c in grader.configs}))
 
 
-def seconds_per_image(grader: Grader, images: list[Path], tta: bool) -> float:
+def seconds_per_image(grader: Grader, images: list[Path]) -> float:
     """Measured wall time per test image of the kernel's work on this machine: decode, prepare, every fold."""
     if not images:
         raise UserError("no image to time the kernel with")
     start = time.perf_counter()
-    grader.batch_outputs(np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images]), tta)
+    grader.outputs(np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images]))
     return (time.perf_counter() - start) / len(images)
 
 

@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 
 from ..experiment import Experiment
-from ..metrics import GRADES, GradeRule, quadratic_kappa, scalar_scores
-
-PROB_COLUMNS = [f"prob_{g}" for g in GRADES]
+from ..heads import get_head
+from ..metrics import GRADES, GradeRule, quadratic_kappa
 
 
 def load_oof(experiment: Experiment) -> pd.DataFrame:
@@ -18,14 +17,15 @@ def load_oof(experiment: Experiment) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def oof_outputs(oof: pd.DataFrame) -> np.ndarray:
-    """What the models output per OOF row: probabilities (n × 5) or a regression value (n × 1)."""
-    return oof[PROB_COLUMNS].to_numpy(float) if "prob_0" in oof else oof[["value"]].to_numpy(float)
+def oof_outputs(oof: pd.DataFrame, head: str) -> np.ndarray:
+    """What the models served per OOF row: the head's output columns."""
+    return get_head(head).outputs_of(oof)
 
 
-def oof_values(oof: pd.DataFrame) -> np.ndarray:
-    """One number per OOF row: the regression value, or the expected grade of the probabilities."""
-    return scalar_scores(oof_outputs(oof))
+def oof_values(oof: pd.DataFrame, head: str) -> np.ndarray:
+    """One continuous score per OOF row, as the head computes it (a regression's value, a classifier's expected
+    grade)."""
+    return get_head(head).scores(oof_outputs(oof, head))
 
 
 def cv_report(experiment: Experiment) -> dict:
@@ -34,10 +34,11 @@ def cv_report(experiment: Experiment) -> dict:
     from sklearn.metrics import confusion_matrix
 
     oof = load_oof(experiment)
-    rule = GradeRule.plain(experiment.config.head)
-    per_fold = {int(k): quadratic_kappa(rule(oof_outputs(g)), g["grade"]) for k, g in oof.groupby("fold")}
+    head = experiment.config.head
+    rule = GradeRule.plain(head)
+    per_fold = {int(k): quadratic_kappa(rule(oof_outputs(g, head)), g["grade"]) for k, g in oof.groupby("fold")}
     values = np.array(list(per_fold.values()))
-    grades = rule(oof_outputs(oof))
+    grades = rule(oof_outputs(oof, head))
     confusion = confusion_matrix(oof["grade"].astype(int), grades, labels=list(GRADES)).tolist()
     return {"folds": per_fold, "mean": float(values.mean()), "std": float(values.std()),
             "pooled": quadratic_kappa(grades, oof["grade"]), "n": len(oof), "confusion": confusion}

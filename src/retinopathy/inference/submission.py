@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.competitions import Competition, read_labels
+from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
-from ..io import write_csv, write_text
+from ..files import write_csv, write_text
 from ..metrics import GRADES
 
 @dataclass

@@ -2,8 +2,8 @@
 ``tuning.json``: regression thresholds, EyePACS's blending of a patient's two eyes, and the weights of an ensemble of
 experiments. The result is a :class:`~retinopathy.metrics.GradeRule`.
 
-Scores are reduced to one number per image before tuning: a regression head's value, or a classifier's expected
-grade (sum of grade x probability), so experiments of either head can be averaged and cut by the same thresholds.
+Scores are reduced to one number per image before tuning (the head's score: a regression's value, a classifier's
+expected grade, ...), so experiments of any head can be averaged and cut by the same thresholds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..experiment import Experiment
-from ..io import write_text
+from ..heads import get_head
+from ..files import write_text
 from ..metrics import DEFAULT_THRESHOLDS, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
 from .oof import load_oof, oof_outputs, oof_values
 
@@ -79,20 +80,21 @@ def optimize_weights(values: list[np.ndarray], grades, thresholds=DEFAULT_THRESH
 
 
 def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
-    """Fit the post-processing on the OOF predictions and save it as ``models/<exp>/tuning.json``: thresholds for
-    a regression head (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the blending of a patient's two eyes,
-    kept only where it raises the OOF QWK. Prints the OOF QWK before and after."""
+    """Fit the post-processing on the OOF predictions and save it as ``models/<exp>/tuning.json``: thresholds on
+    the score of a head whose plain rule cuts it (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the
+    blending of a patient's two eyes, kept only where it raises the OOF QWK. Prints the OOF QWK before and after."""
     oof = load_oof(experiment)
-    grades, values = oof["grade"].to_numpy(int), oof_values(oof)
-    regression = experiment.config.head == "regression"
-    rule = GradeRule.plain(experiment.config.head)
-    before = quadratic_kappa(rule(oof_outputs(oof)), grades)
+    name = experiment.config.head
+    grades, values = oof["grade"].to_numpy(int), oof_values(oof, name)
+    cuts = get_head(name).cuts_scores
+    rule = GradeRule.plain(name)
+    before = quadratic_kappa(rule(oof_outputs(oof, name)), grades)
     best = before
-    if regression:
-        rule = GradeRule(use_values=True, thresholds=optimize_thresholds(values, grades))
+    if cuts:
+        rule = GradeRule(use_values=True, thresholds=optimize_thresholds(values, grades), head=name)
         best = qwk_at(values, grades, rule.thresholds)
     if experiment.competition.paired_eyes:
-        start = rule.thresholds if regression else optimize_thresholds(values, grades)
+        start = rule.thresholds if cuts else optimize_thresholds(values, grades)
         weight = tune_eye_blend(oof["id"], values, grades, start)
         if weight > 0:
             blended = blend_eyes(oof["id"], values, weight)
@@ -101,11 +103,11 @@ def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
             if verbose:
                 print(f"eye blending (weight {weight:.2f} on the other eye): OOF QWK {best:.4f} → {blended_qwk:.4f}")
             if blended_qwk > best:
-                rule = GradeRule(use_values=True, thresholds=tuple(thresholds), eye_blend=weight)
+                rule = GradeRule(use_values=True, thresholds=tuple(thresholds), eye_blend=weight, head=name)
                 best = blended_qwk
     rule = rule.with_extra(oof_qwk=before, oof_qwk_tuned=best, n=len(oof), fingerprint=experiment.config.fingerprint)
     write_rule(experiment.dir, rule)
-    if verbose and (regression or rule.eye_blend > 0):
+    if verbose and (cuts or rule.eye_blend > 0):
         blend = f", eye blend {rule.eye_blend:.2f}" if rule.eye_blend > 0 else ""
         print(f"tuned on OOF: thresholds {', '.join(f'{t:.3f}' for t in rule.thresholds)}{blend}; "
               f"pooled OOF QWK {before:.4f} → {best:.4f} ({experiment.dir / TUNING})")

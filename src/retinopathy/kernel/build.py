@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiment import FINGERPRINT, Experiment
-from ..io import write_text
+from ..files import write_text
+from ..inference.engines import get_engine
 
 #: what Kaggle's Python image already holds (and must not be bundled: a second torch would not fit, nor install)
 KAGGLE_IMAGE = frozenset({
@@ -25,8 +26,6 @@ KAGGLE_IMAGE = frozenset({
     "pandas", "pillow", "pyyaml", "scikit-learn", "scipy", "tqdm", "matplotlib", "protobuf", "sympy", "packaging",
     "mpmath",
 })
-#: what each engine needs at prediction time beyond the library's base
-ENGINE_PACKAGES = {"torch": [], "bf16": [], "onnx": ["onnxruntime"], "int8": ["onnxruntime"]}
 #: the file that marks the dataset (the kernel finds it by this name wherever Kaggle mounts it)
 BUNDLE_MARK = "retinopathy-bundle.json"
 TEMPLATE = Path(__file__).with_name("template.py")
@@ -83,7 +82,7 @@ def build_wheels(dest: Path, engine: str) -> list[str]:
             shutil.copy2(root / name, copy / name)
         _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(copy),
              what="building the library's wheel")
-    extra = [p for p in ENGINE_PACKAGES[engine] if p not in KAGGLE_IMAGE]
+    extra = [p for p in get_engine(engine).packages if p not in KAGGLE_IMAGE]
     if extra:
         _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *extra,
              what=f"downloading {', '.join(extra)}")
@@ -96,14 +95,12 @@ def build_wheels(dest: Path, engine: str) -> list[str]:
 def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[int]) -> None:
     """The trained folds' model files (for ``engine``), configs, fingerprints and the tuning, as laid out in
     ``models/<exp>/``."""
-    from ..inference.engines import MODEL_FILES
-
     out = dest / experiment.config.name
     for fold in folds:
         source = experiment.fold_dir(fold)
-        model = source / MODEL_FILES[engine]
+        model = source / get_engine(engine).model_file
         if not model.is_file():
-            raise UserError(f"{model} not found: make it with python scripts/export_onnx.py --config "
+            raise UserError(f"{model} not found: make it with retinopathy export-onnx --config "
                             f"{experiment.dir / 'config.yaml'} (or build the kernel with --engine torch)")
         (out / f"fold{fold}").mkdir(parents=True)
         for name in (model.name, "config.yaml", FINGERPRINT):
@@ -111,7 +108,7 @@ def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[in
     tuning = experiment.dir / "tuning.json"
     if tuning.is_file():
         shutil.copy2(tuning, out / "tuning.json")
-    shutil.copy2(experiment.dir / "config.yaml", out / "config.yaml")
+    experiment.config.save(out / "config.yaml")  # this build's config: the kernel grades as it says (tta)
 
 
 def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path, folds: list[int]) -> list[str]:
@@ -170,19 +167,18 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
 def measure_speed(experiment: Experiment, engine: str, folds: list[int], n_images: int = 16) -> float | None:
     """Seconds per test image of the kernel's work (decode, prepare, every fold, TTA) on this machine's CPU,
     timed on up to ``n_images`` of the competition's images; None where there are none."""
-    from ..inference.engines import MODEL_FILES
+    from ..inference.grader import Grader
     from ..inference.offline import seconds_per_image
-    from ..inference.serve import Grader
 
     competition, raw = experiment.competition, experiment.raw_dir
     images = sorted((raw / competition.test_images).glob(f"*{competition.image_suffix}"))[:n_images] or \
         sorted((raw / competition.train_images).glob(f"*{competition.image_suffix}"))[:n_images]
     if not images:
         return None
-    grader = Grader([experiment.fold_dir(k) / MODEL_FILES[engine] for k in folds], engine=engine,
-                    any_export=True)  # the folds were checked before the build
-    seconds_per_image(grader, images[:2], experiment.config.tta)  # the first call pays for lazy initialisation
-    return seconds_per_image(grader, images, experiment.config.tta)
+    grader = Grader([experiment.fold_dir(k) / get_engine(engine).model_file for k in folds], engine=engine,
+                    any_export=True, tta=experiment.config.tta)  # the folds were checked before the build
+    seconds_per_image(grader, images[:2])  # the first call pays for lazy initialisation
+    return seconds_per_image(grader, images)
 
 
 def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: bool = False,
@@ -193,8 +189,7 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
     if not experiment.competition.code_competition:
         raise UserError(f"{experiment.competition.slug} takes CSV submissions: use scripts/submit.py with the "
                         "CSV that scripts/predict.py writes")
-    if engine not in ENGINE_PACKAGES:
-        raise UserError(f"unknown engine '{engine}': use one of {', '.join(ENGINE_PACKAGES)}")
+    get_engine(engine)
     folds = experiment.check_exports(any_export=any_export)  # before anything is built
     base = root / experiment.config.name
     packages = write_dataset(experiment, dataset, engine, base / "dataset", folds)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.competitions import Competition
+from ..competitions import Competition
 from ..data.kaggle_client import kaggle_api, kaggle_errors, wait_for_score
 from ..errors import UserError
 from ..inference.submission import validate_submission

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data.competitions import detect_competition, read_labels, read_test_ids
+from ..competitions import detect_competition, read_labels, read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment
-from ..io import atomic_path, process_pool, remove_stale_temporaries, write_csv
+from ..files import atomic_path, process_pool, remove_stale_temporaries, write_csv
 from ..paths import MANIFEST
 from .fundus import METHODS
 from .image_io import encode_png, prepare_file

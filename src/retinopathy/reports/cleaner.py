@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.cleaning import record_decisions
+from ..heads import get_head
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly
@@ -19,8 +20,9 @@ def cleaner_learner(experiment, fold: int = 0):
     folds, valid: this one), ready for fastai's ``ImageClassifierCleaner``, which shows images by file name."""
     from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, Normalize
 
-    if experiment.config.head != "classification":
-        raise UserError("ImageClassifierCleaner needs a classification head; this experiment is a regression")
+    if not get_head(experiment.config.head).categorical_targets:
+        raise UserError(f"ImageClassifierCleaner needs a classification head; this experiment's is "
+                        f"{experiment.config.head}")
     learn = load_learner_quietly(experiment.fold_dir(fold) / "export.pkl")
     table = training_table(experiment)
     grade_of = dict(zip(table["path"], table["grade"]))

@@ -16,10 +16,11 @@ import pandas as pd
 from ..errors import UserError
 from ..experiment import Experiment
 from ..inference.oof import load_oof, oof_outputs
+from ..heads import get_head
 from ..inference.tuning import read_rule
-from ..io import pyplot, save_figure, write_csv, write_text
+from ..files import write_csv, write_text
 from ..metrics import GRADE_NAMES, GRADES, quadratic_kappa
-from ..plots import draw_history
+from ..plots import draw_history, figure, save_figure
 
 
 def _save(fig, path: Path) -> Path:
@@ -32,15 +33,16 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
     model was: the probability of its pick (classification) or the distance to the nearest threshold (regression)."""
     oof = load_oof(experiment)
     rule = read_rule(experiment)
+    head = get_head(experiment.config.head)
     grades = oof["grade"].to_numpy(int)
-    outputs = oof_outputs(oof)
+    outputs = oof_outputs(oof, head.name)
     oof["pred"] = rule.grades(outputs, oof["id"])
-    if "value" in oof or rule.use_values:
+    if rule.use_values or head.cuts_scores or "prob_0" not in head.columns:  # graded by its score
         values = rule.values(outputs, oof["id"])
         thresholds = np.asarray(rule.thresholds, float)
         oof["loss"] = np.abs(values - grades)
         oof["sureness"] = np.min(np.abs(values[:, None] - thresholds[None, :]), axis=1)
-        oof["shown"] = [f"value {v:.2f}" for v in values]
+        oof["shown"] = [f"score {v:.2f}" for v in values]
     else:
         oof["loss"] = -np.log(np.clip(outputs[np.arange(len(oof)), grades], 1e-7, 1))
         oof["sureness"] = outputs.max(1)
@@ -55,11 +57,10 @@ def image_grid(rows: pd.DataFrame, path: Path, title: str, columns: int = 4,
     with ``overlays`` (id → heat map drawn over the image), each image beside its overlay."""
     from PIL import Image
 
-    plt = pyplot()
     n = max(1, len(rows))
     per_image = 2 if overlays else 1
     nrows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(nrows, columns * per_image, figsize=(3 * columns * per_image, 3.3 * nrows),
+    fig, axes = figure(nrows, columns * per_image, figsize=(3 * columns * per_image, 3.3 * nrows),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -78,22 +79,20 @@ def image_grid(rows: pd.DataFrame, path: Path, title: str, columns: int = 4,
 
 
 def oof_overlays(experiment: Experiment, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Grad-CAM overlays of out-of-fold images, each from the fold that held it out, for its predicted grade."""
-    from ..experiment import load_learner_quietly
-    from ..inference.explain import heat_map, overlay
-    from ..inference.torch_engine import serving_model
+    """Grad-CAM overlays of out-of-fold images, each from the fold that held it out (through the Grader), for its
+    predicted grade."""
+    from ..inference.explain import overlay
+    from ..inference.grader import Grader
     from ..preprocessing.image_io import read_prepared
 
-    regression = experiment.config.head == "regression"
-    models, out = {}, {}
+    graders, out = {}, {}
     for row in rows.itertuples():
         if not (isinstance(row.path, str) and row.path and Path(row.path).is_file()):
             continue
-        if row.fold not in models:
-            learn = load_learner_quietly(experiment.fold_dir(int(row.fold)) / "export.pkl")
-            models[row.fold] = serving_model(learn, regression)
+        if row.fold not in graders:
+            graders[row.fold] = Grader.of_experiment(experiment, folds=[int(row.fold)], device="cpu")
         image = read_prepared([row.path])[0]
-        out[row.id] = overlay(image, heat_map([models[row.fold]], image, int(row.pred)))
+        out[row.id] = overlay(image, graders[row.fold].explanation(image, int(row.pred)))
     return out
 
 
@@ -102,11 +101,10 @@ def confusion_report(oof: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, float]
     """Confusion matrix PNG (counts and row-normalised) and per-grade precision / recall / support."""
     from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
-    plt = pyplot()
     labels = list(GRADES)
     truth, pred = oof["grade"].astype(int), oof["pred"].astype(int)
     counts = confusion_matrix(truth, pred, labels=labels)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = figure(1, 2, figsize=(12, 5))
     ConfusionMatrixDisplay(counts, display_labels=labels).plot(ax=axes[0], colorbar=False, cmap="Blues")
     axes[0].set_title("counts")
     normalised = confusion_matrix(truth, pred, labels=labels, normalize="true")
@@ -161,11 +159,10 @@ def diagnose(history: pd.DataFrame) -> list[str]:
 
 def curves(experiment: Experiment, out: Path) -> dict[int, list[str]]:
     """One PNG with every fold's train/valid loss and QWK per epoch; returns each fold's diagnosis."""
-    plt = pyplot()
     folds = [k for k in range(experiment.config.n_folds) if (experiment.fold_dir(k) / "history.csv").is_file()]
     if not folds:
         raise UserError(f"no training history in {experiment.dir}: train a fold first")
-    fig, axes = plt.subplots(1, len(folds), figsize=(5 * len(folds), 4), squeeze=False)
+    fig, axes = figure(1, len(folds), figsize=(5 * len(folds), 4), squeeze=False)
     verdicts = {}
     for ax, fold in zip(axes[0], folds):
         history = pd.read_csv(experiment.fold_dir(fold) / "history.csv")

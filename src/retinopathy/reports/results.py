@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment import Experiment
-from ..io import write_csv, write_text
+from ..files import write_csv, write_text
 from ..metrics import GRADES, GradeRule
 
 

@@ -1,5 +1,5 @@
-"""fastai callbacks of this project, one concern each, found by type: bfloat16 on a CPU, the resume checkpoint, and
-flipped inputs for test-time augmentation; and the CPU-safe batch-order broadcast for multi-process training."""
+"""fastai callbacks of this project, one concern each, found by type: bfloat16 on a CPU, the resume checkpoint, the
+per-epoch seeding; and the CPU-safe batch-order broadcast for multi-process training."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib, set_seed
 
-from ..io import write_text
+from ..files import write_text
 
 
 class CPUBFloat16(Callback):
@@ -95,18 +95,6 @@ class EpochOffset(Callback):
 
     def before_epoch(self):
         self.learn.recorder.log[0] = self.epoch + self.offset
-
-
-class FlipInput(Callback):
-    """Test-time augmentation: predict on flipped inputs (a fundus photo flipped is still a fundus photo)."""
-
-    order = 1
-
-    def __init__(self, dims: tuple[int, ...]):
-        self.dims = dims
-
-    def before_batch(self):
-        self.learn.xb = (self.xb[0].flip(self.dims),)
 
 
 @contextlib.contextmanager

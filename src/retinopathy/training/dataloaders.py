@@ -7,10 +7,11 @@ import os
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ..device import cuda_available
 from ..errors import UserError
 from ..experiment import Experiment
+from ..heads import get_head
 from ..metrics import GRADES
 from .losses import class_weights
 
@@ -27,7 +28,7 @@ def num_workers(config) -> int:
         return config.num_workers
     # Cached PNGs at training size decode fast: on a CPU, extra worker processes only steal the model's cores.
     share = cores_per_fold(config) - (1 if config.folds_at_once > 1 else 0)
-    return min(8, max(1, share)) if torch.cuda.is_available() else 0
+    return min(8, max(1, share)) if cuda_available() else 0
 
 
 #: decoded training-size images kept in memory up to this many bytes (APTOS at 128 px: 144 MB; EyePACS at 384 px,
@@ -77,9 +78,11 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     valid_idx = np.flatnonzero(table["fold"].to_numpy() == fold)
     if len(valid_idx) == 0 or len(valid_idx) == len(table):
         raise UserError(f"fold {fold} is empty or holds every image: folds go 0..{table['fold'].max()}")
-    regression = config.head == "regression"
-    table = table.assign(target=table["grade"].astype(float) if regression else table["grade"])
-    block = RegressionBlock(n_out=1) if regression else CategoryBlock(vocab=list(GRADES))
+    # a classifier learns a category per image; the other heads learn the grade as a number (soft where a
+    # pseudo-label gives one)
+    categorical = get_head(config.head).categorical_targets
+    table = table.assign(target=table["grade"] if categorical else table["grade"].astype(float))
+    block = CategoryBlock(vocab=list(GRADES)) if categorical else RegressionBlock(n_out=1)
     # fastai adds the hub weights' own statistics; weights from a file or from scratch get the config's
     stats = imagenet_stats if config.normalize == "imagenet" else ([0.5] * 3, [0.5] * 3)
     batch_tfms = [] if config.hub_weights else [Normalize.from_stats(*stats)]

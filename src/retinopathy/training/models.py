@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import cpu_has_native_bf16, cpu_prefers_channels_last, cuda_available
 from ..errors import UserError
 from ..experiment import Experiment
-from ..metrics import GRADES, output_accuracy, output_error_rate, output_kappa
-from .losses import WeightedRegressionLoss, class_weights
+from ..heads import get_head
+from ..metrics import quadratic_kappa
+from .losses import class_weights
+from .pooling import pool_layer
 
 
 #: an arch name starting with this is timm's even where torchvision has the same name (resnet18, efficientnet_b3)
@@ -66,42 +69,68 @@ def _no_weights_message(name: str, arch, error: BaseException) -> str:
             f"or set pretrained=false")
 
 
+def plain_grades_of_raw(raw, targets, head: str):
+    """The plain grades of a batch of raw network outputs (a torch tensor), and the targets as grades."""
+    h = get_head(head)
+    outputs = h.activate(torch.as_tensor(raw).float()).detach().cpu().numpy()
+    return h.plain_grades(outputs), np.asarray(torch.as_tensor(targets).cpu()).reshape(-1).round().astype(int)
+
+
+def output_kappa(raw, targets, head: str = "classification") -> float:
+    """QWK of raw network outputs graded by the head's plain rule: the validation metric while training."""
+    return quadratic_kappa(*plain_grades_of_raw(raw, targets, head))
+
+
+def output_accuracy(raw, targets, head: str = "classification") -> float:
+    """Share of images whose plainly-graded output equals the target grade."""
+    grades, truth = plain_grades_of_raw(raw, targets, head)
+    return float((grades == truth).mean())
+
+
+def output_error_rate(raw, targets, head: str = "classification") -> float:
+    """1 - :func:`output_accuracy`."""
+    return 1.0 - output_accuracy(raw, targets, head)
+
+
 def build_learner(dls, experiment: Experiment, path: Path):
-    """fastai's ``vision_learner`` for the config: architecture by name (pretrained or not), the head's loss (class
-    weighted when ``balance=loss``), QWK / accuracy / error-rate metrics, mixed precision where the device has it."""
+    """fastai's ``vision_learner`` for the config: architecture by name (pretrained or not), the head's outputs and
+    loss (class weighted when ``balance=loss``), the pooling by name, QWK / accuracy / error-rate metrics, mixed
+    precision where the device has it."""
+    from functools import partial
+
     from fastai.callback.channelslast import ChannelsLast
-    from fastai.vision.all import AccumMetric, CrossEntropyLossFlat, vision_learner
+    from fastai.vision.all import AccumMetric, vision_learner
 
     from .callbacks import CPUBFloat16
 
     config = experiment.config
-    metrics = [AccumMetric(output_kappa, flatten=False, to_np=True, name="qwk"),
-               AccumMetric(output_accuracy, flatten=False, to_np=True, name="accuracy"),
-               AccumMetric(output_error_rate, flatten=False, to_np=True, name="error_rate")]
+    head = get_head(config.head)
+    metrics = [AccumMetric(partial(fn, head=head.name), flatten=False, to_np=False, name=name)
+               for fn, name in ((output_kappa, "qwk"), (output_accuracy, "accuracy"),
+                                (output_error_rate, "error_rate"))]
     train_grades = np.asarray([int(round(float(y))) for y in dls.train_ds.items["grade"]])
     weights = class_weights(train_grades, config.balance_alpha) if config.balance == "loss" else None
-    if config.head == "regression":
-        loss = WeightedRegressionLoss(config.regression_loss, weights)
-        extra = dict(n_out=1, y_range=(-0.5, len(GRADES) - 0.5))
-    else:
-        loss = CrossEntropyLossFlat(weight=torch.as_tensor(weights, dtype=torch.float32) if weights is not None
-                                    else None)
-        extra = {}
     arch = resolve_arch(config.arch)
     try:
-        learn = vision_learner(dls, arch, pretrained=config.hub_weights, loss_func=loss, metrics=metrics,
-                               ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints", **extra)
+        learn = vision_learner(dls, arch, pretrained=config.hub_weights, loss_func=head.loss(config.regression_loss,
+                                                                                           weights),
+                               metrics=metrics, ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints",
+                               n_out=head.n_out, y_range=head.y_range, concat_pool=config.pool == "concat")
     except Exception as e:  # noqa: BLE001 - any failure to fetch weights ends the same way for the user
         if config.hub_weights and _looks_like_download_failure(e):
             raise UserError(_no_weights_message(config.arch, arch, e)) from None
         raise
+    learn.model[1][0] = pool_layer(config.pool)
+    if learn.opt is not None:  # vision_learner froze the hub body, making the optimizer before the new pooling
+        learn.opt = None
+        learn.freeze()
     if config.pretrained_weights:
         from .weights import load_body_weights
 
         learn.weights_loaded = load_body_weights(learn.model[0], config.pretrained_weights)
     if config.starts_trained and not config.hub_weights and config.freeze_epochs > 0:
         learn.freeze()  # as vision_learner does for hub weights: the head trains alone first
-    if config.mixed_precision and torch.cuda.is_available():
+    if config.mixed_precision and cuda_available():
         learn = learn.to_fp16()
         learn.add_cb(ChannelsLast())
     elif config.mixed_precision and cpu_has_native_bf16():
@@ -109,27 +138,6 @@ def build_learner(dls, experiment: Experiment, path: Path):
     elif cpu_prefers_channels_last(config.image_size):
         learn.add_cb(ChannelsLast())  # float32 on a CPU: faster from this size on (benchmarks/throughput.py)
     return learn
-
-
-#: the image size from which float32 training on a CPU runs faster in channels-last (oneDNN's preferred layout):
-#: 1.15x at 128 px, 0.92x at 64 px for resnet18 on a 2-core CPU without bf16 (benchmarks/throughput.py); at
-#: 224 px EfficientNet-Lite0's depthwise convolutions gain 1.7x training and 1.5x predicting
-CHANNELS_LAST_FROM = 128
-
-
-def cpu_prefers_channels_last(image_size: int) -> bool:
-    """Whether float32 work at this image size runs on the CPU here and is faster in channels-last."""
-    return not torch.cuda.is_available() and image_size >= CHANNELS_LAST_FROM
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there bf16 autocast with channels-last
-    roughly halves a training step; elsewhere it is emulated and slower, so it stays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def remove_speed_callbacks(learn):

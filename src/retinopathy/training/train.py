@@ -21,14 +21,18 @@ import pandas as pd
 import torch
 
 from ..data.folds import pseudo_label_rows, training_table
-from ..errors import UserError
+from ..device import cuda_available
 from ..experiment import FINGERPRINT, Experiment, write_provenance
-from ..io import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
-from ..metrics import GRADES, GradeRule, quadratic_kappa
+from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
+from ..heads import get_head
+from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
+from ..preprocessing.image_io import read_prepared
 from .callbacks import EpochOffset, EpochSeed, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
-from .dataloaders import build_dataloaders, cores_per_fold
+from .dataloaders import build_dataloaders
+from .history import tidy_history
 from .models import build_learner, remove_speed_callbacks
+from .serving_model import TorchRunner, serving_model
 
 
 @dataclass
@@ -71,7 +75,7 @@ def fit_one_cycle_from(learn, n_epoch: int, lr_max, start_epoch: int = 0, cbs=()
     learn.fit(n_epoch - start_epoch, cbs=[ParamScheduler(shifted), *cbs])
 
 
-def _phases(config) -> list[tuple[str, int, object]]:
+def phases_of(config) -> list[tuple[str, int, object]]:
     """(name, epochs, learning rate) of each fit: the head alone first when the body is pretrained, then all."""
     lr = slice(config.lr_min, config.lr) if config.lr_min > 0 else config.lr
     phases = []
@@ -204,7 +208,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     elif verbose and main_process:
         print(f"fold {fold}: resuming after epoch {state['epoch'] + 1} of phase {state['phase'] + 1}")
 
-    phases = _phases(config)
+    phases = phases_of(config)
     if config.lr_find != "off" and state is None and main_process:
         suggested = run_lr_find(learn, out, config)
         print(f"fold {fold}: lr_find suggests {suggested:.2e} → {out / 'lr_find.png'}")
@@ -245,7 +249,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                 import fastai.distributed  # noqa: F401 - gives Learner its distrib_ctx
 
                 # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
-                cpu = not torch.cuda.is_available()
+                cpu = not cuda_available()
                 with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), \
                         (gloo_safe_broadcast() if cpu else contextlib.nullcontext()):
                     fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
@@ -263,38 +267,14 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
 
 def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, verbose: bool,
                  lr: float) -> FoldResult:
-    """History, loss curve, out-of-fold predictions and the export: the fold's outputs, written by one process."""
+    """History, loss curve, the export and the out-of-fold predictions: the fold's outputs, written by one process."""
     config = experiment.config
     out = experiment.fold_dir(fold)
-    history_file = out / "history.csv"
-    history = pd.read_csv(history_file)
-    # CSVLogger repeats its header when appending a second fit: drop those rows.
-    history = history[history["epoch"].astype(str) != "epoch"].reset_index(drop=True)
-    numeric = [c for c in history.columns if c != "time"]
-    history[numeric] = history[numeric].apply(pd.to_numeric, errors="coerce")
-    history = history.drop(columns=[c for c in ("step", "phase") if c in history.columns])
-    # Each fit (and a resumed one) counts its epochs from 0: number them by phase instead.
-    phases = _phases(config)
-    names = [name for name, n, _ in phases for _ in range(n)][:len(history)]
-    history.insert(0, "step", np.arange(len(history)))
-    history.insert(1, "phase", names + ["unfrozen"] * (len(history) - len(names)))
-    history["epoch"] = history.groupby("phase", sort=False).cumcount()
-    write_csv(history, history_file)
+    history = tidy_history(out / "history.csv", [(name, n) for name, n, _ in phases_of(config)])
+    write_csv(history, out / "history.csv")
     plot_history(history, out / "loss.png", f"{config.name} · fold {fold}")
 
-    # OOF predictions from exactly what is exported: float32, runnable on any CPU.
-    learn = remove_speed_callbacks(learn)
-    preds, _ = learn.get_preds(dl=dls.valid)
-    valid = dls.valid.items
-    oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy()})
-    if config.head == "regression":
-        oof["value"] = preds.view(-1).numpy()
-    else:
-        for g in GRADES:
-            oof[f"prob_{g}"] = preds[:, g].numpy()
-    oof["pred"] = GradeRule.plain(config.head).grades(preds.numpy())
-    write_csv(oof, out / "oof.csv")
-
+    learn = remove_speed_callbacks(learn)  # float32, contiguous: what predicts the same on any CPU
     learn.dls.train.num_workers = learn.dls.valid.num_workers = 0
     with atomic_path(out / "export.pkl") as tmp:
         learn.export(tmp)
@@ -302,9 +282,21 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
         # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
         (out / FINGERPRINT).unlink(missing_ok=True)
     write_provenance(out, config)
+    config.save(out / "config.yaml")
+
+    # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
+    # fold's own validation measured)
+    head = get_head(config.head)
+    runner = TorchRunner(serving_model(learn, head.name), device="cuda" if cuda_available() else "cpu",
+                         image_size=config.image_size)
+    valid = dls.valid.items
+    paths = valid["path"].tolist()
+    outputs = np.concatenate([runner(read_prepared(paths[i:i + 64])) for i in range(0, len(paths), 64)])
+    oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy(),
+                        **head.frame_columns(outputs), "pred": head.plain_grades(outputs)})
+    write_csv(oof, out / "oof.csv")
     qwk = quadratic_kappa(oof["pred"], oof["grade"])
     best_epoch = int(history["qwk"].to_numpy().argmax())
-    config.save(out / "config.yaml")
     # The export is the fold's product; the checkpoints (model and optimizer, several times the model's size) are
     # only needed to resume.
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -315,91 +307,6 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     return FoldResult(fold, qwk, best_epoch, time.time() - start, out, float(lr))
 
 
-def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
-    """``"all"`` → every fold; ``"2"`` or ``"0,3"`` → those folds, each checked against ``n_folds``."""
-    if str(spec).strip().lower() == "all":
-        return list(range(n_folds))
-    try:
-        folds = [int(part) for part in str(spec).split(",")]
-    except ValueError:
-        raise UserError(f"--fold '{spec}': give a fold number 0..{n_folds - 1}, a list like 0,2, or 'all'") from None
-    bad = [k for k in folds if not 0 <= k < n_folds]
-    if bad:
-        raise UserError(f"--fold {bad[0]}: this config has n_folds={n_folds}, so folds go 0..{n_folds - 1}")
-    return folds
-
-
-#: seconds between the progress lines of folds training side by side
-SIDE_BY_SIDE_PROGRESS_S = 60.0
-
-
-def _fold_progress(experiment: Experiment, fold: int, total: int) -> str:
-    """"fold K epoch E/N QWK q" from the epochs its history.csv holds so far (fastai's CSVLogger writes a row an
-    epoch, and its header again at each fit)."""
-    try:
-        lines = (experiment.fold_dir(fold) / "history.csv").read_text(errors="replace").splitlines()
-    except OSError:  # a fresh start removes an earlier run's history
-        lines = []
-    header = lines[0].split(",") if lines else []
-    rows = [line.split(",") for line in lines if line[:1].isdigit()]
-    if not rows or "qwk" not in header:
-        return f"fold {fold} starting"
-    return f"fold {fold} epoch {len(rows)}/{total} QWK {float(rows[-1][header.index('qwk')]):.3f}"
-
-
-def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
-    """Train ``folds`` ``folds_at_once`` at a time, each in its own ``retinopathy train --resume`` process (one GPU
-    and the cores shared), its output in ``models/<exp>/train-fold<K>.log``; every running fold's epoch and QWK now
-    and then, and a line per fold as it finishes.
-
-    One fold at a time leaves a big GPU mostly idle (small images, a loader that restarts its workers every epoch):
-    on an H100, aptos_gpu's five Lite0 folds trained side by side in 3.4 min, where one after another take about 9
-    (1.7-1.9 min each), and to the same models.
-    The data must be preprocessed and split first (the pipeline does that)."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor, wait
-
-    from ..paths import DATA_DIR_ENV, OUTPUT_DIR_ENV
-
-    config, paths = experiment.config, experiment.paths
-    at_once = min(config.folds_at_once, len(folds))
-    config_file = config.save(experiment.dir / "config.yaml")  # what every process trains, exactly
-    # each process's own CPU work on its share of the cores (a caller's thread setting wins)
-    env = {"OMP_NUM_THREADS": str(cores_per_fold(config)), **os.environ,
-           DATA_DIR_ENV: str(paths.data), OUTPUT_DIR_ENV: str(paths.output)}
-    print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time; each "
-          f"one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
-
-    def train(fold: int) -> tuple[int, int, Path]:
-        log = experiment.dir / f"train-fold{fold}.log"
-        command = [sys.executable, "-m", "retinopathy", "train", "--config", str(config_file), "--fold", str(fold),
-                   "--resume"]
-        with open(log, "a") as sink:
-            code = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
-        mark = f"fold {fold}: QWK"  # the fold's closing line (a progress bar's remains may precede it)
-        done = [line[line.index(mark):] for line in log.read_text(errors="replace").splitlines() if mark in line]
-        print(done[-1] if code == 0 and done else f"fold {fold}: stopped (exit {code}); see {log}", flush=True)
-        return fold, code, log
-
-    total = sum(epochs for _, epochs, _ in _phases(config))
-    with ThreadPoolExecutor(at_once) as pool:
-        running = {pool.submit(train, fold): fold for fold in folds}
-        while True:  # a line of every running fold's epoch now and then: long folds are not silent
-            pending = wait(running, timeout=SIDE_BY_SIDE_PROGRESS_S).not_done
-            if not pending:
-                break
-            started = [running[f] for f in pending if (experiment.fold_dir(running[f]) / "history.csv").is_file()]
-            if started:
-                print("side by side: " + " · ".join(_fold_progress(experiment, k, total) for k in sorted(started)),
-                      flush=True)
-        failed = [(fold, log) for fold, code, log in (f.result() for f in running) if code != 0]
-    if failed:
-        fold, log = failed[0]
-        last = (log.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"fold {fold} failed beside the others: {last} (whole output: {log}); the same command "
-                        f"resumes, and folds_at_once=1 trains one at a time")
-
-
-def train_folds(experiment: Experiment, spec: str = "all", resume: bool = False) -> list[FoldResult]:
-    """Train the folds named by ``spec`` one after another."""
-    return [train_fold(experiment, k, resume=resume) for k in parse_fold_spec(spec, experiment.config.n_folds)]
+def train_folds(experiment: Experiment, folds: list[int], resume: bool = False) -> list[FoldResult]:
+    """Train ``folds`` one after another."""
+    return [train_fold(experiment, k, resume=resume) for k in folds]

@@ -1,5 +1,5 @@
 """Files and processes: atomic writes (a reader never sees a half-written output, and an interrupted stage leaves no
-partial file), the plot helpers, and worker pools whose processes die with the stage that started them."""
+partial file), and worker pools whose processes die with the stage that started them."""
 
 from __future__ import annotations
 
@@ -107,19 +107,3 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a table as CSV (no index) atomically."""
     return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend: plots are written to files, on machines without a display."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100, **savefig_options) -> Path:
-    """A matplotlib figure as a PNG, written atomically, and the figure closed."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, **savefig_options)
-    pyplot().close(fig)
-    return Path(path)

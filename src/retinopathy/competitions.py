@@ -1,4 +1,5 @@
-"""The two Kaggle competitions as data: file names, columns and layout, so one pipeline serves both."""
+"""The two Kaggle competitions as data: file names, columns, layout, grades and how ids name patients, so one
+pipeline serves both."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
-from ..metrics import GRADES
+from .errors import UserError
+from .grades import GRADES
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,20 @@ class Competition:
     #: never an uploaded CSV
     code_competition: bool = False
 
+    #: the grades its labels use
+    grades: tuple[int, ...] = GRADES
+
     def patient(self, image_id: str) -> str:
         """The patient an image belongs to (EyePACS ``10_left`` → ``10``); each APTOS image is its own group."""
         return image_id.rsplit("_", 1)[0] if self.paired_eyes else image_id
+
+    def other_eye(self, image_id: str) -> str:
+        """The id of the same patient's other eye (EyePACS ``10_left`` → ``10_right``); "" where there is none."""
+        if not self.paired_eyes:
+            return ""
+        patient, _, side = str(image_id).rpartition("_")
+        other = {"left": "right", "right": "left"}.get(side)
+        return f"{patient}_{other}" if other else ""
 
     def image_path(self, raw_dir: Path, split: str, image_id: str) -> Path:
         """Where an image of the train or test split lies in a competition folder."""

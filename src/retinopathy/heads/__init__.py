@@ -1,0 +1,14 @@
+"""Heads found by name: what a network outputs for an image, how it learns (its loss) and how its outputs become a
+continuous score and a grade. Every stage asks the head; none compares its name.
+
+A head is one class in one file of this package, registered with :func:`register` (``docs/extending.md``).
+This package imports neither torch nor fastai at import time: the light stages (preprocessing, folds, ONNX
+serving) use the heads' numpy side only.
+"""
+
+from __future__ import annotations
+
+from .base import HEADS, Head, get_head, head_of_columns, register
+from . import classification, regression, ordinal, multitask  # noqa: F401,I001 - each registers its head, in this order
+
+__all__ = ["HEADS", "Head", "get_head", "head_of_columns", "register"]
