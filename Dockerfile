@@ -1,6 +1,6 @@
 # A torch-free CPU grader: the `serve` extra only (ONNX Runtime, Starlette, uvicorn), one experiment's ONNX files
 # mounted at /models. One container is the unit to replicate behind a load balancer or an orchestrator.
-#   python scripts/export_onnx.py --config configs/aptos_cpu.yaml        # writes models/aptos_cpu/fold*/model*.onnx
+#   retinopathy export-onnx --config aptos_cpu                          # writes models/aptos_cpu/fold*/model*.onnx
 #   docker build -t retinopathy-serve .
 #   docker run -p 8000:8000 -v "$PWD/models/aptos_cpu:/models:ro" retinopathy-serve
 #   curl -F file=@photo.jpeg http://127.0.0.1:8000/predict

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/run_pipeline.py
+	$(BIN)/retinopathy pipeline --config demo
 
 # One worker per core, each test file on one worker (so a file's fixtures are built once), one thread per worker.
 test: $(STAMP)

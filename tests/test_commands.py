@@ -112,3 +112,48 @@ def test_the_oldest_stack_ci_installs_is_the_declared_lower_bound():
         name, _, release = pin.partition("==")
         assert f"{name}>={release}" in train[name], f"make test-oldest installs {pin}: declare {name}>={release}"
     assert {p.split("==")[0] for p in oldest} == {"torch", "torchvision", "fastai", "timm"}
+
+
+def test_one_name_per_stage_scripts_are_named_as_the_stages():
+    wrappers = {p.stem for p in (REPO / "scripts").glob("*.py")}
+    stages = {module for module, _ in COMMANDS.values()}
+    assert wrappers == stages | {"train_fold"}, "scripts/ holds one wrapper per stage, plus train_fold.py"
+    for path in (REPO / "scripts").glob("*.py"):
+        module = "train" if path.stem == "train_fold" else path.stem
+        assert f"from retinopathy.commands.{module} import main" in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("stage", [s for s in COMMANDS if s not in ("synthesize", "contact-sheet")])
+def test_every_stage_takes_the_same_options(stage, tmp_path):
+    done = run(stage, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for option in ("--config CONFIG", "--data-dir", "--raw-dir", "--competition", "key=value"):
+        assert option in done.stdout, f"retinopathy {stage} --help lacks {option}"
+    assert "(default: demo)" in done.stdout, "one default config for every stage"
+    assert "python scripts/" not in done.stdout, "one vocabulary: retinopathy <stage>"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    for args in (["--help"], ["train", "--help"]):
+        reader = subprocess.Popen([str(COMMAND), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        reader.stdout.close()  # the reader went away before anything was read (as `| head -0`)
+        stderr = reader.stderr.read().decode()
+        reader.wait(timeout=60)
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_the_readme_is_a_short_guide_and_its_compatibility_table_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    head = "\n".join(readme.splitlines()[:40])
+    assert "make demo" in head and "| config | hardware |" in head, "the config for each hardware, first screenful"
+    assert not re.search(r"#\d+\b|\bissue\b", readme), "no issue numbers or tracker talk in the guide"
+    assert "python scripts/" not in readme.replace("python scripts/<stage>.py", ""), "one vocabulary"
+    oldest = dict(p.split("==") for p in re.search(r"^OLDEST := (.*)$", (REPO / "Makefile").read_text(),
+                                                    re.M).group(1).split())
+    row = re.search(r"^\| oldest supported \|(.*)$", readme, re.M).group(1).split("|")
+    cells = [c.strip() for c in row]
+    assert cells[1:5] == [oldest["torch"], oldest["torchvision"], oldest["fastai"], oldest["timm"]], cells
+    shipped = set(shipped_configs()) - {"debug"}
+    listed = set(re.findall(r"^\| `(\w+)` \| ", readme, re.M))
+    assert shipped <= listed, f"configs missing from the hardware table: {shipped - listed}"

@@ -21,7 +21,7 @@ def test_two_cpu_processes_train_one_fold(tiny_aptos, tmp_path):
     common = ["--config", str(REPO / "configs" / "debug.yaml"), "--data-dir", str(tmp_path / "data"),
               "--raw-dir", str(tiny_aptos)]
     overrides = ["epochs=2", "batch_size=8", "name=ddp"]
-    for stage in ("preprocess.py", "make_folds.py"):
+    for stage in ("preprocess.py", "folds.py"):
         done = subprocess.run([sys.executable, str(REPO / "scripts" / stage), *common, *overrides], env=env,
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr

@@ -39,7 +39,7 @@ def server():
 def kernel_command(work, experiment, server, *extra, key=None):
     home = work / "home"
     home.mkdir(exist_ok=True)
-    return run_script("kaggle_kernel.py", "--config", str(experiment.dir / "config.yaml"), "--dataset", DATASET,
+    return run_script("kernel.py", "--config", str(experiment.dir / "config.yaml"), "--dataset", DATASET,
                       "--kernel", KERNEL, "--poll", "0.05", *extra, cwd=work,
                       env=server.client_env(home, key) if server else None)
 
@@ -148,10 +148,10 @@ def test_push_failures_are_one_line(built, server, fault, message):
 
 def test_the_kernel_refuses_a_csv_competition_and_bad_names(built, tiny_eyepacs):
     work, experiment, _ = built
-    done = run_script("kaggle_kernel.py", "--config", str(experiment.dir / "config.yaml"), "--dataset", "tester/x",
+    done = run_script("kernel.py", "--config", str(experiment.dir / "config.yaml"), "--dataset", "tester/x",
                       "--kernel", KERNEL, "--no-push", cwd=work)
     assert done.returncode == 2 and "--dataset 'tester/x'" in done.stderr and done.stderr.count("\n") == 1
-    eyepacs = run_script("kaggle_kernel.py", "--config", str(experiment.dir / "config.yaml"), "--raw-dir",
+    eyepacs = run_script("kernel.py", "--config", str(experiment.dir / "config.yaml"), "--raw-dir",
                          str(tiny_eyepacs), "--dataset", DATASET, "--kernel", KERNEL, "--no-push", "--any-export",
                          cwd=work)
     assert eyepacs.returncode == 2 and "takes CSV submissions" in eyepacs.stderr

@@ -63,12 +63,15 @@ def test_notebook_runs_in_demo_mode_in_a_fresh_environment(tmp_path, monkeypatch
     shown = subprocess.run([str(python), "-m", "pip", "show", "-f", "retinopathy"], capture_output=True, text=True)
     assert f"Location: {next((venv / 'lib').glob('python3*/site-packages'))}" in shown.stdout, \
         "the install cell installed the library into the fresh environment, not as an editable link"
-    decisions = pd.read_csv(tmp_path / "data" / "cleaning" / "synthetic-aptos2019.csv")
+    decisions = pd.read_csv(tmp_path / "data" / "cleaning" / "synthetic-debug.csv")
     assert decisions["action"].tolist() == ["drop"], "the cleaner's choice was saved for the pipeline"
-    assert (tmp_path / "submissions" / "demo.csv").is_file()
-    assert (tmp_path / "reports" / "demo" / "index.html").is_file()
-    assert json.loads((tmp_path / "models" / "demo" / "fold0" / "onnx.json").read_text())["onnx"]["grade_agreement"] == 1
-    assert (tmp_path / "models" / "demo" / "fold0" / "model-int8.onnx").is_file()
+    assert (tmp_path / "submissions" / "debug.csv").is_file()
+    assert (tmp_path / "reports" / "debug" / "index.html").is_file()
+    assert json.loads((tmp_path / "models" / "debug" / "fold0" / "onnx.json").read_text())["onnx"]["grade_agreement"] == 1
+    assert (tmp_path / "models" / "debug" / "fold0" / "model-int8.onnx").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "KAGGLE_KEY" not in text
     assert "fold 1: QWK" in text, "training's progress is shown in the notebook"
+    assert "GPU: False, recommended config: aptos_cpu_pretrained" in text, "the recipe for the runtime, unchanged"
+    assert "set KAGGLE_DATASET and KAGGLE_KERNEL in the first cell to submit; skipped" in text, \
+        "Run all reaches the end: without kernel ids the APTOS submit cell says why it skips"

@@ -194,7 +194,7 @@ def test_a_resumed_table_counts_on_from_where_it_stopped(tiny_aptos, tmp_path, c
     capfd.readouterr()
     train.train_fold(experiment, 0, verbose=False, resume=True)
     rows = [line.split()[0] for line in capfd.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
-    assert rows[:2] == ["1", "2"], rows
+    assert rows[:2] == ["2", "3"], rows  # counted from 1: epoch 1 was done before the interruption
 
 
 # ----------------------------------------------------------------------------------------- faults, one line each
@@ -250,7 +250,7 @@ def test_a_full_disk_is_one_line_and_outputs_stay_whole(tmp_path, tiny_disk):
 
 def test_a_read_only_file_system_is_one_line(tiny_aptos, tmp_path, tiny_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
-    result = run_script("make_folds.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",
+    result = run_script("folds.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",
                         str(tiny_aptos), "--data-dir", str(tiny_disk), cwd=tmp_path)
     _one_line(result, str(tiny_disk), "read-only file system")
 
@@ -328,7 +328,7 @@ def test_dry_run_says_nothing_was_moved(tiny_aptos, tmp_path):
     shutil.copytree(tiny_aptos, raw)
     victim = sorted((raw / "train_images").glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
-    result = run_script("verify_images.py", "--raw-dir", str(raw), "--dry-run", cwd=tmp_path)
+    result = run_script("verify.py", "--raw-dir", str(raw), "--dry-run", cwd=tmp_path)
     assert "left in place (dry run: nothing moved)" in result.stdout and "moved to" not in result.stdout
     assert victim.is_file() and not (raw / "quarantine").exists()
 

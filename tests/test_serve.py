@@ -124,6 +124,13 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
         assert 0 <= report["int8"]["grade_agreement"] <= 1 and report["int8"]["calibration_images"] == 12
         assert f"fold {fold}: against PyTorch float32 on fold {fold} validation images" in stdout
     assert again.returncode == 0 and again.stdout.count("already exported") == 2, "up-to-date folds are skipped"
+    from retinopathy.inference.export import engine_agrees
+
+    reports = [json.loads((experiment.fold_dir(k) / "onnx.json").read_text()) for k in (0, 1)]
+    best = "int8" if all(engine_agrees(r, "int8") for r in reports) else "onnx"
+    assert f"--engine {best}" in stdout.splitlines()[-1], "int8 is recommended only where its check passes"
+    worse = {**reports[0], "int8": {**reports[0]["int8"], "grade_agreement": 0.9}}
+    assert not engine_agrees(worse, "int8") and engine_agrees(reports[0], "onnx")
 
 
 def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):

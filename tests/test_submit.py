@@ -80,5 +80,5 @@ def test_a_code_competition_refuses_a_csv_naming_the_kernel_path(server, tiny_ap
     csv = tmp_path / "aptos.csv"
     sample.assign(diagnosis=0).to_csv(csv, index=False)
     done = submit(server, tmp_path, tiny_aptos, csv)
-    assert done.returncode == 2 and "code competition" in done.stderr and "kaggle_kernel.py" in done.stderr
+    assert done.returncode == 2 and "code competition" in done.stderr and "retinopathy kernel --dataset" in done.stderr
     assert done.stderr.count("\n") == 1 and not server.log, "nothing was sent"

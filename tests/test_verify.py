@@ -9,7 +9,7 @@ from retinopathy.data.verify import check_image, verify_dataset
 def test_real_folders_are_clean(tmp_path):
     for name in ("eyepacs-sample", "aptos2019-224"):
         folder = shared(name)
-        done = run_script("verify_images.py", "--raw-dir", str(folder), "--dry-run", cwd=tmp_path)
+        done = run_script("verify.py", "--raw-dir", str(folder), "--dry-run", cwd=tmp_path)
         assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stdout + done.stderr
 
 
@@ -35,7 +35,7 @@ def test_bad_files_quarantined_and_labels_cross_checked(tiny_eyepacs, tmp_path):
     (raw / "trainLabels.csv").write_text("\n".join(labels + [labels[1], "1234_left,7"]) + "\n")
     before = (raw / "trainLabels.csv").read_bytes()
 
-    done = run_script("verify_images.py", "--raw-dir", str(raw), cwd=tmp_path)
+    done = run_script("verify.py", "--raw-dir", str(raw), cwd=tmp_path)
     assert done.returncode == 1
     out = done.stdout
     assert "2 bad" in out and "duplicate ids in the labels: 1" in out and "grades outside 0-4: 1" in out

@@ -16,17 +16,29 @@ from .experiment import Experiment
 from .paths import DATA_DIR_ENV, Paths
 
 
-def parser(description: str | None, config_default: str | None = None, overrides: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with --config, --data-dir and key=value overrides."""
+#: the config every stage reads unless --config names another
+DEFAULT_CONFIG = "demo"
+
+
+def parser(description: str | None, overrides: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with --config, --data-dir, --raw-dir, --competition and key=value overrides (a stage with
+    positional arguments of its own adds the overrides after them, with :func:`add_overrides`)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=config_keys_help() if overrides else None)
-    p.add_argument("--config", default=config_default,
+                                epilog=config_keys_help())
+    p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"a shipped config by name ({', '.join(shipped_configs())}) or a YAML file "
-                        f"(default: {config_default or 'built-in defaults'})")
+                        f"(default: {DEFAULT_CONFIG})")
     p.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_DIR_ENV} or ./data)")
+    data_args(p)
     if overrides:
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, e.g. epochs=3 arch=resnet18 image_size=128")
+        add_overrides(p)
+    return p
+
+
+def add_overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The trailing key=value config overrides."""
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. epochs=3 arch=resnet18 image_size=128")
     return p
 
 
@@ -101,6 +113,8 @@ def run(main: Callable[[], object]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # before OSError, of which it is one
+        quiet_closed_pipe()
     except OSError as e:
         message = fault_message(e)
         if message is None:
@@ -110,6 +124,15 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def quiet_closed_pipe() -> None:
+    """End quietly when the reader of our output went away (``retinopathy --help | head``): Python would print a
+    traceback flushing stdout at exit, so stdout is pointed at /dev/null first (Python's documented recipe)."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 def parse_fold_spec(spec: str, n_folds: int) -> list[int]:

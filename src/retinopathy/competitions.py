@@ -98,7 +98,7 @@ def detect_competition(raw_dir: Path) -> Competition:
     """Which competition a folder in Kaggle layout holds, from its label file."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise UserError(f"{raw_dir}: no such folder; download a competition there (scripts/download.py) "
+        raise UserError(f"{raw_dir}: no such folder; download a competition there (retinopathy download) "
                         "or point --raw-dir at a folder in Kaggle layout")
     for competition in COMPETITIONS:
         if (raw_dir / competition.labels_csv).is_file():

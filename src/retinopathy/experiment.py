@@ -75,7 +75,7 @@ class Experiment:
         """:meth:`trained_folds`, or a UserError saying to train one first."""
         folds = self.trained_folds()
         if not folds:
-            raise UserError(f"no trained fold in {self.dir}: run scripts/train_fold.py first")
+            raise UserError(f"no trained fold in {self.dir}: run retinopathy train first")
         return folds
 
     def fold_provenance(self, fold: int) -> dict | None:
@@ -95,7 +95,7 @@ class Experiment:
             problem = provenance_problem(self.fold_provenance(fold), self.config)
             if problem:
                 raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
-                                f"this config (scripts/train_fold.py --fold {fold}), or pass --any-export to use it")
+                                f"this config (retinopathy train --fold {fold}), or pass --any-export to use it")
         return folds
 
 

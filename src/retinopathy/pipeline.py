@@ -1,5 +1,5 @@
 """The whole pipeline for one config: data → preprocess → folds → train every fold → report, tune and predict →
-submission; and the prediction stage that the pipeline and ``scripts/predict.py`` share."""
+submission; and the prediction stage that the pipeline and ``retinopathy predict`` share."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def ensure_raw_data(experiment: Experiment) -> Path:
                          n_test=max(8, config.synthetic_images // 4), seed=config.seed,
                          max_side=max(256, 2 * config.image_size))
         return raw
-    raise UserError(f"{raw}: no competition data; download it (python scripts/download.py --competition "
+    raise UserError(f"{raw}: no competition data; download it (retinopathy download --competition "
                     f"{config.competition}) or pass --raw-dir DIR")
 
 

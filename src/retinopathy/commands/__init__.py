@@ -38,13 +38,12 @@ def overview() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     """Run ``retinopathy <command> …``; a user's mistake is one line and exit status 2."""
     from .. import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(overview())
+        cli.run(lambda: print(overview(), flush=True))
         return
     if argv[0] == "--version":
         from importlib.metadata import version

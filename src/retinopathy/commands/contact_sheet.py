@@ -1,7 +1,7 @@
 """A before/after contact sheet PNG of preprocessing: each image's original with the eye found drawn in green, then
 every method (none, crop, ben, clahe), so a person can check the crop at a glance.
 
-  python scripts/contact_sheet.py ../shared/data/eyepacs-sample/train -o reports/preprocess_sheet.png
+  retinopathy contact-sheet ../shared/data/eyepacs-sample/train -o reports/preprocess_sheet.png
 """
 
 import argparse

@@ -2,9 +2,9 @@
 (8-bit, calibrated on the fold's training images), each checked against PyTorch on the fold's validation images
 (same grade on what share of them, largest output difference, QWK); the figures go to fold<K>/onnx.json.
 
-  retinopathy export-onnx --config demo
-  retinopathy export-onnx --config aptos_cpu --folds 0 --calibration-images 256
-  retinopathy serve --config demo --engine onnx
+  retinopathy export-onnx --config debug
+  retinopathy export-onnx --config debug --folds 0 --calibration-images 32 --force
+  retinopathy serve --config debug --engine onnx
 
 Run it where the model was trained (int8 calibration reads the preprocessed images); --engines onnx needs only the
 export.pkl files.
@@ -18,8 +18,7 @@ from ..inference.engines import ENGINES, EXPORTED
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--folds", default="all", help="fold numbers (e.g. 0,2) or 'all' trained folds (default)")
     p.add_argument("--engines", nargs="+", choices=list(EXPORTED), default=list(EXPORTED),
                    help="the engines to export for: " + "; ".join(f"{e}: {ENGINES[e].help}" for e in EXPORTED)

@@ -1,6 +1,6 @@
 """Write the folds CSV (id, grade, fold): stratified on the grade; for EyePACS both eyes of a patient share a fold.
 
-  python scripts/make_folds.py --config configs/demo.yaml n_folds=5 seed=42
+  retinopathy folds --config debug n_folds=3 seed=1
 """
 
 from .. import cli
@@ -9,8 +9,7 @@ from ..data.folds import make_folds
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     args = p.parse_args(argv)
     make_folds(cli.experiment(args))
 

@@ -2,8 +2,8 @@
 least sure images, the confusion matrix with per-grade precision and recall, every fold's training curves with a
 diagnosis (under-fitting, over-fitting, learning rate too high), lr_find plots, and index.html tying them together.
 
-  python scripts/interpret.py --config configs/demo.yaml
-  python scripts/interpret.py --config configs/demo.yaml --fold 0 --top 24
+  retinopathy interpret --config debug
+  retinopathy interpret --config debug --fold 0 --top 8
 """
 
 from .. import cli
@@ -11,8 +11,7 @@ from .. import cli
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--fold", type=int, help="only this fold's out-of-fold images (default: every fold)")
     p.add_argument("--top", type=int, default=16, help="images in each grid (default 16)")
     p.add_argument("--no-heat-maps", action="store_true", help="leave out the Grad-CAM overlays (they need torch)")

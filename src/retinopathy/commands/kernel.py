@@ -4,10 +4,10 @@ library's wheel, any wheel Kaggle's image lacks, the trained folds, tuning.json,
 take on 13,000 test images, then creates or versions the dataset, pushes the kernel, waits for its run, fetches and
 validates its submission.csv, and with --submit submits that kernel version and waits for the score.
 
-  python scripts/kaggle_kernel.py --config configs/aptos_cpu.yaml --dataset you/aptos-folds --kernel you/aptos-kernel
-  python scripts/kaggle_kernel.py --config configs/aptos_cpu.yaml --dataset you/aptos-folds \\
+  retinopathy kernel --config aptos_cpu --dataset you/aptos-folds --kernel you/aptos-kernel
+  retinopathy kernel --config aptos_cpu --dataset you/aptos-folds \\
       --kernel you/aptos-kernel --submit -m "resnet18 5 folds"
-  python scripts/kaggle_kernel.py ... --engine onnx --no-push     # build the folders only (ONNX Runtime engine)
+  retinopathy kernel --config debug --dataset you/debug-folds --kernel you/debug-kernel --no-push  # folders only
 """
 
 from pathlib import Path
@@ -18,8 +18,7 @@ from ..inference.engines import ENGINE_HELP, ENGINES
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--dataset", required=True, help="the Kaggle dataset to create or version: OWNER/SLUG")
     p.add_argument("--kernel", required=True, help="the Kaggle kernel to push: OWNER/SLUG")
     p.add_argument("--engine", choices=list(ENGINES), default="torch",

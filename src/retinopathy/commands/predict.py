@@ -2,9 +2,9 @@
 the sample submission). First: the CV report of the out-of-fold predictions, the post-processing tuned on them
 (regression thresholds; for EyePACS, blending a patient's two eyes), and a row in reports/results.csv.
 
-  python scripts/predict.py --config configs/demo.yaml
-  python scripts/predict.py --config configs/demo.yaml tta=true
-  python scripts/predict.py --experiments demo demo-regression     # weighted ensemble, weights tuned on OOF
+  retinopathy predict --config debug
+  retinopathy predict --config debug tta=true
+  retinopathy predict --experiments debug debug-ordinal      # weighted ensemble of two trained experiments
 """
 
 from .. import cli
@@ -13,8 +13,7 @@ from ..paths import Paths
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--experiments", nargs="+", metavar="NAME",
                    help="trained experiments (models/<NAME>/) to ensemble instead of one config")
     p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")

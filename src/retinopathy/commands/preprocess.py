@@ -1,8 +1,8 @@
 """Find the eye, crop, normalise and resize every training and test image once, into
 data/processed/<dataset>/<method>-<size>/ with a manifest.csv. Resumable; all cores by default.
 
-  python scripts/preprocess.py --config configs/demo.yaml
-  python scripts/preprocess.py --competition eyepacs2015 --method ben --size 512
+  retinopathy preprocess --config debug
+  retinopathy preprocess --competition eyepacs2015 --method ben --size 512
 """
 
 from .. import cli
@@ -11,8 +11,7 @@ from ..preprocessing.fundus import METHODS
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--method", choices=METHODS, help="none | crop | ben | clahe (the config's `preprocess`)")
     p.add_argument("--size", type=int, help="output side in pixels (the config's `image_size`)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")

@@ -1,9 +1,9 @@
 """Serve a trained experiment on the CPU: a web page to grade a fundus photograph, and a JSON API.
 
-  python scripts/serve.py --config configs/demo.yaml                 # every trained fold, averaged
-  python scripts/serve.py --model models/demo/fold0/export.pkl --port 8080 --threads 2
-  python scripts/export_onnx.py --config configs/demo.yaml && python scripts/serve.py --config configs/demo.yaml --engine int8
-  retinopathy serve --models-dir models/demo --engine int8 --workers 2 --host 0.0.0.0   # torch-free, 2 processes
+  retinopathy serve --config debug                # every trained fold, averaged
+  retinopathy serve --model models/debug/fold0/export.pkl --port 8080 --threads 2
+  retinopathy export-onnx --config debug && retinopathy serve --config debug --engine onnx
+  retinopathy serve --models-dir models/debug --engine onnx --workers 2 --host 0.0.0.0   # torch-free, 2 processes
   curl -F file=@photo.jpeg http://127.0.0.1:8000/predict
 
 With --workers N, N processes share the port, each with its own copy of the models and cores/N threads; past one
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     import uvicorn
 
-    p = cli.parser(__doc__, config_default=None)
-    cli.data_args(p)
+    p = cli.parser(__doc__)
     p.add_argument("--model", type=Path, action="append",
                    help="an export.pkl or .onnx to serve (repeat for an ensemble); config.yaml must sit beside it")
     p.add_argument("--models-dir", type=Path,
@@ -71,8 +70,6 @@ def main(argv: list[str] | None = None) -> None:
         experiment = cli.experiment(args)
         experiment.check_exports(any_export=args.any_export)
         models, tta = models_of_experiment(experiment), experiment.config.tta
-    else:
-        p.error("give --config <exp> (its trained folds), --models-dir models/<exp> or --model path/to/model")
     # A missing file is one line here, not a traceback from the server's start-up.
     check_model_paths(models)
     for path in models:

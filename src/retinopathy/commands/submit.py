@@ -2,8 +2,10 @@
 validated against the competition's sample submission first (ids, order, grades 0-4), so a bad file is refused
 here rather than after an upload.
 
-  python scripts/submit.py submissions/demo.csv -m "resnet34 5 folds" --competition aptos2019
-  python scripts/submit.py submissions/x.csv -m "..." --config configs/x.yaml   # competition from the config
+  retinopathy submit submissions/eyepacs.csv -m "resnet34 5 folds" --competition eyepacs2015
+  retinopathy submit submissions/x.csv -m "..." --config x.yaml   # the competition from the config
+
+APTOS 2019 takes no CSV (a code competition): submit it with retinopathy kernel.
 
 The competition's sample submission must be in data/raw/<competition>/ (or --raw-dir).
 """
@@ -22,8 +24,8 @@ from ..inference.submission import validate_submission
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__, overrides=False)
-    cli.data_args(p)
     p.add_argument("submission", type=Path, help="the CSV to submit")
+    cli.add_overrides(p)
     p.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
     p.add_argument("--poll", type=float, default=10.0, help="seconds between score checks (default 10)")
     p.add_argument("--timeout", type=float, default=1800.0, help="stop waiting for the score after this many s")
@@ -32,14 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     competition = experiment.competition
     if competition.code_competition:
         raise UserError(f"{competition.slug} is a code competition: Kaggle accepts only the output of a kernel it "
-                        "runs itself, not an uploaded CSV; submit with python scripts/kaggle_kernel.py (retinopathy "
-                        "kernel) --dataset you/slug --kernel you/slug --submit -m MESSAGE")
+                        "runs itself, not an uploaded CSV; submit with retinopathy kernel --dataset you/slug "
+                        "--kernel you/slug --submit -m MESSAGE")
     if not args.submission.is_file():
-        raise UserError(f"{args.submission}: file not found (scripts/predict.py writes submissions/<exp>.csv)")
+        raise UserError(f"{args.submission}: file not found (retinopathy predict writes submissions/<exp>.csv)")
     sample_ids = read_test_ids(experiment.raw_dir, competition)
     if sample_ids is None:
         raise UserError(f"{experiment.raw_dir / competition.sample_submission} not found: it is needed to check the "
-                        "file before sending it (download it with scripts/download.py, or pass --raw-dir)")
+                        "file before sending it (download it with retinopathy download, or pass --raw-dir)")
     try:
         table = pd.read_csv(args.submission, dtype={competition.id_column: str}, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:

@@ -1,11 +1,10 @@
 """Write a synthetic competition in Kaggle layout (fundus-like images whose lesions follow the grade).
 
-  python scripts/synthesize.py data/raw/synthetic-eyepacs --competition eyepacs2015 --n-train 300 --n-test 100
+  retinopathy synthesize data/raw/synthetic-eyepacs --competition eyepacs2015 --n-train 30 --n-test 10
 """
 
 import argparse
 
-from .. import cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,10 @@
 """Train one fold (or all) with fastai; writes models/<exp>/fold<K>/ (export.pkl, oof.csv, history.csv, loss.png,
 config.yaml). Run one process per fold on a multi-GPU box, or --fold all one after another.
 
-  python scripts/train_fold.py --config configs/demo.yaml --fold 0
-  python scripts/train_fold.py --config configs/demo.yaml --fold all epochs=10 arch=resnet34
-  python scripts/train_fold.py --config configs/demo.yaml --fold 0 --resume      # after an interruption
-  torchrun --nproc_per_node 4 scripts/train_fold.py --config configs/x.yaml --fold 0   # one fold on 4 GPUs
+  retinopathy train --config debug --fold 0
+  retinopathy train --config debug --fold all name=debug-r18 arch=resnet18 epochs=2   # another experiment
+  retinopathy train --config debug --fold 0 --resume      # after an interruption: carries on
+  torchrun --nproc_per_node 4 scripts/train_fold.py --config x.yaml --fold 0   # one fold on 4 GPUs
 """
 
 from .. import cli
@@ -12,11 +12,10 @@ from .. import cli
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = cli.parser(__doc__, config_default="demo")
+    p = cli.parser(__doc__)
     p.add_argument("--fold", required=True, help="fold number, or 'all'")
     p.add_argument("--resume", action="store_true",
                    help="carry on from the last finished epoch of an interrupted run with the same config")
-    cli.data_args(p)
     args = p.parse_args(argv)
     experiment = cli.experiment(args)
     folds = cli.parse_fold_spec(args.fold, experiment.config.n_folds)

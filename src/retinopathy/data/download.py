@@ -16,12 +16,12 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from ..competitions import Competition
 from ..errors import UserError
 from ..files import atomic_path, write_text
 from .kaggle_client import kaggle_api, kaggle_errors
+from ..progress import progress_bar
 
 DOWNLOADS = ".downloads"
 COMPLETE = ".download-complete.json"
@@ -66,7 +66,7 @@ def extract(archive: Path, dest: Path, progress: bool = True) -> list[Path]:
     with zipfile.ZipFile(archive) as z:
         members = [m for m in z.infolist() if not m.is_dir()]
         total = sum(m.file_size for m in members)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {archive.name}", disable=not progress) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc=f"extract {archive.name}", show=progress) as bar:
             for m in members:
                 target = (staging / m.filename).resolve()
                 if not target.is_relative_to(staging.resolve()):
@@ -85,7 +85,7 @@ def extract(archive: Path, dest: Path, progress: bool = True) -> list[Path]:
 def join_parts(parts: list[Path], joined: Path) -> Path:
     """Concatenate ``x.zip.001``, ``x.zip.002``… (one zip cut into pieces) into ``x.zip``, atomically."""
     with atomic_path(joined) as tmp, open(tmp, "wb") as out:
-        for part in tqdm(parts, desc=f"join {joined.name}", unit="part"):
+        for part in progress_bar(parts, desc=f"join {joined.name}", unit="part"):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 16 * 2**20)
     return joined

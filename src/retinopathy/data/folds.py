@@ -65,9 +65,9 @@ def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
 
 def training_table(experiment: Experiment) -> pd.DataFrame:
     """Folds joined with the preprocessed images: columns id, grade, fold, path (bad images left out, and said)."""
-    for path, stage in ((experiment.folds_csv, "make_folds.py"), (experiment.manifest_csv, "preprocess.py")):
+    for path, stage in ((experiment.folds_csv, "folds"), (experiment.manifest_csv, "preprocess")):
         if not path.is_file():
-            raise UserError(f"{path} not found: run scripts/{stage} with this config first")
+            raise UserError(f"{path} not found: run retinopathy {stage} with this config first")
     folds = pd.read_csv(experiment.folds_csv, dtype={"id": str})
     manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
     usable = manifest[manifest["path"] != ""][["id", "path"]]

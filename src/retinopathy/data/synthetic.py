@@ -19,11 +19,11 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..competitions import APTOS2019, Competition, get_competition
 from ..errors import UserError
 from ..files import process_pool
+from ..progress import progress_bar
 
 class Eye(NamedTuple):
     """Where the retina is drawn: its centre and radius in pixels."""
@@ -219,7 +219,7 @@ def make_competition(out_dir: str | os.PathLike, competition: str = APTOS2019.sl
                          seed, len(jobs)))
 
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(jobs), desc=f"synthesizing {comp.aliases[0]}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"synthesizing {comp.aliases[0]}", unit="img", show=progress)
     if workers > 1:
         with process_pool(workers) as pool:
             for _ in pool.map(_write_image, jobs, chunksize=8):

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..metrics import GRADES
 from ..competitions import Competition, detect_competition
 from ..files import process_pool, write_csv
+from ..progress import progress_bar
 
 QUARANTINE = "quarantine"
 QUARANTINE_REPORT = "report.csv"
@@ -115,10 +115,10 @@ def verify_dataset(raw_dir: Path, competition: Competition | None = None, worker
     paths = [str(p) for p in files]
     if workers > 1 and len(paths) > 50:
         with process_pool(workers) as pool:
-            reasons = list(tqdm(pool.map(check_image, paths, chunksize=32), total=len(paths), desc="verify",
-                                unit="img", disable=not progress))
+            reasons = list(progress_bar(pool.map(check_image, paths, chunksize=32), total=len(paths), desc="verify",
+                                unit="img", show=progress))
     else:
-        reasons = [check_image(p) for p in tqdm(paths, desc="verify", unit="img", disable=not progress)]
+        reasons = [check_image(p) for p in progress_bar(paths, desc="verify", unit="img", show=progress)]
     report.checked = len(paths)
     for path, reason in zip(files, reasons):
         if path.suffix.lower() not in IMAGE_SUFFIXES and not reason:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..competitions import read_test_ids
 from ..data.folds import TEST_OUTPUTS
@@ -17,6 +16,7 @@ from ..heads import get_head
 from .grader import Grader
 from .submission import TestPredictions, write_submission
 from .tuning import read_rule
+from ..progress import progress_bar
 
 
 def predict_test_outputs(experiment: Experiment, verbose: bool = True, any_export: bool = False) -> TestPredictions | None:
@@ -34,8 +34,8 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True, any_expor
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")]
     test = test.set_index("id").reindex([i for i in sample_ids if i in set(test["id"])]).reset_index()
     grader = Grader.of_experiment(experiment, any_export=any_export, tta=experiment.config.tta)
-    with tqdm(total=len(test), desc=f"predict {len(test)} test images with {len(grader.runners)} folds",
-              unit="img", disable=not verbose) as bar:
+    with progress_bar(total=len(test), desc=f"predict {len(test)} test images with {len(grader.runners)} folds",
+                      unit="img", show=verbose) as bar:
         outputs = grader.outputs_of_files(test["path"].tolist(), progress=lambda done, _: bar.update(done - bar.n))
     return TestPredictions(list(sample_ids), test["id"].tolist(), outputs, len(grader.runners))
 

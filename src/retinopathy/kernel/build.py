@@ -187,8 +187,8 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
     check_ref(dataset, "dataset")
     check_ref(kernel, "kernel")
     if not experiment.competition.code_competition:
-        raise UserError(f"{experiment.competition.slug} takes CSV submissions: use scripts/submit.py with the "
-                        "CSV that scripts/predict.py writes")
+        raise UserError(f"{experiment.competition.slug} takes CSV submissions: use retinopathy submit with the "
+                        "CSV that retinopathy predict writes")
     get_engine(engine)
     folds = experiment.check_exports(any_export=any_export)  # before anything is built
     base = root / experiment.config.name

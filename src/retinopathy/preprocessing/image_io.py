@@ -74,7 +74,7 @@ def read_prepared(paths: Iterable[str]) -> np.ndarray:
     def read(p):
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise UserError(f"{p}: preprocessed image missing or unreadable: run scripts/preprocess.py again")
+            raise UserError(f"{p}: preprocessed image missing or unreadable: run retinopathy preprocess again")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     return np.stack([read(p) for p in paths])

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..competitions import detect_competition, read_labels, read_test_ids
 from ..errors import UserError
@@ -18,6 +17,7 @@ from ..files import atomic_path, process_pool, remove_stale_temporaries, write_c
 from ..paths import MANIFEST
 from .fundus import METHODS
 from .image_io import encode_png, prepare_file
+from ..progress import progress_bar
 
 MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path"]
 
@@ -94,7 +94,7 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
     remove_stale_temporaries(out_dir)
     workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
     if jobs:
-        with tqdm(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", disable=not progress) as bar, \
+        with progress_bar(total=len(jobs), desc=f"preprocess {method}-{size}", unit="img", show=progress) as bar, \
                 open(journal_path, "a", encoding="utf-8") as journal:
             pool = process_pool(workers) if workers > 1 and len(jobs) > 8 else None
             with pool or contextlib.nullcontext():

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.torch_core import rank_distrib, set_seed
 
 from ..files import write_text
@@ -79,8 +80,9 @@ class EpochSeed(Callback):
 
 
 class EpochOffset(Callback):
-    """A resumed fit counts its epochs from 0 and starts its running training loss afresh: number the printed and
-    logged table from where it resumed, and carry on the running loss from where it stopped."""
+    """fastai counts a fit's epochs from 0, and a resumed fit from 0 again with its running training loss afresh:
+    number the printed and logged table from 1, on from where a resumed fit stopped, and carry on the running loss
+    from there."""
 
     order = 51  # right after the Recorder has started the epoch's row (and reset its running loss)
 
@@ -94,7 +96,38 @@ class EpochOffset(Callback):
             self.learn.recorder.smooth_loss.val, self.learn.recorder.smooth_loss.count = torch.tensor(val), count
 
     def before_epoch(self):
-        self.learn.recorder.log[0] = self.epoch + self.offset
+        self.learn.recorder.log[0] = self.epoch + self.offset + 1
+
+
+class KeepBest(SaveModelCallback):
+    """fastai's ``SaveModelCallback`` (keep the best epoch by the monitored metric, reload it after the fit), saying
+    the epoch as the table numbers it: from 1, counting on in a resumed fit."""
+
+    def __init__(self, offset: int = 0, **options):
+        super().__init__(**options)
+        self.offset = offset
+
+    def after_epoch(self):
+        TrackerCallback.after_epoch(self)
+        if self.new_best:
+            print(f"better {self.monitor} at epoch {self.epoch + self.offset + 1}: {self.best:.4f}", flush=True)
+            self._save(self.fname)
+
+
+class PlainTable(Callback):
+    """The epoch table as plain lines, for a log file or CI: fastai's console bar writes a '█' and a carriage
+    return at every start, even with its bars hidden. Used in place of fastai's ProgressCallback off a terminal."""
+
+    order = 60
+
+    def before_fit(self):
+        """Print the table's header; the Recorder then logs each epoch's row through :meth:`_write`."""
+        self.learn.logger = self._write
+        self._write(self.recorder.metric_names)
+
+    def _write(self, row):
+        cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in row]
+        print("  ".join(c.ljust(10) for c in cells).rstrip(), flush=True)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
 from ..preprocessing.image_io import read_prepared
-from .callbacks import EpochOffset, EpochSeed, ResumeCheckpoint, gloo_safe_broadcast, tracker_callbacks
+from .callbacks import (EpochOffset, EpochSeed, KeepBest, PlainTable, ResumeCheckpoint, gloo_safe_broadcast,
+                        tracker_callbacks)
 from .dataloaders import build_dataloaders
 from .history import tidy_history
 from .models import build_learner, remove_speed_callbacks
@@ -169,8 +170,7 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
 
 
 def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, callbacks) -> FoldResult | None:
-    from fastai.callback.progress import CSVLogger
-    from fastai.callback.tracker import SaveModelCallback
+    from fastai.callback.progress import CSVLogger, ProgressCallback
     from fastai.torch_core import rank_distrib, set_seed
 
     config = experiment.config
@@ -186,6 +186,9 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         table = pd.concat([table, pseudo], ignore_index=True)
     dls = build_dataloaders(table, experiment, fold)
     learn = build_learner(dls, experiment, out)
+    if not sys.stdout.isatty():  # a log file: the epoch table as plain lines, no bar fragments
+        learn.remove_cb(ProgressCallback)
+        learn.add_cb(PlainTable())
     if config.init_from:
         from .weights import init_from_experiment
 
@@ -225,7 +228,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         if name == "unfrozen" and len(phases) > 1:
             learn.unfreeze()
         start_epoch = 0
-        tracker = SaveModelCallback(monitor="qwk", comp=np.greater, fname="best", reset_on_fit=True)
+        tracker = KeepBest(monitor="qwk", comp=np.greater, fname="best", reset_on_fit=True)
         if state is not None:
             if index < state["phase"]:
                 continue
@@ -238,9 +241,10 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                     # tracker reloads them after the fit), keeping the optimizer's state. Do the same.
                     learn.load("best", with_opt=False)
                     continue
+        tracker.offset = start_epoch
         cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, config.fingerprint),
                EpochSeed(config.seed + fold, index, start_epoch),
-               *([EpochOffset(start_epoch, state.get("smooth_loss"))] if start_epoch else []), *callbacks]
+               EpochOffset(start_epoch, state.get("smooth_loss") if start_epoch else None), *callbacks]
         if main_process:
             cbs.insert(0, CSVLogger(fname="history.csv", append=True))
             cbs += trackers
@@ -275,6 +279,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     plot_history(history, out / "loss.png", f"{config.name} · fold {fold}")
 
     learn = remove_speed_callbacks(learn)  # float32, contiguous: what predicts the same on any CPU
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, PlainTable)])
     learn.dls.train.num_workers = learn.dls.valid.num_workers = 0
     with atomic_path(out / "export.pkl") as tmp:
         learn.export(tmp)
