@@ -6,12 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# The oldest releases pyproject.toml admits, as Colab and Kaggle images carried them: installed first, they must
-# survive the project's install untouched and run the tiny pipeline (CI runs this after make test).
-OLDEST := torch==2.9.1 torchvision==0.24.1 fastai==2.8.5 timm==1.0.3
-OLDEST_VENV := .venv-oldest
+# The runtimes users have, one pinned list each (runtimes/*.txt, the oldest being the declared lower bounds):
+# installed first, then the project; pip must keep them, and every stage must run on them (CI runs this).
+RUNTIMES := $(sort $(wildcard runtimes/*.txt))
 
-.PHONY: demo test test-all test-oldest test-serve test-slow setup clean
+.PHONY: demo test test-all test-runtimes test-serve test-slow setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +30,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
-test-oldest: $(STAMP)
-	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[train]'
-	$(OLDEST_VENV)/bin/python tests/oldest_stack.py --trainer $(BIN)/python $(OLDEST)
+test-runtimes: $(STAMP)
+	for runtime in $(RUNTIMES); do $(BIN)/python tests/runtime_stack.py $$runtime --trainer $(BIN)/python || exit 1; done
 
 # The torch-free server in a fresh environment holding only the serve extra (a real install; CI runs it).
 test-serve: $(STAMP)

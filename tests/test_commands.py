@@ -105,13 +105,21 @@ def test_every_upper_bound_says_why():
     assert not any(re.match(r'"(torch|torchvision)\b[^"]*<', line) for line in bounded)
 
 
-def test_the_oldest_stack_ci_installs_is_the_declared_lower_bound():
-    oldest = re.search(r"^OLDEST := (.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+def runtime_pins(name: str) -> dict[str, str]:
+    """The pinned releases of ``runtimes/<name>.txt`` and its Python."""
+    text = (REPO / "runtimes" / f"{name}.txt").read_text()
+    pins = dict(line.split("==") for line in text.splitlines() if "==" in line and not line.startswith("#"))
+    return {"python": re.search(r"^# python: (\S+)$", text, re.M).group(1), **pins}
+
+
+def test_the_oldest_runtime_ci_installs_is_the_declared_lower_bound():
+    from packaging.version import Version
+
+    oldest = runtime_pins("colab-2025")
     train = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]: r for r in _project()["optional-dependencies"]["train"]}
-    for pin in oldest:
-        name, _, release = pin.partition("==")
-        assert f"{name}>={release}" in train[name], f"make test-oldest installs {pin}: declare {name}>={release}"
-    assert {p.split("==")[0] for p in oldest} == {"torch", "torchvision", "fastai", "timm"}
+    for name in ("torch", "torchvision", "fastai", "timm"):
+        floor = re.search(r">=([\d.]+)", train[name]).group(1)
+        assert Version(floor) == Version(oldest[name]), f"{name}: declared >={floor}, the oldest runtime has {oldest[name]}"
 
 
 def test_one_name_per_stage_scripts_are_named_as_the_stages():
@@ -149,11 +157,14 @@ def test_the_readme_is_a_short_guide_and_its_compatibility_table_is_what_ci_runs
     assert "make demo" in head and "| config | hardware |" in head, "the config for each hardware, first screenful"
     assert not re.search(r"#\d+\b|\bissue\b", readme), "no issue numbers or tracker talk in the guide"
     assert "python scripts/" not in readme.replace("python scripts/<stage>.py", ""), "one vocabulary"
-    oldest = dict(p.split("==") for p in re.search(r"^OLDEST := (.*)$", (REPO / "Makefile").read_text(),
-                                                    re.M).group(1).split())
-    row = re.search(r"^\| oldest supported \|(.*)$", readme, re.M).group(1).split("|")
-    cells = [c.strip() for c in row]
-    assert cells[1:5] == [oldest["torch"], oldest["torchvision"], oldest["fastai"], oldest["timm"]], cells
+    for path in sorted((REPO / "runtimes").glob("*.txt")):
+        pins = runtime_pins(path.stem)
+        row = re.search(rf"^\|[^|]*`runtimes/{path.name}`[^|]*\|(.*)$", readme, re.M)
+        assert row, f"runtimes/{path.name} has no row in the README's compatibility table"
+        cells = dict(zip(["python", "torch", "torchvision", "fastai", "fastcore", "timm"],
+                         [c.strip() for c in row.group(1).split("|")]))
+        for key, pinned in pins.items():
+            assert cells.get(key) == pinned, f"README says {key} {cells.get(key)} for {path.name}, which pins {pinned}"
     shipped = set(shipped_configs()) - {"debug"}
     listed = set(re.findall(r"^\| `(\w+)` \| ", readme, re.M))
     assert shipped <= listed, f"configs missing from the hardware table: {shipped - listed}"

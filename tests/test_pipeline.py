@@ -187,6 +187,8 @@ def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp
     for fold in (0, 1):
         log = (side.dir / f"train-fold{fold}.log").read_text()
         assert f"fold {fold}: QWK" in log
+        assert "\r" not in log and "█" not in log, "a log file holds plain lines, no progress-bar fragments"
+        assert re.search(r"^1\s+\d\.\d{6}", log, re.M), "the epoch table as plain lines, counted from 1"
         together = pd.read_csv(side.fold_dir(fold) / "oof.csv", dtype={"id": str})
         alone = pd.read_csv(experiment.fold_dir(fold) / "oof.csv", dtype={"id": str})
         assert together["id"].tolist() == alone["id"].tolist()

@@ -3,6 +3,7 @@ layout that is fastest there. Training, prediction and serving all ask here."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 #: the image size from which float32 work on a CPU runs faster in channels-last (oneDNN's preferred layout):
@@ -18,6 +19,18 @@ def cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (where set), else by index."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    if not cuda_available():
+        return []
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def cpu_prefers_channels_last(image_size: int) -> bool:

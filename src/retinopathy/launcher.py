@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .device import visible_gpus
 from .errors import UserError
 from .experiment import Experiment
 from .training.dataloaders import cores_per_fold
@@ -31,6 +32,17 @@ def _fold_progress(experiment: Experiment, fold: int, total: int) -> str:
     return f"fold {fold} epoch {len(rows)}/{total} QWK {float(rows[-1][header.index('qwk')]):.3f}"
 
 
+def launch_plan(folds: list[int], threads: int, gpus: list[str]) -> dict[int, dict[str, str]]:
+    """Each fold process's own environment: its share of the cores (``OMP_NUM_THREADS``) and, where there are
+    GPUs, one of them round robin (``CUDA_VISIBLE_DEVICES``: Kaggle's T4 x2 trains two folds, one on each)."""
+    plan = {}
+    for i, fold in enumerate(folds):
+        plan[fold] = {"OMP_NUM_THREADS": str(threads)}
+        if gpus:
+            plan[fold]["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+    return plan
+
+
 def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     """Train ``folds`` ``folds_at_once`` at a time, each in its own ``retinopathy train --resume`` process (one GPU
     and the cores shared), its output in ``models/<exp>/train-fold<K>.log``; every running fold's epoch and QWK now
@@ -48,17 +60,21 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     config, paths = experiment.config, experiment.paths
     at_once = min(config.folds_at_once, len(folds))
     config_file = config.save(experiment.dir / "config.yaml")  # what every process trains, exactly
-    # each process's own CPU work on its share of the cores (a caller's thread setting wins)
-    env = {"OMP_NUM_THREADS": str(cores_per_fold(config)), **os.environ,
-           DATA_DIR_ENV: str(paths.data), OUTPUT_DIR_ENV: str(paths.output)}
-    print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time; each "
-          f"one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
+    gpus = visible_gpus()
+    plan = launch_plan(folds, cores_per_fold(config), gpus)
+    where = f" on GPUs {', '.join(sorted(set(gpus)))}" if len(gpus) > 1 else ""
+    print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time{where}; "
+          f"each one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
 
     def train(fold: int) -> tuple[int, int, Path]:
         log = experiment.dir / f"train-fold{fold}.log"
         command = [sys.executable, "-m", "retinopathy", "train", "--config", str(config_file), "--fold", str(fold),
                    "--resume"]
         with open(log, "a") as sink:
+            # each process's own share of the cores (a caller's thread setting wins) and its GPU
+            env = {"OMP_NUM_THREADS": plan[fold]["OMP_NUM_THREADS"], **os.environ,
+                   **{k: v for k, v in plan[fold].items() if k != "OMP_NUM_THREADS"},
+                   DATA_DIR_ENV: str(paths.data), OUTPUT_DIR_ENV: str(paths.output)}
             code = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
         mark = f"fold {fold}: QWK"  # the fold's closing line (a progress bar's remains may precede it)
         done = [line[line.index(mark):] for line in log.read_text(errors="replace").splitlines() if mark in line]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import cli
 from ..inference.engines import ENGINE_HELP, ENGINES
+from ..kernel.build import DEFAULT_GPU, GPU_SHAPES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", required=True, help="the Kaggle kernel to push: OWNER/SLUG")
     p.add_argument("--engine", choices=list(ENGINES), default="torch",
                    help="how the kernel runs the folds: " + ENGINE_HELP + " (default torch)")
-    p.add_argument("--gpu", action="store_true", help="run the kernel on a Kaggle GPU")
+    p.add_argument("--gpu", nargs="?", const=DEFAULT_GPU, default=None, metavar="MACHINE",
+                   help=f"run the kernel on a Kaggle GPU machine: {'; '.join(f'{k}: {v}' for k, v in GPU_SHAPES.items())}"
+                        f" (default {DEFAULT_GPU}); the torch engine grades there in float16")
     p.add_argument("--no-push", action="store_true", help="write the folders and stop")
     p.add_argument("--no-build", action="store_true", help="push the folders an earlier build wrote, as they are")
     p.add_argument("--submit", action="store_true", help="submit the pushed kernel version once it has run")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"dataset folder: {build.dataset_dir} (installs {' '.join(build.packages)})")
     print(f"kernel folder:  {build.kernel_dir}")
     if build.seconds_per_image is not None:
-        print(f"kernel speed: {describe_speed(build.seconds_per_image)}")
+        print(f"kernel speed: {describe_speed(build.seconds_per_image, gpu=args.gpu)}")
     if args.no_push:
         print("not pushed (--no-push): kaggle datasets create -p <dataset folder> --dir-mode zip, then "
               "kaggle kernels push -p <kernel folder>, or run this again without --no-push")

@@ -82,10 +82,13 @@ def _duration(seconds: float) -> str:
         f"{seconds / 3600:.1f} h"
 
 
-def describe_speed(per_image: float, n_images: int = 13_000, limit_hours: float = 9.0) -> str:
-    """One line: the time per 1,000 images and for ``n_images``, against the kernel's run-time limit."""
+def describe_speed(per_image: float, n_images: int = 13_000, limit_hours: float = 9.0, gpu: str | None = None) -> str:
+    """One line: the time per 1,000 images and for ``n_images``, against the kernel's run-time limit, for the machine
+    class the kernel runs on (a CPU kernel, or ``gpu``, a Kaggle GPU machine, where only the CPU's share is
+    measured here)."""
     total = per_image * n_images
     verdict = "fits" if total < limit_hours * 3600 else "does NOT fit"
-    return (f"{_duration(per_image * 1000)} per 1,000 images on this machine → about {_duration(total)} for "
-            f"{n_images:,} test images ({verdict} Kaggle's {limit_hours:.0f} h limit; a kernel's CPU differs: keep a "
-            "margin, or use --gpu)")
+    where = (f"on Kaggle's {gpu} the folds run on its GPU, so expect less; preprocessing stays on its CPU"
+             if gpu else "a kernel's CPU differs: keep a margin, or use --gpu")
+    return (f"{_duration(per_image * 1000)} per 1,000 images on this machine's CPU → about {_duration(total)} for "
+            f"{n_images:,} test images ({verdict} Kaggle's {limit_hours:.0f} h limit; {where})")

@@ -26,6 +26,12 @@ KAGGLE_IMAGE = frozenset({
     "pandas", "pillow", "pyyaml", "scikit-learn", "scipy", "tqdm", "matplotlib", "protobuf", "sympy", "packaging",
     "mpmath",
 })
+#: Kaggle's GPU machines by the ``machine_shape`` its client sends (kernel-metadata.json), with what to say of each;
+#: the default is the one Kaggle's own torch runs on (the P100, sm_60, is retired there and unsupported by it)
+GPU_SHAPES = {"NvidiaTeslaT4": "2 x T4 (16 GB each, sm_75), Kaggle's default GPU",
+              "NvidiaL4": "L4 (24 GB, sm_89)"}
+RETIRED_GPUS = {"NvidiaTeslaP100": "retired by Kaggle, and its sm_60 is not in Kaggle's torch builds"}
+DEFAULT_GPU = "NvidiaTeslaT4"
 #: the file that marks the dataset (the kernel finds it by this name wherever Kaggle mounts it)
 BUNDLE_MARK = "retinopathy-bundle.json"
 TEMPLATE = Path(__file__).with_name("template.py")
@@ -54,12 +60,14 @@ def check_ref(ref: str, what: str) -> str:
 
 
 def source_root() -> Path:
-    """The checkout the library is installed from (its wheel is built from there)."""
-    root = Path(__file__).resolve().parents[3]
-    if not (root / "pyproject.toml").is_file():
-        raise UserError(f"the kernel's dataset needs the library's wheel, built from a source checkout, and "
-                        f"{root} is not one: clone the repository and pip install -e '.[train]' from it")
-    return root
+    """The checkout the library's wheel is built from: the one it is installed from (editable), else the working
+    folder where that is a checkout of it (a regular install beside its clone, as on Colab)."""
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        project = root / "pyproject.toml"
+        if project.is_file() and re.search(r'^name = "retinopathy"$', project.read_text(), re.M):
+            return root
+    raise UserError("the kernel's dataset needs the library's wheel, built from a source checkout: run this from "
+                    "a clone of the repository (or pip install -e '.[train]' from it)")
 
 
 def _pip(*args: str, what: str) -> None:
@@ -145,10 +153,20 @@ def kernel_source(competition: str, dataset: str, engine: str, packages: list[st
     return text
 
 
-def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str, gpu: bool, packages: list[str],
-                 dest: Path) -> Path:
+def check_gpu(shape: str | None) -> str | None:
+    """A ``machine_shape`` for Kaggle's client, or one line saying why not."""
+    if shape is None or shape in GPU_SHAPES:
+        return shape
+    if shape in RETIRED_GPUS:
+        raise UserError(f"--gpu {shape}: {RETIRED_GPUS[shape]}; use --gpu (the {DEFAULT_GPU}) or "
+                        f"--gpu {' / '.join(GPU_SHAPES)}")
+    raise UserError(f"--gpu {shape}: not a Kaggle GPU this toolkit knows; choose {' or '.join(GPU_SHAPES)}")
+
+
+def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str, gpu: str | None,
+                 packages: list[str], dest: Path) -> Path:
     """The kernel folder: ``kernel-metadata.json`` (a private script kernel, internet off, the competition and the
-    dataset attached) and its script."""
+    dataset attached, the GPU machine by the ``machine_shape`` Kaggle's client sends, or none) and its script."""
     slug = kernel.split("/")[1]
     code_file = f"{slug}.py"
     shutil.rmtree(dest, ignore_errors=True)
@@ -156,7 +174,8 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
     write_text(dest / code_file, kernel_source(experiment.competition.slug, dataset, engine, packages))
     write_text(dest / "kernel-metadata.json", json.dumps(
         {"id": kernel, "title": slug.replace("-", " "), "code_file": code_file, "language": "python",
-         "kernel_type": "script", "is_private": True, "enable_gpu": gpu, "enable_tpu": False,
+         "kernel_type": "script", "is_private": True, "enable_gpu": bool(gpu), "enable_tpu": False,
+         **({"machine_shape": gpu} if gpu else {}),
          # the client's default is internet on; a code competition refuses a kernel with internet
          "enable_internet": False, "dataset_sources": [dataset],
          "competition_sources": [experiment.competition.slug], "kernel_sources": [], "model_sources": []},
@@ -181,11 +200,12 @@ def measure_speed(experiment: Experiment, engine: str, folds: list[int], n_image
     return seconds_per_image(grader, images)
 
 
-def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: bool = False,
+def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: str | None = None,
                  root: Path = Path("kaggle"), measure: bool = True, any_export: bool = False) -> KernelBuild:
     """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition."""
     check_ref(dataset, "dataset")
     check_ref(kernel, "kernel")
+    gpu = check_gpu(gpu)
     if not experiment.competition.code_competition:
         raise UserError(f"{experiment.competition.slug} takes CSV submissions: use retinopathy submit with the "
                         "CSV that retinopathy predict writes")

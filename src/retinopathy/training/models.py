@@ -69,6 +69,27 @@ def _no_weights_message(name: str, arch, error: BaseException) -> str:
             f"or set pretrained=false")
 
 
+def stack_problem(fastai: str, fastcore: str) -> str | None:
+    """Why this fastai cannot train with this fastcore (None where they work together): fastcore 2 removed
+    ``L.starmap``, which fastai before 2.8.8 calls deep inside its data pipeline (fastai#4154); pip allows the pair
+    because fastai 2.8.7 and older declare no upper bound."""
+    from packaging.version import Version
+
+    if Version(fastai) < Version("2.8.8") and Version(fastcore) >= Version("2"):
+        return (f"fastai {fastai} cannot run with fastcore {fastcore} (fastcore 2 removed what it calls): "
+                "pip install 'fastai>=2.8.8', or 'fastcore<2' where the runtime pins it (Kaggle)")
+    return None
+
+
+def check_training_stack() -> None:
+    """Refuse, in one line, a fastai / fastcore pair that fails deep inside fastai once training starts."""
+    from importlib.metadata import version
+
+    problem = stack_problem(version("fastai"), version("fastcore"))
+    if problem:
+        raise UserError(problem)
+
+
 def plain_grades_of_raw(raw, targets, head: str):
     """The plain grades of a batch of raw network outputs (a torch tensor), and the targets as grades."""
     h = get_head(head)

@@ -32,7 +32,7 @@ from .callbacks import (EpochOffset, EpochSeed, KeepBest, PlainTable, ResumeChec
                         tracker_callbacks)
 from .dataloaders import build_dataloaders
 from .history import tidy_history
-from .models import build_learner, remove_speed_callbacks
+from .models import build_learner, check_training_stack, remove_speed_callbacks
 from .serving_model import TorchRunner, serving_model
 
 
@@ -174,6 +174,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     from fastai.torch_core import rank_distrib, set_seed
 
     config = experiment.config
+    check_training_stack()
     out = experiment.fold_dir(fold)
     main_process = rank_distrib() == 0
     start = time.time()
