@@ -4,7 +4,6 @@ every method (none, crop, ben, clahe), so a person can check the crop at a glanc
   retinopathy contact-sheet ../shared/data/eyepacs-sample/train -o reports/preprocess_sheet.png
 """
 
-import argparse
 from pathlib import Path
 
 from .. import cli
@@ -13,8 +12,9 @@ from ..files import atomic_path
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, overrides=False)
     p.add_argument("images", type=Path, help="a folder of images (or one image)")
+    cli.add_overrides(p)
     p.add_argument("-o", "--output", type=Path, default=Path("reports/preprocess_sheet.png"))
     p.add_argument("--size", type=int, default=256, help="tile size in pixels")
     p.add_argument("--limit", type=int, default=10, help="at most this many images")

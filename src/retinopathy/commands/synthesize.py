@@ -3,15 +3,15 @@
   retinopathy synthesize data/raw/synthetic-eyepacs --competition eyepacs2015 --n-train 30 --n-test 10
 """
 
-import argparse
+from .. import cli
 
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, overrides=False)  # --competition: whose layout (default: the config's competition)
     p.add_argument("out_dir")
-    p.add_argument("--competition", default="aptos2019", help="aptos2019 or eyepacs2015 (or the Kaggle slug)")
+    cli.add_overrides(p)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from ..data.synthetic import make_competition
 
-    out = make_competition(args.out_dir, args.competition, args.n_train, args.n_test, args.seed, args.max_side)
+    competition = args.competition or cli.resolve(args)[0].competition
+    out = make_competition(args.out_dir, competition, args.n_train, args.n_test, args.seed, args.max_side)
     print(f"synthetic competition written to {out}")
 

@@ -132,16 +132,17 @@ def build_learner(dls, experiment: Experiment, path: Path):
     train_grades = np.asarray([int(round(float(y))) for y in dls.train_ds.items["grade"]])
     weights = class_weights(train_grades, config.balance_alpha) if config.balance == "loss" else None
     arch = resolve_arch(config.arch)
+    pool = pool_layer(config.pool)  # fastai sizes the head for its width: two features a channel, or one
     try:
         learn = vision_learner(dls, arch, pretrained=config.hub_weights, loss_func=head.loss(config.regression_loss,
                                                                                            weights),
                                metrics=metrics, ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints",
-                               n_out=head.n_out, y_range=head.y_range, concat_pool=config.pool == "concat")
+                               n_out=head.n_out, y_range=head.y_range, concat_pool=pool.factor == 2)
     except Exception as e:  # noqa: BLE001 - any failure to fetch weights ends the same way for the user
         if config.hub_weights and _looks_like_download_failure(e):
             raise UserError(_no_weights_message(config.arch, arch, e)) from None
         raise
-    learn.model[1][0] = pool_layer(config.pool)
+    learn.model[1][0] = pool
     if learn.opt is not None:  # vision_learner froze the hub body, making the optimizer before the new pooling
         learn.opt = None
         learn.freeze()
