@@ -35,8 +35,9 @@ def joined(lines: list[str]) -> list[str]:
 
 def help_examples(stage: str) -> list[str]:
     """The ``retinopathy …`` lines of a stage's --help (its description, before the options)."""
-    text = subprocess.run([str(COMMAND), stage, "--help"], capture_output=True, text=True, check=True).stdout
-    description = text.split("\noptions:")[0]
+    import importlib
+
+    description = importlib.import_module(f"retinopathy.commands.{COMMANDS[stage][0]}").__doc__ or ""
     return [c for c in joined(description.splitlines()) if c.startswith("retinopathy ")]
 
 

@@ -93,3 +93,23 @@ def test_the_kernel_builds_its_wheel_from_a_clone_when_the_library_is_installed_
 
     monkeypatch.chdir(REPO)  # as the Colab notebook runs it: from its clone
     assert build.source_root() == REPO
+
+
+def test_an_export_naming_what_this_version_removed_is_one_line(tmp_path, monkeypatch):
+    """A learner pickled by an earlier release names functions that have moved (its metrics): retrain, one line."""
+    import torch
+
+    import retinopathy.metrics as metrics
+    from retinopathy.experiment import load_learner_quietly
+
+    def output_kappa(outputs, targets):
+        return 0.0
+
+    output_kappa.__module__, output_kappa.__qualname__ = "retinopathy.metrics", "output_kappa"
+    monkeypatch.setattr(metrics, "output_kappa", output_kappa, raising=False)
+    torch.save({"metrics": [output_kappa]}, tmp_path / "export.pkl")
+    monkeypatch.delattr(metrics, "output_kappa")
+    with pytest.raises(UserError) as refused:
+        load_learner_quietly(tmp_path / "export.pkl")
+    assert "\n" not in str(refused.value) and "made by an earlier version" in str(refused.value)
+    assert "'output_kappa'" in str(refused.value) and str(refused.value).endswith("train this fold again")

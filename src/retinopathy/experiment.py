@@ -130,4 +130,9 @@ def load_learner_quietly(path: Path, cpu: bool = True):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-        return load_learner(path, cpu=cpu)
+        try:
+            return load_learner(path, cpu=cpu)
+        except (AttributeError, ModuleNotFoundError) as e:  # the pickle names a class or module no longer there
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+            raise UserError(f"{path}: made by an earlier version of retinopathy, whose pickle this one cannot read "
+                            f"({why}): train this fold again") from None
