@@ -44,6 +44,10 @@ class Head:
         outputs = self.check(outputs)
         return cut(self.scores(outputs), DEFAULT_THRESHOLDS) if self.cuts_scores else self.own_grades(outputs)
 
+    def grade_probabilities(self, outputs: np.ndarray) -> np.ndarray | None:
+        """The per-grade probabilities among the served outputs (n x 5), or None for a head that serves none."""
+        return None
+
     def confidence(self, outputs: np.ndarray) -> np.ndarray:
         """How sure the head is of its plain grade, 0 (a coin toss) to 1: what ``pseudo_confidence`` compares."""
         scores = self.scores(outputs)

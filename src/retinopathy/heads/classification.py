@@ -23,6 +23,9 @@ class Classification(Head):
     def own_grades(self, outputs):
         return self.check(outputs).argmax(1)
 
+    def grade_probabilities(self, outputs):
+        return self.check(outputs)
+
     def confidence(self, outputs):
         return self.check(outputs).max(1)
 

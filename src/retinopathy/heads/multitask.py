@@ -44,8 +44,11 @@ class MultiTask(Head):
         outputs = self.check(outputs)
         return (expected_grade(outputs[:, :len(GRADES)]) + outputs[:, len(GRADES)]) / 2
 
+    def grade_probabilities(self, outputs):
+        return self.check(outputs)[:, :len(GRADES)]
+
     def confidence(self, outputs):
-        return self.check(outputs)[:, :len(GRADES)].max(1)
+        return self.grade_probabilities(outputs).max(1)
 
     def activate(self, raw):
         import torch

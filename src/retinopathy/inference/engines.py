@@ -110,7 +110,3 @@ def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
     upside-down. The one definition of test-time augmentation: every caller grades through the Grader."""
     return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
 
-
-def run_batched(runner, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """A runner over many images, ``batch`` at a time."""
-    return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -18,7 +18,7 @@ from ..experiment import provenance_problem, read_provenance
 from ..heads import get_head
 from ..metrics import GradeRule
 from ..preprocessing.fundus import prepare
-from ..preprocessing.image_io import read_prepared
+from ..preprocessing.image_io import run_on_files
 from .engines import engine_of_file, get_engine, tta_views
 
 
@@ -153,12 +153,7 @@ class Grader:
 
     def outputs_of_files(self, paths: list[str], batch: int = 32, progress=None, tta: bool | None = None) -> np.ndarray:
         """:meth:`outputs` for prepared images on disk, ``batch`` at a time (``progress(done, total)`` after each)."""
-        outputs = []
-        for start in range(0, len(paths), batch):
-            outputs.append(self.outputs(read_prepared(paths[start:start + batch]), tta))
-            if progress:
-                progress(min(start + batch, len(paths)), len(paths))
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.head.columns)), np.float32)
+        return run_on_files(lambda images: self.outputs(images, tta), paths, len(self.head.columns), batch, progress)
 
     def grades(self, outputs: np.ndarray, ids=None) -> np.ndarray:
         """Grades of served outputs by the experiment's rule (``ids`` enable EyePACS eye blending)."""

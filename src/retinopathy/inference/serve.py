@@ -100,7 +100,7 @@ def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
     out = grader.outputs(img[None])
     grade = int(grader.grades(out)[0])
     value = float(grader.head.scores(out)[0])  # the head's continuous score (a regression's value)
-    probabilities = [float(p) for p in out[0]] if "prob_0" in grader.head.columns else None
+    probabilities = grader.head.grade_probabilities(out)
     explanation, why_not = b"", ""
     if explain:
         if grader.can_explain:
@@ -110,7 +110,7 @@ def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
         else:
             why_not = (f"explanations need the torch engine (this server runs {grader.engine}): start it with "
                        "--engine torch")
-    return Prediction(grade, GRADE_NAMES[grade], probabilities[:len(GRADE_NAMES)] if probabilities else None, value,
+    return Prediction(grade, GRADE_NAMES[grade], None if probabilities is None else probabilities[0].tolist(), value,
                       encode_png(img) if with_image else b"", (time.perf_counter() - start) * 1000, explanation,
                       why_not)
 

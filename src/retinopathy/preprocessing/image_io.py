@@ -78,3 +78,14 @@ def read_prepared(paths: Iterable[str]) -> np.ndarray:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     return np.stack([read(p) for p in paths])
+
+
+def run_on_files(run, paths: list[str], n_outputs: int, batch: int = 32, progress=None) -> np.ndarray:
+    """``run`` (prepared images (N, H, W, 3) → outputs) over prepared images on disk, ``batch`` at a time
+    (``progress(done, total)`` after each)."""
+    outputs = []
+    for start in range(0, len(paths), batch):
+        outputs.append(run(read_prepared(paths[start:start + batch])))
+        if progress:
+            progress(min(start + batch, len(paths)), len(paths))
+    return np.concatenate(outputs) if outputs else np.zeros((0, n_outputs), np.float32)

@@ -27,7 +27,7 @@ from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faul
 from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
-from ..preprocessing.image_io import read_prepared
+from ..preprocessing.image_io import run_on_files
 from .callbacks import (EpochOffset, EpochSeed, KeepBest, PlainTable, ResumeCheckpoint, gloo_safe_broadcast,
                         tracker_callbacks)
 from .dataloaders import build_dataloaders
@@ -296,8 +296,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     runner = TorchRunner(serving_model(learn, head.name), device="cuda" if cuda_available() else "cpu",
                          image_size=config.image_size)
     valid = dls.valid.items
-    paths = valid["path"].tolist()
-    outputs = np.concatenate([runner(read_prepared(paths[i:i + 64])) for i in range(0, len(paths), 64)])
+    outputs = run_on_files(runner, valid["path"].tolist(), len(head.columns), batch=64)
     oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy(),
                         **head.frame_columns(outputs), "pred": head.plain_grades(outputs)})
     write_csv(oof, out / "oof.csv")
