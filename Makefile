@@ -30,8 +30,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
+# RUNTIME_OPTIONS=--discard (CI) keeps one runtime's environment (6 to 8 GB) on disk at a time.
+RUNTIME_OPTIONS ?=
 test-runtimes: $(STAMP)
-	for runtime in $(RUNTIMES); do $(BIN)/python tests/runtime_stack.py $$runtime --trainer $(BIN)/python || exit 1; done
+	for runtime in $(RUNTIMES); do $(BIN)/python tests/runtime_stack.py $$runtime --trainer $(BIN)/python $(RUNTIME_OPTIONS) || exit 1; done
 
 # The torch-free server in a fresh environment holding only the serve extra (a real install; CI runs it).
 test-serve: $(STAMP)

@@ -5,6 +5,10 @@ PyTorch), and the offline kernel built on that stack and run there with no netwo
 folds were trained on a newer stack runs offline on this one (as on Kaggle).
 
   python tests/runtime_stack.py runtimes/kaggle.txt --trainer .venv/bin/python      # makes .venv-runtimes/kaggle
+
+A runtime's environment holds a CUDA build of torch (PyPI has no other for Linux): 6 to 8 GB each. ``--discard``
+(CI) installs without pip's cache and removes the environment once checked, so the runtimes never hold more than one
+of them on disk at a time.
 """
 
 import argparse
@@ -50,7 +54,19 @@ def run(command: list, cwd, env=None) -> str:
     return done.stdout
 
 
-def make_env(runtime: Path) -> Path:
+# what one runtime's environment takes while it is made: the venv (6 to 8 GB) and the wheels pip unpacks
+ENV_BYTES = 10 * 10**9
+
+
+def check_disk(where: Path, needed: int = ENV_BYTES) -> None:
+    """One line, before pip fills the disk halfway through an install."""
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        sys.exit(f"{where}: {free / 1e9:.1f} GB free, a runtime's environment needs about {needed / 1e9:.0f} GB "
+                 f"(free some space, or remove .venv-runtimes/ and run with --discard)")
+
+
+def make_env(runtime: Path, cache: bool = True) -> Path:
     """The runtime's environment: its pins installed first, then the project; made again only when the pins or
     the project's requirements change."""
     version, pins = read_runtime(runtime)
@@ -58,8 +74,12 @@ def make_env(runtime: Path) -> Path:
     stamp = hashlib.sha256((runtime.read_text() + (REPO / "pyproject.toml").read_text()).encode()).hexdigest()
     if (venv / ".stamp").is_file() and (venv / ".stamp").read_text() == stamp:
         return venv
+    if venv.exists():
+        shutil.rmtree(venv)  # an out-of-date environment frees its space before the new one is made
+    venv.parent.mkdir(exist_ok=True)
+    check_disk(venv.parent)
     run([find_python(version), "-m", "venv", "--clear", venv], REPO)
-    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", *([] if cache else ["--no-cache-dir"])]
     run([*pip, "--upgrade", "pip"], REPO)
     run([*pip, *pins], REPO)  # the runtime as it comes
     run([*pip, "-e", ".[train]"], REPO)  # then the project, as its README says
@@ -134,6 +154,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runtime", type=Path, help="a runtimes/*.txt file")
     p.add_argument("--trainer", type=Path, help="the python of a newer environment to train a kernel's folds")
+    p.add_argument("--discard", action="store_true",
+                   help="install without pip's cache and remove the environment once checked (CI)")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     runtime = args.runtime.resolve()
@@ -141,9 +163,13 @@ def main() -> None:
     if args.inside:
         check_inside(runtime, trainer)
         return
-    venv = make_env(runtime)
-    command = [venv / "bin" / "python", __file__, runtime, "--inside"] + (["--trainer", trainer] if trainer else [])
-    done = subprocess.run([str(c) for c in command], cwd=REPO)
+    try:
+        venv = make_env(runtime, cache=not args.discard)
+        command = [venv / "bin" / "python", __file__, runtime, "--inside"] + (["--trainer", trainer] if trainer else [])
+        done = subprocess.run([str(c) for c in command], cwd=REPO)
+    finally:
+        if args.discard:
+            shutil.rmtree(REPO / ".venv-runtimes" / runtime.stem, ignore_errors=True)
     sys.exit(done.returncode)
 
 

@@ -113,3 +113,13 @@ def test_an_export_naming_what_this_version_removed_is_one_line(tmp_path, monkey
         load_learner_quietly(tmp_path / "export.pkl")
     assert "\n" not in str(refused.value) and "made by an earlier version" in str(refused.value)
     assert "'output_kappa'" in str(refused.value) and str(refused.value).endswith("train this fold again")
+
+
+def test_the_runtime_check_refuses_a_disk_too_small_for_an_environment_before_pip_fills_it(tmp_path):
+    import runtime_stack
+
+    runtime_stack.check_disk(tmp_path, needed=1)  # room enough: nothing said
+    with pytest.raises(SystemExit) as refused:
+        runtime_stack.check_disk(tmp_path, needed=10**18)
+    message = str(refused.value)
+    assert str(tmp_path) in message and "GB free" in message and "--discard" in message and "\n" not in message
