@@ -1,6 +1,7 @@
 """Preprocessing speed on real full-resolution EyePACS photographs, per core, three ways side by side:
 
-  ours         scripts/preprocess.py's path: reduced-resolution decode, find the eye, crop, Ben (and, in the
+  ours         the preprocessing stage's path: reduced-resolution decode, find the eye, crop, Ben, the gradability
+               and the hash (and, in the
                "+ PNG write" row, the encoding of the cached file)
   naive        the usual kernel recipe: full cv2.imread, crop the non-black box, resize, Ben at full blur cost
   decode-only  OpenCV's reduced-resolution decode alone, at the same reduction ours picks: the ceiling
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from retinopathy.preprocessing.image_io import _REDUCED, encode_png, prepare_file, reduction_factor
+from retinopathy.preprocessing.image_io import _REDUCED, encode_png, examine_file, reduction_factor
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eyepacs-sample" / "train"
 
@@ -40,11 +41,11 @@ def decode_only(path: Path, size: int) -> np.ndarray:
 
 
 def ours(path: Path, size: int) -> np.ndarray:
-    return prepare_file(path, "ben", size)[0]
+    return examine_file(path, "ben", size).image
 
 
 def ours_with_write(path: Path, size: int) -> bytes:
-    return encode_png(prepare_file(path, "ben", size)[0])
+    return encode_png(examine_file(path, "ben", size).image)
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
         experiment.config.save(experiment.dir / "config.yaml")  # what the kernel's bundle and the server read
         grader = Grader([experiment.fold_dir(0) / "export.pkl"])
         assert grader.tta is tta, "the grader takes TTA from the experiment's config"
-        outputs = np.concatenate([grader.outputs(prepare_upload(grader, p)[None]) for p in photos])
+        outputs = np.concatenate([grader.outputs(prepare_upload(grader, p).image[None]) for p in photos])
         one_at_a_time, with_partners = rule(outputs), rule(outputs, ids)
         assert (one_at_a_time != GradeRule.plain(head)(outputs)).any(), "the rule must matter on these images"
         if competition == "eyepacs":
@@ -104,12 +104,12 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
     export_fold(experiment, 0, engines=("onnx", "int8") if new_head else ("onnx",), verbose=False)
     if new_head:
         int8 = Grader([experiment.fold_dir(0) / "model-int8.onnx"], tta=False)
-        assert int8.engine == "int8" and int8.outputs(prepare_upload(int8, photos[0])[None]).shape == \
+        assert int8.engine == "int8" and int8.outputs(prepare_upload(int8, photos[0]).image[None]).shape == \
             (1, len(outputs_of.columns))
     onnx = Grader([experiment.fold_dir(0) / "model.onnx"], tta=False)
     plain = Grader([experiment.fold_dir(0) / "export.pkl"], tta=False)
-    from_onnx = np.concatenate([onnx.outputs(prepare_upload(onnx, p)[None]) for p in photos])
-    from_torch = np.concatenate([plain.outputs(prepare_upload(plain, p)[None]) for p in photos])
+    from_onnx = np.concatenate([onnx.outputs(prepare_upload(onnx, p).image[None]) for p in photos])
+    from_torch = np.concatenate([plain.outputs(prepare_upload(plain, p).image[None]) for p in photos])
     assert rule(from_onnx).tolist() == rule(from_torch).tolist(), "ONNX engine"
     report = json.loads((experiment.fold_dir(0) / "onnx.json").read_text())
     assert report["onnx"]["qwk_reference"] == pytest.approx(quadratic_kappa(rule(oof_outputs(oof, head)), oof["grade"])), \

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -105,6 +107,8 @@ def test_push_submit_then_run_the_kernel_offline_on_unseen_ids(built, server, ti
     rerun = make_competition(root / APTOS, "aptos2019", n_train=10, n_test=14, seed=99, max_side=160, workers=1,
                              progress=False)
     unseen = pd.read_csv(rerun / "sample_submission.csv", dtype=str)["id_code"]
+    blank = rerun / "test_images" / f"{unseen[0]}.png"  # a photograph that cannot be graded: still a row
+    assert cv2.imwrite(str(blank), np.zeros((160, 160, 3), np.uint8))
     trained_ids = set(pd.read_csv(tiny_aptos / "train.csv", dtype=str)["id_code"]) | \
         set(pd.read_csv(tiny_aptos / "test.csv", dtype=str)["id_code"])
     assert not set(unseen) & trained_ids
@@ -117,6 +121,7 @@ def test_push_submit_then_run_the_kernel_offline_on_unseen_ids(built, server, ti
     done = subprocess.run([python, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=offline_env(RETINOPATHY_KERNEL_INPUT=str(root), RETINOPATHY_KERNEL_OUTPUT=str(out)))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "test images: 1 of 14 photographs not gradable (no eye found" in done.stdout, done.stdout[-2000:]
     submission = pd.read_csv(out / "submission.csv", dtype=str)
     assert submission["id_code"].tolist() == unseen.tolist()
     assert submission["diagnosis"].isin(list("01234")).all()

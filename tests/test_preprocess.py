@@ -7,7 +7,7 @@ from PIL import Image
 from retinopathy.errors import UserError
 from retinopathy.preprocessing.fundus import (ben_graham, clahe, crop_to_eye, find_eye, prepare, resize_pad,
                                              scale_to_radius)
-from retinopathy.preprocessing.image_io import decode_image, prepare_file
+from retinopathy.preprocessing.image_io import decode_image, examine_file
 from retinopathy.preprocessing.stage import preprocess_dataset
 
 from conftest import run_script, shared
@@ -102,7 +102,9 @@ def test_real_eyepacs_edges_found_and_output_masked():
             agree += gray[int(outside[1]), int(outside[0])] < 20 < gray[int(inside[1]), int(inside[0])]
         # Within 6 px of the true edge all round, but for the camera's notch mark outside the rim.
         assert checked >= 36 and agree >= 0.9 * checked, f"{path.name}: {agree}/{checked} rays agree"
-        out, _, original = prepare_file(path, "crop", 128)
+        examined = examine_file(path, "crop", 128)
+        out, original = examined.image, examined.original
+        assert examined.quality.gradable, f"{path.name}: a real photograph is gradable ({examined.quality})"
         assert out.shape == (128, 128, 3) and original == (w, h)
         assert out[0, 0].max() == 0 and out[64, 2].max() > 10, "eye fills the square; surround masked"
 
@@ -139,7 +141,8 @@ def test_sixteen_bit_png_file(tmp_path):
     path = tmp_path / "deep.png"
     assert cv2.imwrite(str(path), img)
     assert Image.open(path).mode.startswith("I;16") or cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    out, eye, original = prepare_file(path, "crop", 40)
+    examined = examine_file(path, "crop", 40)
+    out, eye, original = examined.image, examined.eye, examined.original
     assert original == (120, 100) and out.dtype == np.uint8 and eye is not None
     assert out[20, 20].max() > 30, "16-bit values scaled down, not clipped to black or white"
 

@@ -250,7 +250,7 @@ def test_a_full_disk_is_one_line_and_outputs_stay_whole(tmp_path, tiny_disk):
 
 def test_a_read_only_file_system_is_one_line(tiny_aptos, tmp_path, tiny_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
-    result = run_script("folds.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",
+    result = run_script("preprocess.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",
                         str(tiny_aptos), "--data-dir", str(tiny_disk), cwd=tmp_path)
     _one_line(result, str(tiny_disk), "read-only file system")
 

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pandas as pd
@@ -63,10 +64,30 @@ def test_explain_adds_a_heat_map_overlay_only_when_asked(client, trained, synthe
         assert im.size == (32, 32) and im.mode == "RGB", "the overlay has the model's input size"
 
 
+@pytest.mark.parametrize("picture", ["blank", "white", "tiny", "transparent", "page"])
+def test_a_picture_that_cannot_be_graded_gets_no_grade_and_the_reason(client, picture):
+    """HTTP 200 (the request was fine; the answer is that this photograph cannot be graded), no grade."""
+    pictures = {"blank": np.zeros((300, 400, 3), np.uint8), "white": np.full((300, 400, 3), 255, np.uint8),
+                "tiny": np.zeros((1, 1, 3), np.uint8), "transparent": np.zeros((300, 400, 4), np.uint8),
+                "page": np.full((600, 800, 3), 235, np.uint8)}
+    image = pictures[picture]
+    if picture == "page":
+        for row in range(60, 560, 50):
+            cv2.putText(image, "Lorem ipsum dolor sit amet", (30, row), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (20, 20, 20), 2)
+    ok, png = cv2.imencode(".png", image)
+    answer = post(client, png.tobytes(), name=f"{picture}.png", query="?image=1")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["gradable"] is False and body["grade"] is None and body["probabilities"] is None, body
+    assert body["grade_name"] == "not gradable" and body["reason"], body
+    assert body["preprocessed"].startswith("data:image/png;base64,"), "what the grader saw, all the same"
+
+
 def test_predict_a_real_photograph(client, trained):
     r = post(client, photo().read_bytes(), query="?image=1")
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["gradable"] is True and "reason" not in body
     assert body["grade"] in range(5) and body["grade_name"] in {"No DR", "Mild", "Moderate", "Severe",
                                                                 "Proliferative DR"}
     assert len(body["probabilities"]) == 5 and sum(body["probabilities"]) == pytest.approx(1, abs=1e-4)
@@ -84,7 +105,7 @@ def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path, synthetic_photo)
 
     experiment, models = trained
     grader = Grader(models, tta=False)
-    img = prepare_upload(grader, synthetic_photo.read_bytes())
+    img = prepare_upload(grader, synthetic_photo.read_bytes()).image
     Image.fromarray(img).save(tmp_path / "seen.png")
     ours = grader.outputs(img[None])[0]
     items = pd.DataFrame({"id": ["x"], "path": [str(tmp_path / "seen.png")]})
@@ -97,7 +118,7 @@ def test_same_outputs_as_the_fastai_pipeline(trained, tmp_path, synthetic_photo)
 
 
 def test_bf16_engine_close_to_float32(trained, synthetic_photo):
-    img = prepare_upload(Grader(trained[1]), synthetic_photo.read_bytes())[None]
+    img = prepare_upload(Grader(trained[1]), synthetic_photo.read_bytes()).image[None]
     float32, bf16 = Grader(trained[1]).outputs(img)[0], Grader(trained[1], engine="bf16").outputs(img)[0]
     assert bf16.shape == (5,) and np.allclose(bf16, float32, atol=0.03), (bf16, float32)
 
@@ -136,7 +157,7 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
 def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):
     from starlette.testclient import TestClient
     _, models, _, _ = exported
-    img = prepare_upload(Grader(models), synthetic_photo.read_bytes())[None]
+    img = prepare_upload(Grader(models), synthetic_photo.read_bytes()).image[None]
     reference = Grader(models).outputs(img)
     onnx = Grader(models, engine="onnx")
     assert [f.name for f in onnx.files] == ["model.onnx"] * 2 and np.allclose(onnx.outputs(img), reference, atol=1e-5)
@@ -314,7 +335,7 @@ def test_a_streamed_upload_is_cut_off_at_the_limit(server):
     assert sent < 60 * 2**20, f"{sent / 2**20:.0f} MB sent before the server refused"
 
 
-def test_web_page_in_headless_chromium(server):
+def test_web_page_in_headless_chromium(server, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not (chromium and driver_path):
@@ -339,6 +360,12 @@ def test_web_page_in_headless_chromium(server):
         explained = driver.find_element(By.ID, "explained")
         assert explained.is_displayed() and explained.get_attribute("src").startswith("data:image/png;base64,")
         assert driver.execute_script("return arguments[0].naturalWidth", explained) > 0, "the overlay decoded"
+        blank = tmp_path / "blank.png"
+        cv2.imwrite(str(blank), np.zeros((300, 300, 3), np.uint8))
+        driver.find_element(By.ID, "file").send_keys(str(blank))
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "grade").text.startswith("Not gradable"))
+        assert "no eye found" in driver.find_element(By.ID, "grade").text
+        assert not driver.find_elements(By.CSS_SELECTOR, "#bars .bar"), "no grade's bars for a blank picture"
     finally:
         driver.quit()
 

@@ -57,6 +57,11 @@ class Config:
                                    "many training images there", "data")
     n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data")
     seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data")
+    conflicting_grades: str = key("keep", "copies of one photograph (every copy is in one fold) whose grades differ: "
+                                          "keep them all, drop the group, or merge it into one row of the majority "
+                                          "grade", "data", ("keep", "drop", "merge"))
+    exclude_ungradable: bool = key(False, "leave photographs that preprocessing found ungradable out of the folds "
+                                          "(training and validation)", "data", fingerprint="when_set")
 
     # --- preprocessing: what the network sees of a photograph ---
     preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",

@@ -51,7 +51,10 @@ class Experiment:
     @property
     def folds_csv(self) -> Path:
         """The folds CSV this config trains on."""
-        return self.paths.folds(self.config.dataset_name, self.config.n_folds, self.config.seed)
+        config = self.config
+        variant = ("" if config.conflicting_grades == "keep" else f"-{config.conflicting_grades}") + (
+            "-gradable" if config.exclude_ungradable else "")
+        return self.paths.folds(config.dataset_name, config.n_folds, config.seed, variant)
 
     @property
     def dir(self) -> Path:

@@ -54,9 +54,13 @@ class Paths:
         """The preprocessed image cache for one method and size."""
         return self.data / "processed" / dataset / f"{method}-{size}"
 
-    def folds(self, dataset: str, n_folds: int, seed: int) -> Path:
-        """The folds CSV (id, grade, fold) of one split."""
-        return self.data / "processed" / dataset / f"folds-{n_folds}-seed{seed}.csv"
+    def folds(self, dataset: str, n_folds: int, seed: int, variant: str = "") -> Path:
+        """The folds CSV (id, grade, fold, group) of one split (``variant``: what else chose its rows)."""
+        return self.data / "processed" / dataset / f"folds-{n_folds}-seed{seed}{variant}.csv"
+
+    def duplicates(self, dataset: str) -> Path:
+        """The table of copies of one photograph among a dataset's images."""
+        return self.data / "cleaning" / f"{dataset}-duplicates.csv"
 
     def experiment(self, name: str) -> Path:
         """An experiment's folder of trained folds."""

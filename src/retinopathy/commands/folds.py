@@ -1,6 +1,10 @@
-"""Write the folds CSV (id, grade, fold): stratified on the grade; for EyePACS both eyes of a patient share a fold.
+"""Write the folds CSV (id, grade, fold, group): stratified on the grade, every copy of a photograph in one fold
+(found from the hashes preprocess records: run it first), and for EyePACS both eyes of a patient too; copies whose
+grades differ are kept, dropped or merged as conflicting_grades says. Also writes
+data/cleaning/<dataset>-duplicates.csv.
 
   retinopathy folds --config debug n_folds=3 seed=1
+  retinopathy folds --config debug conflicting_grades=drop exclude_ungradable=true
 """
 
 from .. import cli

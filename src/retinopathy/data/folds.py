@@ -1,6 +1,7 @@
-"""K-fold splits as a column of a CSV: stratified on the grade, and for EyePACS grouped by patient (both eyes of a
-patient in one fold; otherwise the model is validated on the twin of an eye it trained on); and the training table,
-the folds joined with the preprocessed images."""
+"""K-fold splits as a column of a CSV: stratified on the grade and grouped, so that every copy of a photograph (found
+from the hashes preprocessing records) and, for EyePACS, both eyes of a patient land in one fold: otherwise the
+model is validated on a photograph, or the twin of an eye, it trained on; and the training table, the folds joined
+with the preprocessed images."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import apply_decisions, decisions_path
+from .duplicates import apply_policy, copy_groups, duplicates_table, summary, write_duplicates
 from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
@@ -19,8 +21,9 @@ from ..files import write_csv
 
 
 def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
-    """``labels`` (id, grade) with a ``fold`` column added; deterministic from ``seed``."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # 1 s to import: only when splitting
+    """``labels`` (id, grade; optionally ``group``: rows of one group share a fold) with a ``fold`` column added;
+    deterministic from ``seed``. On EyePACS a patient's two eyes also share a fold."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # 1 s to import: only here
 
     counts = labels["grade"].value_counts()
     if len(labels) < n_folds:
@@ -28,18 +31,37 @@ def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Com
     if counts.min() < n_folds:  # sklearn would only warn; say which grade is too rare to be in every fold
         rare = ", ".join(f"grade {g}: {c}" for g, c in counts.items() if c < n_folds)
         print(f"note: some grades have fewer images than folds ({rare}); they will be missing from some folds")
+    groups = labels["group"].to_numpy() if "group" in labels else np.arange(len(labels))
+    if competition.paired_eyes:  # a patient's eyes and every copy of either: one connected group
+        patients = pd.factorize(labels["id"].map(competition.patient))[0]
+        groups = joined_groups(groups, patients)
     folds = np.full(len(labels), -1)
-    if competition.paired_eyes:
-        groups = labels["id"].map(competition.patient)
-        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(labels, labels["grade"], groups)
+    grades = labels["grade"].round().astype(int)
+    if len(np.unique(groups)) == len(labels):  # nothing to keep together: plain stratified folds balance best
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, grades)
     else:
-        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, labels["grade"])
+        splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, grades, groups)
     with warnings.catch_warnings():  # scikit-learn's own warning repeats the note above
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         for fold, (_, valid) in enumerate(splits):
             folds[valid] = fold
     return labels.assign(fold=folds)
+
+
+def joined_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One group label per row joining two groupings: rows that share a label in either share a group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(a)
+    _, a_ids = np.unique(a, return_inverse=True)
+    _, b_ids = np.unique(b, return_inverse=True)
+    # a bipartite graph: rows to their label in a (n + i) and in b (n + len(a's labels) + j)
+    rows = np.concatenate([np.arange(n), np.arange(n)])
+    cols = np.concatenate([n + a_ids, n + a_ids.max() + 1 + b_ids])
+    size = n + a_ids.max() + 1 + b_ids.max() + 1
+    _, labels = connected_components(coo_matrix((np.ones(2 * n), (rows, cols)), shape=(size, size)), directed=False)
+    return labels[:n]
 
 
 def fold_summary(folds: pd.DataFrame) -> str:
@@ -50,15 +72,62 @@ def fold_summary(folds: pd.DataFrame) -> str:
     return table.to_string()
 
 
+def gradable_mask(manifest: pd.DataFrame) -> pd.Series:
+    """Per manifest row, whether the photograph can be graded (the column reads back from CSV as text)."""
+    return manifest["gradable"].astype(str).str.lower().isin(("true", "1"))
+
+
+def read_manifest(experiment: Experiment) -> pd.DataFrame:
+    """The preprocessing stage's manifest of this experiment's images (the hashes and gradability the folds need)."""
+    if not experiment.manifest_csv.is_file():
+        raise UserError(f"{experiment.manifest_csv} not found: run retinopathy preprocess with this config first "
+                        "(the folds keep copies of a photograph together, found from what it records)")
+    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    if "phash" not in manifest:
+        raise UserError(f"{experiment.manifest_csv} was written by an earlier release: run retinopathy preprocess "
+                        "with this config again (it examines each photograph once more)")
+    return manifest
+
+
+def find_copies(experiment: Experiment, manifest: pd.DataFrame, labels: pd.DataFrame, verbose: bool) -> pd.DataFrame:
+    """The table of copies among the training and test photographs, written to ``data/cleaning/`` and summed up in
+    one line."""
+    images = manifest[["id", "split", "phash"]].merge(labels[["id", "grade"]], on="id", how="left")
+    images.loc[images["split"] == "test", "grade"] = np.nan
+    table = duplicates_table(images)
+    table["grade"] = table["grade"].astype("Int64")
+    path = write_duplicates(table, experiment.paths.duplicates(experiment.config.dataset_name))
+    if verbose:
+        print(f"duplicates: {summary(table)} → {path}")
+    return table
+
+
 def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
-    """Write the experiment's folds CSV (id, grade, fold) and return it."""
+    """Write the experiment's folds CSV (id, grade, fold, group) and return it: copies of a photograph grouped
+    (and treated as ``conflicting_grades`` says where their grades differ), ungradable photographs left out where
+    ``exclude_ungradable`` asks."""
     config = experiment.config
     labels = apply_decisions(read_labels(experiment.raw_dir, experiment.competition), decisions_path(experiment),
                              verbose)
+    manifest = read_manifest(experiment)
+    find_copies(experiment, manifest, labels, verbose)
+    train = manifest[manifest["split"] == "train"].drop_duplicates("id").set_index("id")
+    hashes = labels["id"].map(train["phash"]).fillna("")
+    before = len(labels)
+    labels = apply_policy(labels, copy_groups(hashes), config.conflicting_grades,
+                          numeric=not get_head(config.head).categorical_targets)
+    if verbose and len(labels) < before:
+        print(f"folds: conflicting_grades={config.conflicting_grades}: {before - len(labels)} image(s) left out")
+    if config.exclude_ungradable:
+        gradable = labels["id"].map(gradable_mask(train)).fillna(True)
+        if verbose:
+            print(f"folds: exclude_ungradable: {int((~gradable).sum())} ungradable photograph(s) left out")
+        labels = labels[gradable.to_numpy()].reset_index(drop=True)
     folds = assign_folds(labels, config.n_folds, config.seed, experiment.competition)
-    write_csv(folds, experiment.folds_csv)
+    write_csv(folds[["id", "grade", "fold", "group"]], experiment.folds_csv)
     if verbose:
-        print(f"folds: {len(folds)} images in {config.n_folds} folds → {experiment.folds_csv}")
+        print(f"folds: {len(folds)} images in {config.n_folds} folds, every copy of a photograph in one fold → "
+              f"{experiment.folds_csv}")
         print(fold_summary(folds))
     return folds
 

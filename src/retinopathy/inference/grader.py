@@ -17,8 +17,7 @@ from ..errors import UserError
 from ..experiment import provenance_problem, read_provenance
 from ..heads import get_head
 from ..metrics import GradeRule
-from ..preprocessing.fundus import prepare
-from ..preprocessing.image_io import run_on_files
+from ..preprocessing.image_io import Examined, examine_image, run_on_files
 from .engines import engine_of_file, get_engine, tta_views
 
 
@@ -144,7 +143,11 @@ class Grader:
     # --------------------------------------------------------------------------------------- grading
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """A decoded photograph prepared exactly as training prepared its images."""
-        return prepare(image, self.method, self.size)[0]
+        return examine_image(image, self.method, self.size, hashed=False).image
+
+    def examine(self, image: np.ndarray, original: tuple[int, int] | None = None) -> Examined:
+        """A decoded photograph prepared as :meth:`prepare` does, and assessed: can it be graded at all?"""
+        return examine_image(image, self.method, self.size, original, hashed=False)
 
     def outputs(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """Fold- and view-averaged served outputs for prepared images (N, H, W, 3)."""

@@ -15,8 +15,8 @@ from ..competitions import detect_competition, read_test_ids
 from ..errors import UserError
 from ..experiment import Experiment
 from ..paths import Paths
-from ..preprocessing.image_io import prepare_file
-from ..preprocessing.stage import preprocess_dataset
+from ..preprocessing.image_io import examine_file
+from ..preprocessing.stage import preprocess_dataset, ungradable_line
 from .engines import get_engine
 from .grader import Grader, models_in_folder
 from .submission import TestPredictions, write_submission
@@ -49,11 +49,15 @@ def predict_offline(models_dir: Path, competition_dir: Path, output_dir: Path, e
                         "competition's test set")
     experiment = Experiment(config, Paths(data=output_dir / "retinopathy-work", output=output_dir / "retinopathy-work"))
     manifest = preprocess_dataset(competition_dir, experiment.processed_dir, config.preprocess, config.image_size,
-                                  workers=workers, progress=verbose, splits=("test",))
+                                  workers=workers, progress=verbose, splits=("test",),
+                                  hashed=False)  # no folds to keep copies together in
     readable = manifest[(manifest["path"] != "")]
     if verbose:
         print(f"prepared {len(readable)} of {len(sample_ids)} test images ({time.time() - start:.0f}s); grading "
               f"with {len(grader.runners)} fold(s), {engine} engine on {device}, TTA {'on' if grader.tta else 'off'}",
+              flush=True)
+        # Kaggle scores every row, so an ungradable photograph is graded all the same; the log says how many
+        print(f"test images: {ungradable_line(manifest)} (each graded all the same: the submission needs every row)",
               flush=True)
 
     def progress(done, total):
@@ -73,7 +77,7 @@ def seconds_per_image(grader: Grader, images: list[Path]) -> float:
     if not images:
         raise UserError("no image to time the kernel with")
     start = time.perf_counter()
-    grader.outputs(np.stack([prepare_file(p, grader.method, grader.size)[0] for p in images]))
+    grader.outputs(np.stack([examine_file(p, grader.method, grader.size).image for p in images]))
     return (time.perf_counter() - start) / len(images)
 
 

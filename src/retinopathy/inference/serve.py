@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..metrics import GRADE_NAMES
-from ..preprocessing.image_io import decode_image, encode_png
+from ..preprocessing.image_io import Examined, decode_for_examining, encode_png
 from .grader import Grader
 
 DEFAULT_MAX_BYTES = 30 * 2**20  # the largest EyePACS photographs are about 8 MB
@@ -46,9 +46,10 @@ class BadImage(Exception):
 
 @dataclass
 class Prediction:
-    """The grader's answer for one photograph."""
+    """The grader's answer for one photograph: no grade where the photograph cannot be graded (``reason`` says
+    why)."""
 
-    grade: int
+    grade: int | None
     grade_name: str
     probabilities: list[float] | None
     value: float | None
@@ -57,6 +58,8 @@ class Prediction:
     #: the Grad-CAM overlay as PNG (asked for with ``explain``), or why there is none
     explanation_png: bytes = b""
     explanation_error: str = ""
+    gradable: bool = True
+    reason: str = ""
 
 
 def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
@@ -80,23 +83,31 @@ def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
         raise BadImage(422, "the JPEG is truncated (no end-of-image marker): upload the complete file")
 
 
-def prepare_upload(grader: Grader, data: bytes) -> np.ndarray:
-    """An upload decoded and prepared exactly as training prepared its images."""
+def prepare_upload(grader: Grader, data: bytes) -> Examined:
+    """An upload decoded, prepared exactly as training prepared its images, and assessed."""
     try:
-        img, _ = decode_image(data, min_side=grader.size)
-        return grader.prepare(img)
+        img, original = decode_for_examining(data, grader.size)
+        return grader.examine(img, original)
     except Exception as e:  # noqa: BLE001 - a decoder failure on a user's file is a 422, not a 500
         raise BadImage(422, f"the image could not be decoded ({str(e).splitlines()[0][:120] or type(e).__name__})"
                             "; upload the complete file") from None
 
 
+NOT_GRADABLE = "not gradable"
+
+
 def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = DEFAULT_MAX_PIXELS, with_image: bool = False, explain: bool = False) -> Prediction:
     """Grade one upload; ``with_image`` also returns the preprocessed image as PNG (for the web page: its
-    encoding costs about 6 ms, so the plain API skips it)."""
+    encoding costs about 6 ms, so the plain API skips it). A photograph that cannot be graded (no eye, blank, out of
+    focus, ...) gets no grade, and the reason."""
     start = time.perf_counter()
     check_upload(data, max_bytes, max_pixels)
-    img = prepare_upload(grader, data)
+    examined = prepare_upload(grader, data)
+    img = examined.image
+    if not examined.quality.gradable:
+        return Prediction(None, NOT_GRADABLE, None, None, encode_png(img) if with_image else b"",
+                          (time.perf_counter() - start) * 1000, gradable=False, reason=examined.quality.reason)
     out = grader.outputs(img[None])
     grade = int(grader.grades(out)[0])
     value = float(grader.head.scores(out)[0])  # the head's continuous score (a regression's value)
@@ -208,11 +219,15 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
                 result = await run_in_threadpool(grade_upload, g, data, max_bytes, max_pixels, with_image, explain)
         except BadImage as e:
             return error(e.status, e.message)
-        body = {"grade": result.grade, "grade_name": result.grade_name, "probabilities": result.probabilities,
-                "value": result.value, "model_id": g.model_id, "ms": round(result.ms, 1)}
+        # a photograph that cannot be graded is an answer, not a failed request: 200, "gradable": false, no grade
+        body = {"gradable": result.gradable, "grade": result.grade, "grade_name": result.grade_name,
+                "probabilities": result.probabilities, "value": result.value, "model_id": g.model_id,
+                "ms": round(result.ms, 1)}
+        if not result.gradable:
+            body["reason"] = result.reason
         if with_image:
             body["preprocessed"] = "data:image/png;base64," + base64.b64encode(result.preprocessed_png).decode()
-        if explain:
+        if explain and result.gradable:
             body["explanation"] = ("data:image/png;base64," + base64.b64encode(result.explanation_png).decode()
                                    if result.explanation_png else None)
             if result.explanation_error:

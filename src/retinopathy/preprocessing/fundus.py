@@ -141,6 +141,13 @@ def crop_to_eye(img: np.ndarray, eye: Eye) -> np.ndarray:
     return out
 
 
+def eye_square(img: np.ndarray, eye: Eye, side: int) -> np.ndarray:
+    """The eye's square (:func:`crop_to_eye`) resized to ``side``."""
+    square = crop_to_eye(img, eye)
+    interpolation = cv2.INTER_AREA if square.shape[0] > side else cv2.INTER_LINEAR
+    return cv2.resize(square, (side, side), interpolation=interpolation)
+
+
 @functools.lru_cache(maxsize=16)
 def circle_mask(size: int, fraction: float = 1.0) -> np.ndarray:
     """A disc (uint8, 1 inside) filling a ``size`` square, of radius ``fraction`` of the half side."""
@@ -221,17 +228,19 @@ def prepare(img: np.ndarray, method: str, size: int) -> tuple[np.ndarray, Eye | 
     if method not in METHODS:
         raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
     rgb = to_rgb_uint8(img)
-    if method == "none":
-        return resize_pad(rgb, size), None
-    eye = find_eye(rgb)
-    if eye is None:
+    eye = None if method == "none" else find_eye(rgb)
+    return prepare_eye(rgb, eye, method, size)[0], eye
+
+
+def prepare_eye(rgb: np.ndarray, eye: Eye | None, method: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare` once the eye is found (None: letterboxed whole); also the eye's square before the method's
+    filters (None where there is no eye or the method is ``none``)."""
+    if method == "none" or eye is None:
         return resize_pad(rgb, size), None
     # Crop first, then resize only the eye's square: the filters then run on `size` pixels.
-    square = crop_to_eye(rgb, eye)
-    interpolation = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_LINEAR
-    square = cv2.resize(square, (size, size), interpolation=interpolation)
+    square = eye_square(rgb, eye, size)
     if method == "ben":
-        return mask_circle(ben_graham(square), 0.95, fill=128), eye
+        return mask_circle(ben_graham(square), 0.95, fill=128), square
     if method == "clahe":
-        return mask_circle(clahe(square)), eye
-    return mask_circle(square), eye
+        return mask_circle(clahe(square)), square
+    return mask_circle(square), square

@@ -1,11 +1,13 @@
-"""Images in and out: decoding a file or upload (at a reduced JPEG resolution where the model allows), encoding a
-prepared image as PNG, and reading prepared PNGs back."""
+"""Images in and out: decoding a file or upload (at a reduced JPEG resolution where the model allows), examining it
+(prepared for the network, its gradability, its perceptual hash), encoding a prepared image as PNG, and reading
+prepared PNGs back."""
 
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
 import cv2
@@ -13,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .fundus import Eye, prepare, to_rgb_uint8
+from . import quality
+from .fingerprint import photo_hash
+from .fundus import METHODS, Eye, eye_square, find_eye, prepare_eye, to_rgb_uint8
 
 _REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
@@ -48,15 +52,51 @@ def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None)
         return to_rgb_uint8(np.asarray(im)), original
 
 
-def prepare_file(source: str | os.PathLike | bytes, method: str, size: int) -> tuple[np.ndarray, Eye | None, tuple]:
-    """Decode and prepare one image; the eye is reported in the original image's coordinates."""
-    # The eye is at least as wide as the smaller side, so decoding that side at `size` loses nothing.
-    img, original = decode_image(source, min_side=size)
-    out, eye = prepare(img, method, size)
-    if eye is not None:
-        k = original[0] / img.shape[1]
+@dataclass(frozen=True)
+class Examined:
+    """One photograph as every stage sees it: prepared for the network, the eye found (in the original
+    photograph's coordinates), whether it can be graded, and its perceptual hash ('' without an eye)."""
+
+    image: np.ndarray
+    eye: Eye | None
+    original: tuple[int, int]
+    quality: quality.Quality
+    phash: str
+
+
+def examine_image(img: np.ndarray, method: str, size: int, original: tuple[int, int] | None = None,
+                  hashed: bool = True) -> Examined:
+    """A decoded photograph examined: the eye is found once and serves the preparation, the gradability and the
+    hash (left empty unless ``hashed``: grading a photograph needs none, and a Kaggle kernel has no imagehash)."""
+    if method not in METHODS:
+        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    rgb = to_rgb_uint8(img)
+    eye = find_eye(rgb)  # letterboxed whole (``none``), the eye is still what is assessed and hashed
+    out, square = prepare_eye(rgb, None if method == "none" else eye, method, size)
+    if eye is not None:  # the measurements' square: from the prepared one where it is at least as large (cheap)
+        square = (cv2.resize(square, (quality.SIDE,) * 2, interpolation=cv2.INTER_AREA)
+                  if square is not None and size >= quality.SIDE else eye_square(rgb, eye, quality.SIDE))
+    assessed = quality.assess(rgb, eye, eye_found=eye is not None, square=square)
+    fingerprint = photo_hash(square) if eye is not None and hashed else ""
+    original = original or (rgb.shape[1], rgb.shape[0])
+    if eye is not None and method != "none":
+        k = original[0] / rgb.shape[1]
         eye = Eye(eye.cx * k, eye.cy * k, eye.radius * k)
-    return out, eye, original
+    else:
+        eye = None
+    return Examined(out, eye, original, assessed, fingerprint)
+
+
+def decode_for_examining(source: str | os.PathLike | bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decoded at a resolution that serves a ``size`` model and the gradability's measurements alike."""
+    # The eye is at least as wide as the smaller side, so decoding that side at `size` loses nothing.
+    return decode_image(source, min_side=max(size, quality.SIDE))
+
+
+def examine_file(source: str | os.PathLike | bytes, method: str, size: int, hashed: bool = True) -> Examined:
+    """Decode and examine one photograph (a file or its bytes)."""
+    img, original = decode_for_examining(source, size)
+    return examine_image(img, method, size, original, hashed)
 
 
 def encode_png(img: np.ndarray) -> bytes:

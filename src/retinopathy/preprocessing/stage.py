@@ -11,28 +11,33 @@ from pathlib import Path
 import pandas as pd
 
 from ..competitions import detect_competition, read_labels, read_test_ids
+from ..data.folds import gradable_mask
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import atomic_path, process_pool, remove_stale_temporaries, write_csv
 from ..paths import MANIFEST
 from .fundus import METHODS
-from .image_io import encode_png, prepare_file
+from .image_io import encode_png, examine_file
 from ..progress import progress_bar
 
-MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path"]
+MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path",
+                    "gradable", "ungradable_reason", "brightness", "contrast", "focus", "phash"]
 
 
-def _process_one(job: tuple[str, str, str, str, str, int]) -> dict:
-    image_id, split, source, out_path, method, size = job
+def _process_one(job: tuple[str, str, str, str, str, int, bool]) -> dict:
+    image_id, split, source, out_path, method, size, hashed = job
     row = {"id": image_id, "split": split, "source": source, "width": None, "height": None,
-           "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok", "path": out_path}
+           "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok", "path": out_path, "gradable": False,
+           "ungradable_reason": "", "brightness": None, "contrast": None, "focus": None, "phash": ""}
     try:
-        out, eye, (w, h) = prepare_file(source, method, size)
+        examined = examine_file(source, method, size, hashed)
     except FileNotFoundError:
-        return {**row, "status": "missing", "path": ""}
+        return {**row, "status": "missing", "path": "", "ungradable_reason": "file missing"}
     except Exception as e:  # any decoder failure is the image's fault: record it, carry on
-        return {**row, "status": f"unreadable: {type(e).__name__}: {e}".replace("\n", " ")[:200], "path": ""}
-    row.update(width=w, height=h)
+        return {**row, "status": f"unreadable: {type(e).__name__}: {e}".replace("\n", " ")[:200], "path": "",
+                "ungradable_reason": "cannot be decoded"}
+    out, eye, (w, h) = examined.image, examined.eye, examined.original
+    row.update(width=w, height=h, phash=examined.phash, **examined.quality.record())
     if eye is None:
         row["status"] = "no_eye" if method != "none" else "ok"
     else:
@@ -61,7 +66,8 @@ def _read_journal(path: Path) -> dict[str, dict]:
 
 
 def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, workers: int | None = None,
-                       progress: bool = True, splits: tuple[str, ...] = ("train", "test")) -> pd.DataFrame:
+                       progress: bool = True, splits: tuple[str, ...] = ("train", "test"),
+                       hashed: bool = True) -> pd.DataFrame:
     """Prepare every training and test image of a competition folder once (or those of ``splits`` only); write the
     images and a manifest.
 
@@ -81,7 +87,8 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
         old = pd.read_csv(manifest_path, dtype={"id": str}, keep_default_na=False)
         previous = {r["id"]: r for r in old.to_dict("records")}
     previous.update(_read_journal(journal_path))
-    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye")}
+    # rows of an older release lack the gradability and the hash: those images are examined again
+    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye") and "phash" in r}
     done, jobs = {}, []
     for image_id, split in items:
         out_path = out_dir / f"{image_id}.png"
@@ -89,7 +96,7 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
             done[image_id] = previous[image_id]
         else:
             source = competition.image_path(raw_dir, split, image_id)
-            jobs.append((image_id, split, str(source), str(out_path), method, size))
+            jobs.append((image_id, split, str(source), str(out_path), method, size, hashed))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
@@ -117,4 +124,15 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
     status = manifest["status"].str.split(":").str[0].value_counts()
     print(f"preprocess: {len(manifest)} images → {experiment.processed_dir} ("
           + ", ".join(f"{k}: {v}" for k, v in status.items()) + ")")
+    print(f"preprocess: {ungradable_line(manifest)}")
     return manifest
+
+
+def ungradable_line(manifest: pd.DataFrame) -> str:
+    """One line: how many photographs cannot be graded, and why."""
+    ungradable = manifest[~gradable_mask(manifest)]
+    if ungradable.empty:
+        return f"all {len(manifest)} photographs gradable"
+    reasons = ungradable["ungradable_reason"].replace("", "unknown").value_counts()
+    return (f"{len(ungradable)} of {len(manifest)} photographs not gradable ("
+            + ", ".join(f"{reason}: {n}" for reason, n in reasons.items()) + ")")
