@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, settings_difference
+from .config import Config, file_digest, settings_difference
 from .competitions import Competition, detect_competition
 from .errors import UserError
 from .files import write_text
@@ -85,27 +85,43 @@ class Experiment:
         """What made a fold's export: its ``fingerprint.json`` (None where there is none)."""
         return read_provenance(self.fold_dir(fold))
 
+    def folds_digest(self) -> str:
+        """A hash of the folds CSV's content: which rows, graded how, validate which fold."""
+        return file_digest(self.folds_csv)
+
+    def fold_problem(self, fold: int) -> str | None:
+        """Why the fold's export is not the model this config trains on these folds (None when it is): other
+        model settings, or other training rows (the labels, the cleaning decisions or the copies found have
+        changed the folds file since)."""
+        record = self.fold_provenance(fold)
+        problem = provenance_problem(record, self.config)
+        if problem is None and self.folds_csv.is_file() and record.get("folds") != self.folds_digest():
+            problem = (f"it was trained on other rows than {self.folds_csv} holds now (the labels, the cleaning "
+                       "decisions or the copies found changed since)")
+        return problem
+
     def fold_is_current(self, fold: int) -> bool:
-        """Whether the fold's export exists and was trained with this config's model settings."""
-        return ((self.fold_dir(fold) / "export.pkl").is_file()
-                and provenance_problem(self.fold_provenance(fold), self.config) is None)
+        """Whether the fold's export exists and was trained with this config's model settings on these folds."""
+        return (self.fold_dir(fold) / "export.pkl").is_file() and self.fold_problem(fold) is None
 
     def check_exports(self, folds: list[int] | None = None, any_export: bool = False) -> list[int]:
         """The trained folds (or ``folds``), each checked to have been trained with this config's model settings;
         a UserError names the first that was not, unless ``any_export``."""
         folds = self.require_trained_folds() if folds is None else folds
         for fold in [] if any_export else folds:
-            problem = provenance_problem(self.fold_provenance(fold), self.config)
+            problem = self.fold_problem(fold)
             if problem:
                 raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
                                 f"this config (retinopathy train --fold {fold}), or pass --any-export to use it")
         return folds
 
 
-def write_provenance(fold_dir: Path, config: Config) -> Path:
-    """Record beside a fold's export which settings made it (``fingerprint.json``); write it after the export."""
+def write_provenance(fold_dir: Path, config: Config, folds: str = "") -> Path:
+    """Record beside a fold's export which settings made it, on which folds (``folds``: the folds CSV's digest when
+    training read it) (``fingerprint.json``); write it after the export."""
     return write_text(Path(fold_dir) / FINGERPRINT, json.dumps(
-        {"fingerprint": config.fingerprint, "settings": config.model_settings()}, indent=1, default=str))
+        {"fingerprint": config.fingerprint, "folds": folds, "settings": config.model_settings()}, indent=1,
+        default=str))
 
 
 def read_provenance(fold_dir: Path) -> dict | None:

@@ -93,8 +93,9 @@ def _picked(phases: list, suggested: float, config) -> list:
     return [(name, n, suggested if name == "frozen" else picked) for name, n, _ in phases]
 
 
-def _resume_state(out: Path, config) -> dict | None:
-    """Where an interrupted run of this very config stopped, if it left a checkpoint."""
+def _resume_state(out: Path, config, run: str) -> dict | None:
+    """Where an interrupted run of this very config on these very folds (``run``) stopped, if it left a
+    checkpoint."""
     state_file = out / RESUME_STATE
     if not state_file.is_file() or not (out / "checkpoints" / "last.pth").is_file():
         return None
@@ -104,7 +105,7 @@ def _resume_state(out: Path, config) -> dict | None:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return None
-    return state if state.get("fingerprint") == config.fingerprint else None
+    return state if state.get("fingerprint") == run else None
 
 
 def run_lr_find(learn, out: Path, config) -> float:
@@ -179,6 +180,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     main_process = rank_distrib() == 0
     start = time.time()
     set_seed(config.seed + fold, reproducible=True)
+    folds_digest = experiment.folds_digest()  # the rows this training reads, recorded beside the export
     table = training_table(experiment)
     if config.pseudo_labels:
         pseudo = pseudo_label_rows(experiment)
@@ -205,7 +207,8 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         config.save(experiment.dir / "config.yaml")
     history_file = out / "history.csv"
 
-    state = _resume_state(out, config) if resume else None
+    run = f"{config.fingerprint}:{folds_digest}"  # a resumed run trains the same model on the same rows
+    state = _resume_state(out, config, run) if resume else None
     if state is None:
         history_file.unlink(missing_ok=True)
         (out / RESUME_STATE).unlink(missing_ok=True)
@@ -243,7 +246,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
                     learn.load("best", with_opt=False)
                     continue
         tracker.offset = start_epoch
-        cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, config.fingerprint),
+        cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, run),
                EpochSeed(config.seed + fold, index, start_epoch),
                EpochOffset(start_epoch, state.get("smooth_loss") if start_epoch else None), *callbacks]
         if main_process:
@@ -267,11 +270,11 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     peak = phases[-1][2]
     with _single_process_view() if distributed else contextlib.nullcontext():
         return _finish_fold(learn, dls, experiment, fold, start, verbose,
-                            peak.stop if isinstance(peak, slice) else peak)
+                            peak.stop if isinstance(peak, slice) else peak, folds_digest)
 
 
 def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, verbose: bool,
-                 lr: float) -> FoldResult:
+                 lr: float, folds_digest: str) -> FoldResult:
     """History, loss curve, the export and the out-of-fold predictions: the fold's outputs, written by one process."""
     config = experiment.config
     out = experiment.fold_dir(fold)
@@ -287,7 +290,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
         # Never an export beside the fingerprint of another: the old one goes before the new export lands, and the
         # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
         (out / FINGERPRINT).unlink(missing_ok=True)
-    write_provenance(out, config)
+    write_provenance(out, config, folds_digest)
     config.save(out / "config.yaml")
 
     # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
