@@ -45,7 +45,24 @@ def test_save_then_load_gives_the_same_config(tmp_path):
     ("- a\n- b\n", [], r"expected a mapping"),
     ("", ["epochs"], r"override 'epochs' is not key=value"),
     ("", ["batchsize=8"], r"unknown config key 'batchsize' \(did you mean 'batch_size'\?\)"),
-    ("", ["n_folds=1"], r"n_folds must be at least 2"),
+    ("", ["n_folds=1"], r"n_folds must be between 2 and 20, not 1"),
+    # numbers out of any sane range are refused before anything runs (a billion epochs filled 24 GB in 20 s)
+    ("", ["epochs=1000000000"], r"epochs must be between 1 and 1000, not 1000000000"),
+    ("", ["lr=nan"], r"lr must be between 1e-07 and 10, not nan"),
+    ("", ["lr=-1"], r"lr must be between 1e-07 and 10, not -1.0"),
+    ("", ["ps=2"], r"ps must be between 0 and 0.95, not 2.0"),
+    ("", ["seed=-1"], r"seed must be between 0 and 4294967295, not -1"),
+    ("", ["image_size=1"], r"image_size must be between 32 and 2048, not 1"),
+    ("", ["batch_size=0"], r"batch_size must be between 1 and 4096, not 0"),
+    # a name is one folder under models/ and submissions/, never a way out of them
+    ("", ["name=/abs/path"], r"name '/abs/path' must be a plain folder name"),
+    ("", ["name=../../x"], r"name '../../x' must be a plain folder name"),
+    ("", ["name=a/b"], r"name 'a/b' must be a plain folder name"),
+    ("", ["name="], r"name '' must be a plain folder name"),
+    ("", ["name=" + "x" * 300], r"name 'x{60}' must be a plain folder name"),
+    # an experiment that learns from its own outputs never settles
+    ("", ["name=me", "init_from=models/me"], r"init_from 'models/me' is this experiment itself"),
+    ("", ["name=me", "pseudo_labels=me"], r"pseudo_labels 'me' is this experiment itself"),
 ])
 def test_bad_config_gives_one_clear_message(tmp_path, content, overrides, message):
     path = tmp_path / "bad.yaml"
@@ -144,6 +161,8 @@ def test_keys_are_grouped_by_stage_and_their_metadata_decides_the_fingerprint(tm
         changed = {"str": "x-other", "int": 3, "float": 0.25, "bool": not getattr(base, f.name)}[f.type]
         if f.metadata["choices"]:
             changed = next(c for c in f.metadata["choices"] if c != getattr(base, f.name))
+        if f.metadata["bounds"] and not f.metadata["bounds"][0] <= changed <= f.metadata["bounds"][1]:
+            changed = f.metadata["bounds"][1]  # a value in the key's range, other than the default
         changed = {"competition": "eyepacs2015", "lr_find": "pick", "loggers": "tensorboard"}.get(f.name, changed)
         other = base.replace(**{f.name: changed})
         assert (other.fingerprint == base.fingerprint) == (f.metadata["fingerprint"] == "never"), f.name

@@ -8,6 +8,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,15 +29,21 @@ POOLS = {"concat": "max and average side by side (fastai's default)", "avg": "av
          "gem": "generalised mean with a learnt power (the 1st-place APTOS 2019 pooling)"}
 
 
-def key(default: Any, help: str, group: str, choices: tuple[str, ...] = (), fingerprint: str = "") -> Any:
+#: what an experiment's name may be: one folder name, never a path out of models/ or submissions/
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}"
+
+
+def key(default: Any, help: str, group: str, choices: tuple[str, ...] = (), fingerprint: str = "",
+        bounds: tuple[float, float] | None = None) -> Any:
     """A config key: its default, the one line ``--help`` shows for it, its stage (one of :data:`GROUPS`), its
-    allowed values (if a choice), and how it counts in the fingerprint: ``always``, ``when_set`` (only when it
-    differs from the default: keys added later, so folds trained before them stay current) or ``never`` (the
-    default for the runtime groups)."""
+    allowed values (if a choice) or range (``bounds``, both ends included: a number outside, or NaN, is refused
+    before anything runs), and how it counts in the fingerprint: ``always``, ``when_set`` (only when it differs
+    from the default: keys added later, so folds trained before them stay current) or ``never`` (the default for
+    the runtime groups)."""
     assert group in GROUPS, group
     fingerprint = fingerprint or ("never" if group in RUNTIME_GROUPS else "always")
     return field(default=default, metadata={"help": help, "choices": choices, "group": group,
-                                            "fingerprint": fingerprint})
+                                            "fingerprint": fingerprint, "bounds": bounds})
 
 
 @dataclass
@@ -54,9 +61,9 @@ class Config:
     raw_dir: str = key("", "a competition folder in Kaggle layout anywhere on disk; overrides data/raw/<dataset>",
                        "data", fingerprint="never")
     synthetic_images: int = key(0, "when > 0 and the raw folder is missing, synthesize a competition with this "
-                                   "many training images there", "data")
-    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data")
-    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data")
+                                   "many training images there", "data", bounds=(0, 100_000))
+    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data", bounds=(2, 20))
+    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data", bounds=(0, 2**32 - 1))
     conflicting_grades: str = key("keep", "copies of one photograph (every copy is in one fold) whose grades differ: "
                                           "keep them all, drop the group, or merge it into one row of the majority "
                                           "grade", "data", ("keep", "drop", "merge"))
@@ -67,7 +74,7 @@ class Config:
     preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
                           "preprocessing", ("none", "crop", "ben", "clahe"))
     image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network",
-                          "preprocessing")
+                          "preprocessing", bounds=(32, 2048))
 
     # --- model: the network, its starting weights and its head ---
     arch: str = key("resnet34", "torchvision or timm architecture name (resnet34, efficientnet_b0, ...)", "model")
@@ -85,23 +92,23 @@ class Config:
                     "model", tuple(POOLS), fingerprint="when_set")
     regression_loss: str = key("smooth_l1", "the loss of a regression value (regression and multitask heads)",
                                "model", ("mse", "smooth_l1"))
-    ps: float = key(0.5, "dropout of the head", "model")
+    ps: float = key(0.5, "dropout of the head", "model", bounds=(0.0, 0.95))
 
     # --- training: the schedule, the training rows and their augmentation ---
-    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)", "training")
+    epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)", "training", bounds=(1, 1000))
     freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)",
-                             "training")
-    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)", "training")
+                             "training", bounds=(0, 100))
+    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)", "training", bounds=(1e-7, 10.0))
     lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head",
-                        "training")
-    wd: float = key(1e-2, "weight decay (AdamW)", "training")
+                        "training", bounds=(0.0, 10.0))
+    wd: float = key(1e-2, "weight decay (AdamW)", "training", bounds=(0.0, 10.0))
     lr_find: str = key("off", "fastai's learning-rate finder first: plot saves lr_find.png; pick also trains at "
                               "its suggestion", "training", ("off", "plot", "pick"))
-    batch_size: int = key(32, "images per batch (per GPU under torchrun)", "training")
+    batch_size: int = key(32, "images per batch (per GPU under torchrun)", "training", bounds=(1, 4096))
     balance: str = key("none", "class imbalance: sampler oversamples rare grades, loss weights the loss",
                        "training", ("none", "sampler", "loss"))
     balance_alpha: float = key(0.5, "0 keeps natural class frequencies, 1 makes them uniform (freq ** -alpha)",
-                               "training")
+                               "training", bounds=(0.0, 1.0))
     augment: bool = key(True, "augment training images: flips, any rotation, a small zoom, brightness, contrast, "
                               "hue", "training")
     augment_on: str = key("item", "item: albumentations per image on the loader's CPU workers; batch: fastai's "
@@ -115,17 +122,17 @@ class Config:
                              fingerprint="when_set")
     pseudo_confidence: float = key(0.8, "keep a pseudo-labelled image only where its grader was this sure (heads "
                                         "that learn numbers keep every image, with its soft value)", "training",
-                                   fingerprint="when_set")
+                                   fingerprint="when_set", bounds=(0.0, 1.0))
 
     # --- prediction ---
     tta: bool = key(False, "test-time augmentation with flips wherever the folds grade (predict, kernel, server)",
                     "prediction")
 
     # --- runtime: where outputs go and how the machine is used; never a reason to retrain ---
-    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime")
+    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime", bounds=(-1, 256))
     folds_at_once: int = key(1, "folds the pipeline trains at the same time, each its own process sharing the GPU "
                                 "and the cores (a big GPU that one fold leaves idle: 5 on an 80 GB H100)",
-                             "runtime")
+                             "runtime", bounds=(1, 64))
     mixed_precision: bool = key(True, "float16 on CUDA; bfloat16 (with channels-last) on CPUs that compute it "
                                       "natively", "runtime")
     loggers: str = key("csv", "experiment tracking besides history.csv: comma-separated tensorboard, wandb, "
@@ -137,16 +144,22 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise UserError(f"config: {f.name} must be one of {' | '.join(choices)}, not '{value}'")
-        for key in ("image_size", "n_folds", "epochs", "batch_size", "folds_at_once"):
-            if getattr(self, key) < (2 if key == "n_folds" else 1):
-                raise UserError(f"config: {key} must be at least {2 if key == 'n_folds' else 1}, "
-                                f"not {getattr(self, key)}")
+            bounds = f.metadata.get("bounds")
+            if bounds and not bounds[0] <= value <= bounds[1]:  # NaN fails both comparisons
+                low, high = (f"{b:g}" if isinstance(b, float) else str(b) for b in bounds)
+                raise UserError(f"config: {f.name} must be between {low} and {high}, not {value}")
+        if not re.fullmatch(NAME_PATTERN, self.name):  # it names folders: models/<name>/, submissions/<name>.csv
+            raise UserError(f"config: name '{self.name[:60]}' must be a plain folder name: letters, digits and . _ + = "
+                            "-, 1 to 100 of them, starting with a letter or digit (no / or ..)")
+        for source in ("init_from", "pseudo_labels"):  # its own outputs in its own fingerprint: it never settles
+            value = getattr(self, source)
+            if value and Path(value.rstrip("/")).name == self.name:
+                raise UserError(f"config: {source} '{value}' is this experiment itself ({self.name}): name another "
+                                "trained experiment")
         unknown = [name for name in self.logger_names if name not in LOGGERS]
         if unknown:
             raise UserError(f"config: loggers: unknown '{unknown[0]}'; choose from csv, {', '.join(LOGGERS)} "
                             "(comma-separated)")
-        if not 0.0 <= self.balance_alpha <= 1.0:
-            raise UserError(f"config: balance_alpha must be between 0 and 1, not {self.balance_alpha}")
 
     @property
     def hub_weights(self) -> bool:
@@ -242,7 +255,10 @@ def config_keys_help() -> str:
         lines.append(f" {group}:")
         for f in (f for f in dataclasses.fields(Config) if f.metadata["group"] == group):
             choices = f.metadata.get("choices")
-            kind = " | ".join(choices) if choices else f.type
+            bounds = f.metadata.get("bounds")
+            kind = " | ".join(choices) if choices else f.type + (
+                " {:g}..{:g}".format(*bounds) if bounds and f.type == "float" else
+                f" {bounds[0]}..{bounds[1]}" if bounds else "")
             default = f.default if f.default != "" else "''"
             lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
     return "\n".join(lines)
