@@ -178,3 +178,21 @@ def test_the_readme_is_a_short_guide_and_its_compatibility_table_is_what_ci_runs
     shipped = set(shipped_configs()) - {"debug"}
     listed = set(re.findall(r"^\| `(\w+)` \| ", readme, re.M))
     assert shipped <= listed, f"configs missing from the hardware table: {shipped - listed}"
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("serve", "--port", "70000"), ("serve", "--max-mb", "-1"), ("serve", "--workers", "0"),
+    ("synthesize", "--n-train", "-5"), ("synthesize", "--max-side", "1"),
+])
+def test_an_option_out_of_its_range_is_one_line_before_anything_runs(command, option, value, tmp_path, capsys):
+    import importlib
+
+    from retinopathy.commands import COMMANDS as modules
+
+    main = importlib.import_module(f"retinopathy.commands.{modules[command][0]}").main
+    args = ([str(tmp_path / "out")] if command == "synthesize" else []) + [option, value]
+    with pytest.raises(SystemExit) as ended:
+        main(args)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ended.value.code == 2 and f"argument {option}: must be between " in error and error.endswith(f"not {value}")
+    assert not (tmp_path / "out").exists(), "nothing ran"

@@ -204,3 +204,25 @@ def test_reduction_factor_keeps_the_smaller_side_at_least_the_target():
     assert reduction_factor((3888, 2592), 512) == 4   # 648 px high after a 1/4 decode
     assert reduction_factor((3888, 2592), 256) == 8
     assert reduction_factor((640, 480), 512) == 1 and reduction_factor((640, 480), None) == 1
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_camera_turned_jpeg_is_upright_at_every_decode_size(orientation):
+    """OpenCV's reduced decode applies the EXIF orientation; the full-size path must too, or the same photograph
+    reaches the network turned or not depending on the config's image size."""
+    import io
+
+    img = np.zeros((400, 600, 3), np.uint8)
+    img[:, :300] = 255  # the left half white: where it ends up tells the turn
+    im = Image.fromarray(img)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    im.save(buffer, "JPEG", exif=exif, quality=95)
+    full, full_size = decode_image(buffer.getvalue())
+    reduced, reduced_size = decode_image(buffer.getvalue(), min_side=100)
+    assert full_size == reduced_size == (full.shape[1], full.shape[0])
+    shrunk = cv2.resize(full, (reduced.shape[1], reduced.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - reduced.astype(int)).mean() < 8, "the same way up on both paths"
+    if orientation in (6, 8):
+        assert full.shape[:2] == (600, 400), "a portrait photograph, as the camera meant it"

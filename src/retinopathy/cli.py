@@ -35,6 +35,20 @@ def parser(description: str | None, overrides: bool = True) -> argparse.Argument
     return p
 
 
+def number_in(low: float, high: float, cast=int):
+    """An argparse ``type``: a number from ``low`` to ``high`` (both included), else argparse's one-line error."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a{'n integer' if cast is int else ' number'}") from None
+        if not low <= value <= high:  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, not {text}")
+        return value
+
+    return parse
+
+
 def add_overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The trailing key=value config overrides."""
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -49,11 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models-dir", type=Path,
                    help="an experiment's folder (models/<exp>/): serve each fold*/ in it, by --engine")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20, help="largest upload, MB (default 30)")
-    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+    p.add_argument("--workers", type=cli.number_in(1, 64), default=1,
+                   help="server processes sharing the port (default 1)")
+    p.add_argument("--port", type=cli.number_in(0, 65535), default=8000, help="default 8000; 0: any free port")
+    p.add_argument("--threads", type=cli.number_in(1, 1024), default=None,
+                   help="inference threads (default: all cores)")
+    p.add_argument("--max-mb", type=cli.number_in(0.001, 10_000, float), default=DEFAULT_MAX_BYTES / 2**20,
+                   help="largest upload, MB (default 30)")
+    p.add_argument("--max-megapixels", type=cli.number_in(0.001, 10_000, float), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest image, megapixels (default 40)")
     p.add_argument("--engine", choices=list(ENGINES), default="torch", help=ENGINE_HELP + " (default torch)")
     p.add_argument("--any-export", action="store_true",
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = listening_socket(args.host, args.port)
     grader = Grader(models, args.threads, args.engine, args.any_export, tta=tta)
     limits = {"max_bytes": int(args.max_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6)}
-    where = f"http://{args.host}:{args.port}/"
+    where = f"http://{args.host}:{sock.getsockname()[1]}/"  # the port bound: --port 0 takes any free one
     if args.workers == 1:
         app = create_app(grader=grader, **limits)
         print(f"serving {len(models)} model(s) ({grader.engine}, TTA {'on' if grader.tta else 'off'}) on {where} "

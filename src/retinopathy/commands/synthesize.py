@@ -12,10 +12,10 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__, overrides=False)  # --competition: whose layout (default: the config's competition)
     p.add_argument("out_dir")
     cli.add_overrides(p)
-    p.add_argument("--n-train", type=int, default=200)
-    p.add_argument("--n-test", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=512, help="largest image side in pixels")
+    p.add_argument("--n-train", type=cli.number_in(5, 1_000_000), default=200, help="labelled images (default 200)")
+    p.add_argument("--n-test", type=cli.number_in(0, 1_000_000), default=50, help="test images (default 50)")
+    p.add_argument("--seed", type=cli.number_in(0, 2**32 - 1), default=0)
+    p.add_argument("--max-side", type=cli.number_in(64, 8192), default=512, help="largest image side in pixels")
     args = p.parse_args(argv)
     from ..data.synthetic import make_competition
 

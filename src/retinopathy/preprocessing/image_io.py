@@ -12,7 +12,7 @@ from typing import Iterable
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import UserError
 from . import quality
@@ -37,7 +37,10 @@ def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None)
     raises.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        original, fmt = im.size, im.format
+        # The camera's EXIF orientation is applied on both paths (OpenCV's reduced decode applies it itself), so a
+        # photograph is upright whatever size it is decoded at; sizes are reported upright too.
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        original, fmt = (im.size[::-1] if turned else im.size), im.format
         factor = reduction_factor(original, min_side)
         if fmt == "JPEG" and factor > 1:
             buf = np.frombuffer(source if isinstance(source, bytes) else Path(source).read_bytes(), np.uint8)
@@ -45,6 +48,7 @@ def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None)
             if bgr is not None:
                 return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), original
         im.load()
+        im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             return to_rgb_uint8(np.clip(np.asarray(im) / 257.0, 0, 255).astype(np.uint8)), original
         if im.mode not in ("RGB", "L", "RGBA"):
