@@ -17,6 +17,7 @@ import pytest
 
 from retinopathy.config import load_config
 from retinopathy.data.folds import make_folds
+from retinopathy.errors import UserError
 from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
@@ -354,3 +355,44 @@ def test_rare_grades_are_noted_once(tiny_aptos, capsys, recwarn):
     assign_folds(read_labels(tiny_aptos, APTOS2019), 4, seed=0, competition=APTOS2019)
     assert "fewer images than folds" in capsys.readouterr().out
     assert not [w for w in recwarn if "least populated class" in str(w.message)]
+
+
+# ----------------------------------------------------------------------------------------- concurrent runs
+def test_a_second_run_of_a_fold_in_training_is_refused_naming_the_holder(tiny_aptos, tmp_path):
+    import fcntl
+
+    from retinopathy.experiment import Experiment
+    from retinopathy.paths import Paths
+    from retinopathy.training.train import train_fold
+
+    experiment = Experiment(debug_config(tiny_aptos, "locked"), Paths(data=tmp_path / "data", output=tmp_path))
+    lock = experiment.fold_dir(0) / ".lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:  # another run training fold 0 holds this
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(UserError, match=r"fold 0 of .*locked is in use by process 4242"):
+            train_fold(experiment, 0, verbose=False)
+    assert not (experiment.fold_dir(0) / "history.csv").exists(), "the refused run wrote nothing"
+
+
+def test_concurrent_reports_lose_no_row_of_the_results_table(tiny_aptos, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_rows, args=(tiny_aptos, tmp_path, k, 20)) for k in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    table = pd.read_csv(tmp_path / "reports" / "results.csv")
+    assert len(table) == 80 and sorted(table["experiment"].value_counts()) == [20] * 4
+
+
+def _append_rows(raw, root, k: int, n: int) -> None:
+    from retinopathy.reports.results import append_results
+
+    experiment = Experiment(debug_config(raw, f"writer{k}"), Paths(data=root / "data", output=root))
+    for _ in range(n):
+        append_results(experiment, {"folds": [0.5], "mean": 0.5, "std": 0.0, "pooled": 0.5}, None, None)

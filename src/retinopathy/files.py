@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
+from .errors import UserError
+
 #: what temporary files of :func:`atomic_path` end with
 TEMP_SUFFIX = ".tmp"
 
@@ -107,3 +109,31 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a table as CSV (no index) atomically."""
     return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a small file holding the holder's process id) while the block runs:
+    a second run of the same work is refused in one line naming the process that holds it, or, with ``wait``,
+    waits its turn (a read-modify-write of a shared file). The operating system releases it when the process
+    ends, however it ends."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{what} is in use by process {holder} (lock {path}): wait for it to finish, or stop "
+                            "it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment import Experiment
-from ..files import write_csv, write_text
+from ..files import locked, write_csv, write_text
 from ..metrics import GRADES, GradeRule
 
 
@@ -52,13 +52,14 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
            "submission": str(submission) if submission else "",
            "commit": git_commit()}
     csv_path = experiment.paths.reports / "results.csv"
-    table = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
-    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
-    write_csv(table, csv_path)
-    shown = table.drop(columns=["config"]).fillna("")
-    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in shown.itertuples(index=False)]
-    write_text(experiment.paths.reports / "results.md",
-               "# Results\n\nEvery CV report, newest last (`reports/results.csv` has the config paths).\n\n"
-               + "\n".join(lines) + "\n")
+    with locked(csv_path.with_name(".results.lock"), "reports/results.csv", wait=True):  # no row lost to a race
+        table = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+        write_csv(table, csv_path)
+        shown = table.drop(columns=["config"]).fillna("")
+        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+        lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in shown.itertuples(index=False)]
+        write_text(experiment.paths.reports / "results.md",
+                   "# Results\n\nEvery CV report, newest last (`reports/results.csv` has the config paths).\n\n"
+                   + "\n".join(lines) + "\n")
     return csv_path

@@ -23,7 +23,7 @@ import torch
 from ..data.folds import pseudo_label_rows, training_table
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, Experiment, write_provenance
-from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
+from ..files import atomic_path, locked, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
@@ -166,7 +166,12 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
     (``torchrun`` / ``accelerate launch``) every process trains on its share of each batch and process 0 writes
     the outputs; the others return None.
     """
-    with _bars_only_on_a_terminal():
+    # One run per fold at a time (under a launcher, its first process holds the lock for all of them): a second
+    # would interleave its epochs with the first's in the same files.
+    first_process = os.environ.get("RANK", "0") == "0"
+    lock = locked(experiment.fold_dir(fold) / ".lock", f"fold {fold} of {experiment.dir}") if first_process else \
+        contextlib.nullcontext()
+    with lock, _bars_only_on_a_terminal():
         return _train_fold(experiment, fold, verbose, resume, callbacks)
 
 
