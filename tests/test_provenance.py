@@ -396,3 +396,37 @@ def _append_rows(raw, root, k: int, n: int) -> None:
     experiment = Experiment(debug_config(raw, f"writer{k}"), Paths(data=root / "data", output=root))
     for _ in range(n):
         append_results(experiment, {"folds": [0.5], "mean": 0.5, "std": 0.0, "pooled": 0.5}, None, None)
+
+
+# ----------------------------------------------------------------------------------------- broken files
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_broken_export_is_one_line_wherever_it_is_loaded(tiny_aptos, tmp_path, damage):
+    from retinopathy.inference.grader import Grader
+
+    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path, f"broken-{damage}", folds=[0])
+    export = experiment.fold_dir(0) / "export.pkl"
+    data = export.read_bytes()
+    export.write_bytes(b"" if damage == "empty" else data[:len(data) // 3])
+    with pytest.raises(UserError, match=r"export.pkl: not a complete export .*: delete it and train this fold again") \
+            as refused:
+        Grader([export])
+    assert "\n" not in str(refused.value)
+    done = run_script("predict.py", "--config", str(experiment.dir / "config.yaml"), "--data-dir",
+                      str(tmp_path / "data"), cwd=tmp_path, env={"RETINOPATHY_OUTPUT_DIR": str(tmp_path)})
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+    assert "not a complete export" in done.stderr
+
+
+def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(tiny_aptos, tmp_path):
+    from retinopathy.training.train import RESUME_STATE, train_fold
+
+    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path, "broken-checkpoint", folds=[0])
+    out = experiment.fold_dir(0)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    (out / "checkpoints" / "last.pth").write_bytes(b"PK\x03\x04 cut short")
+    run = f"{experiment.config.fingerprint}:{experiment.folds_digest()}"
+    (out / RESUME_STATE).write_text(json.dumps({"phase": 0, "epoch": 0, "best": 0.1, "fingerprint": run,
+                                                "smooth_loss": [1.0, 1]}))
+    with pytest.raises(UserError, match=r"last.pth: the interrupted run's checkpoint cannot be read .* delete .*"
+                                        r"resume.json to train this fold from the start"):
+        train_fold(experiment, 0, verbose=False, resume=True)

@@ -155,3 +155,9 @@ def load_learner_quietly(path: Path, cpu: bool = True):
             why = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
             raise UserError(f"{path}: made by an earlier version of retinopathy, whose pickle this one cannot read "
                             f"({why}): train this fold again") from None
+        except FileNotFoundError:
+            raise UserError(f"{path} not found: train this fold first (retinopathy train)") from None
+        except Exception as e:  # noqa: BLE001 - empty, cut short or not a pickle at all: the file is broken
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"{path}: not a complete export ({type(e).__name__}: {why}): delete it and train this "
+                            "fold again (retinopathy train --fold K)") from None

@@ -23,6 +23,7 @@ import torch
 from ..data.folds import pseudo_label_rows, training_table
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, Experiment, write_provenance
+from ..errors import UserError
 from ..files import atomic_path, locked, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
 from ..metrics import quadratic_kappa
@@ -106,6 +107,17 @@ def _resume_state(out: Path, config, run: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if state.get("fingerprint") == run else None
+
+
+def load_checkpoint(learn, path: Path) -> None:
+    """The interrupted run's model and optimizer (``checkpoints/last.pth``), or one line saying how to start the
+    fold afresh where the file is broken (a disk filled or a copy cut short)."""
+    try:
+        learn.load(path.stem, with_opt=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it means the checkpoint cannot be carried on from
+        raise UserError(f"{path}: the interrupted run's checkpoint cannot be read ({type(e).__name__}): delete "
+                        f"{path.parent.parent / RESUME_STATE} to train this fold from the start, or run without "
+                        "--resume") from None
 
 
 def run_lr_find(learn, out: Path, config) -> float:
@@ -242,7 +254,7 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
             if index < state["phase"]:
                 continue
             if index == state["phase"]:
-                learn.load("last", with_opt=True)
+                load_checkpoint(learn, out / "checkpoints" / "last.pth")
                 start_epoch = state["epoch"] + 1
                 tracker.best, tracker.reset_on_fit = state["best"], False
                 if start_epoch >= n_epoch:
