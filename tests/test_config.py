@@ -42,6 +42,7 @@ def test_save_then_load_gives_the_same_config(tmp_path):
     ("head: ordnial\n", [], r"head must be one of classification \| regression \| ordinal \| multitask"),
     ("balance_alpha: 2\n", [], r"balance_alpha must be between 0 and 1"),
     ("epochs: [1\n", [], r"line \d+: not valid YAML"),
+    ("base: demo\nepochs: 2\nbase: debug\n", [], r"line 3: not valid YAML \('base' is given twice\)"),
     ("- a\n- b\n", [], r"expected a mapping"),
     ("", ["epochs"], r"override 'epochs' is not key=value"),
     ("", ["batchsize=8"], r"unknown config key 'batchsize' \(did you mean 'batch_size'\?\)"),

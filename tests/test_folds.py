@@ -44,3 +44,14 @@ def test_too_few_images(tiny_aptos):
     labels = read_labels(tiny_aptos, APTOS2019).head(3)
     with pytest.raises(UserError, match="cannot make 5 folds"):
         assign_folds(labels, 5, seed=0, competition=APTOS2019)
+
+
+def test_more_folds_than_patients_is_one_line():
+    from retinopathy.competitions import EYEPACS2015
+    from retinopathy.errors import UserError
+
+    labels = pd.DataFrame({"id": ["1_left", "1_right", "2_left", "2_right", "3_left", "3_right"],
+                           "grade": [0, 0, 1, 1, 2, 2]})
+    with pytest.raises(UserError, match=r"6 labelled images are 3 patients \(with their copies\), too few for 4 "
+                                        r"folds; lower n_folds"):
+        assign_folds(labels, 4, seed=0, competition=EYEPACS2015)

@@ -226,3 +226,12 @@ def test_a_camera_turned_jpeg_is_upright_at_every_decode_size(orientation):
     assert np.abs(shrunk.astype(int) - reduced.astype(int)).mean() < 8, "the same way up on both paths"
     if orientation in (6, 8):
         assert full.shape[:2] == (600, 400), "a portrait photograph, as the camera meant it"
+
+
+def test_a_contact_sheet_of_a_file_that_is_no_image_is_one_line(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "notes.png").write_text("not a picture")
+    result = run_script("contact_sheet.py", str(folder), "-o", str(tmp_path / "sheet.png"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr[-1500:]
+    assert "notes.png: not an image that can be read" in result.stderr

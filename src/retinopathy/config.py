@@ -360,13 +360,26 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 BASE_KEY = "base"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's values, on top of those of the config it names as ``base`` (a name in the same folder, or
     a path relative to it), recursively."""
     if not path.is_file():
         raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""

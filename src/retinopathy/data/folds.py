@@ -35,6 +35,10 @@ def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Com
     if competition.paired_eyes:  # a patient's eyes and every copy of either: one connected group
         patients = pd.factorize(labels["id"].map(competition.patient))[0]
         groups = joined_groups(groups, patients)
+    if len(np.unique(groups)) < n_folds:  # scikit-learn's ValueError, said as what to change
+        unit = "patients (with their copies)" if competition.paired_eyes else "distinct photographs"
+        raise UserError(f"{len(labels)} labelled images are {len(np.unique(groups))} {unit}, too few for "
+                        f"{n_folds} folds; lower n_folds")
     folds = np.full(len(labels), -1)
     grades = labels["grade"].round().astype(int)
     if len(np.unique(groups)) == len(labels):  # nothing to keep together: plain stratified folds balance best

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from .fundus import find_eye, prepare, resize_pad
 from .image_io import decode_image
 
@@ -14,7 +15,11 @@ def contact_sheet(sources: list, methods: tuple[str, ...] = ("none", "crop", "be
     """A before/after grid: one row per image, the original (eye circle drawn in green) then each method."""
     rows = []
     for i, source in enumerate(sources):
-        img, _ = decode_image(source, min_side=size)
+        try:
+            img, _ = decode_image(source, min_side=size)
+        except Exception as e:  # noqa: BLE001 - a file that is no image, or a broken one: name it
+            raise UserError(f"{source}: not an image that can be read ({type(e).__name__}): leave it out, or run "
+                            "retinopathy verify on its folder") from None
         original = resize_pad(img, size)
         eye = find_eye(img)
         if eye is not None:  # draw the found circle where resize_pad put the image
