@@ -127,6 +127,20 @@ def test_ensemble_of_two_experiments(finished, tiny_aptos):
 
     unknown = run_script("predict.py", "--experiments", "tiny", "nope", "--data-dir", str(work / "data"), cwd=work)
     assert unknown.returncode == 2 and "no experiment 'nope'" in unknown.stderr and "tiny-reg" in unknown.stderr
+    twice = run_script("predict.py", "--experiments", "tiny", "tiny", "--data-dir", str(work / "data"), cwd=work)
+    assert twice.returncode == 2 and "names 'tiny' twice" in twice.stderr, twice.stderr[-1500:]
+
+
+def test_an_experiment_is_the_folder_named_not_the_name_inside_its_config(finished):
+    import shutil
+
+    from retinopathy.inference.ensemble import load_experiment
+
+    experiment, _, work = finished
+    shutil.copytree(experiment.dir, work / "models" / "tiny-copy")  # its config.yaml still says name: tiny
+    copy = load_experiment("tiny-copy", experiment.paths)
+    assert copy.dir == work / "models" / "tiny-copy" and copy.fold_dir(0).parent == copy.dir
+    assert copy.config.fingerprint == experiment.config.fingerprint, "the same model settings"
 
 
 def test_interpret_report(finished):

@@ -21,12 +21,13 @@ from .tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blen
 
 
 def load_experiment(name: str, paths) -> Experiment:
-    """A trained experiment by name, from the config saved beside its models."""
+    """A trained experiment by its folder's name, from the config saved beside its models: the folder named is the
+    one read (a copied folder's config still carries the original's ``name``)."""
     saved = paths.experiment(name) / "config.yaml"
     if not saved.is_file():
         known = sorted(p.parent.name for p in paths.models.glob("*/config.yaml"))
         raise UserError(f"no experiment '{name}' ({saved} not found); trained ones: {', '.join(known) or 'none'}")
-    return Experiment(load_config(saved), paths)
+    return Experiment(load_config(saved).replace(name=name), paths)
 
 
 def ensemble_experiments(experiments: list[Experiment], name: str | None = None, verbose: bool = True) -> Path | None:
@@ -37,6 +38,11 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
     models/<name>/tuning.json."""
     if len(experiments) < 2:
         raise UserError("--experiments needs at least two experiment names")
+    folders = [e.dir.resolve() for e in experiments]
+    if len(set(folders)) < len(folders):
+        twice = next(e.config.name for e, f in zip(experiments, folders) if folders.count(f) > 1)
+        raise UserError(f"--experiments names '{twice}' twice: an ensemble of one experiment with itself is that "
+                        "experiment; name different ones")
     first = experiments[0]
     name = name or "ensemble-" + "+".join(e.config.name for e in experiments)
     oofs = [load_oof(e).set_index("id") for e in experiments]
