@@ -399,34 +399,49 @@ def _append_rows(raw, root, k: int, n: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------- broken files
+@pytest.fixture(scope="module")
+def one_fold(tiny_aptos, tmp_path_factory):
+    """One trained fold, shared by the broken-file tests (each damages a copy, or damages it last)."""
+    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path_factory.mktemp("broken"), "broken", folds=[0])
+    return experiment
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
-def test_a_broken_export_is_one_line_wherever_it_is_loaded(tiny_aptos, tmp_path, damage):
+def test_a_broken_export_is_one_line_wherever_it_is_loaded(one_fold, tmp_path, damage):
     from retinopathy.inference.grader import Grader
 
-    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path, f"broken-{damage}", folds=[0])
-    export = experiment.fold_dir(0) / "export.pkl"
-    data = export.read_bytes()
-    export.write_bytes(b"" if damage == "empty" else data[:len(data) // 3])
+    copy = Path(shutil.copytree(one_fold.fold_dir(0), tmp_path / "fold0"))
+    data = (copy / "export.pkl").read_bytes()
+    (copy / "export.pkl").write_bytes(b"" if damage == "empty" else data[:len(data) // 3])
     with pytest.raises(UserError, match=r"export.pkl: not a complete export .*: delete it and train this fold again") \
             as refused:
-        Grader([export])
+        Grader([copy / "export.pkl"])
     assert "\n" not in str(refused.value)
-    done = run_script("predict.py", "--config", str(experiment.dir / "config.yaml"), "--data-dir",
-                      str(tmp_path / "data"), cwd=tmp_path, env={"RETINOPATHY_OUTPUT_DIR": str(tmp_path)})
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
-    assert "not a complete export" in done.stderr
 
 
-def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(tiny_aptos, tmp_path):
+def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(one_fold):
     from retinopathy.training.train import RESUME_STATE, train_fold
 
-    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path, "broken-checkpoint", folds=[0])
-    out = experiment.fold_dir(0)
+    out = one_fold.fold_dir(0)
     (out / "checkpoints").mkdir(exist_ok=True)
     (out / "checkpoints" / "last.pth").write_bytes(b"PK\x03\x04 cut short")
-    run = f"{experiment.config.fingerprint}:{experiment.folds_digest()}"
+    run = f"{one_fold.config.fingerprint}:{one_fold.folds_digest()}"
     (out / RESUME_STATE).write_text(json.dumps({"phase": 0, "epoch": 0, "best": 0.1, "fingerprint": run,
                                                 "smooth_loss": [1.0, 1]}))
-    with pytest.raises(UserError, match=r"last.pth: the interrupted run's checkpoint cannot be read .* delete .*"
-                                        r"resume.json to train this fold from the start"):
-        train_fold(experiment, 0, verbose=False, resume=True)
+    try:
+        with pytest.raises(UserError, match=r"last.pth: the interrupted run's checkpoint cannot be read .* delete "
+                                            r".*resume.json to train this fold from the start"):
+            train_fold(one_fold, 0, verbose=False, resume=True)
+    finally:
+        (out / RESUME_STATE).unlink(missing_ok=True)
+        (out / "checkpoints" / "last.pth").unlink(missing_ok=True)
+
+
+def test_predict_over_a_broken_export_is_one_line(one_fold):
+    export = one_fold.fold_dir(0) / "export.pkl"
+    export.write_bytes(export.read_bytes()[:1000])  # last in this file: the fold is not used after it
+    work = one_fold.paths.output
+    done = run_script("predict.py", "--config", str(one_fold.dir / "config.yaml"), "--data-dir",
+                      str(one_fold.paths.data), cwd=work, env={"RETINOPATHY_OUTPUT_DIR": str(work)})
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+    assert "export.pkl: not a complete export" in done.stderr
