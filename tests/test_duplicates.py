@@ -118,7 +118,8 @@ def test_every_copy_of_a_photograph_lands_in_one_fold(competition, tiny_aptos, t
     pairs = {new(k): (ids[k], 4 - k % 5) for k in range(6)}
     folder = add_copies(raw, competition, pairs, tmp_path)
     paths = Paths(data=tmp_path / "data", output=tmp_path)
-    experiment = Experiment(debug_config(folder, "copies", f"competition={competition}", "n_folds=3"), paths)
+    experiment = Experiment(debug_config(folder, "copies", f"competition={competition}", "n_folds=3",
+                                         "conflicting_grades=keep"), paths)
     preprocess(experiment)
     folds = make_folds(experiment, verbose=False).set_index("id")
     for copy, (original, _) in pairs.items():

@@ -64,9 +64,9 @@ class Config:
                                    "many training images there", "data", bounds=(0, 100_000))
     n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data", bounds=(2, 20))
     seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data", bounds=(0, 2**32 - 1))
-    conflicting_grades: str = key("keep", "copies of one photograph (every copy is in one fold) whose grades differ: "
-                                          "keep them all, drop the group, or merge it into one row of the majority "
-                                          "grade", "data", ("keep", "drop", "merge"))
+    conflicting_grades: str = key("drop", "copies of one photograph (every copy is in one fold) whose grades differ: "
+                                          "drop the group (measured best), keep them all, or merge it into one row of "
+                                          "the majority grade", "data", ("drop", "keep", "merge"))
     exclude_ungradable: bool = key(False, "leave photographs that preprocessing found ungradable out of the folds "
                                           "(training and validation)", "data", fingerprint="when_set")
 

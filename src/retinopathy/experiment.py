@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, file_digest, settings_difference
+from .config import FIELDS, Config, file_digest, settings_difference
 from .competitions import Competition, detect_competition
 from .errors import UserError
 from .files import write_text
@@ -52,7 +52,8 @@ class Experiment:
     def folds_csv(self) -> Path:
         """The folds CSV this config trains on."""
         config = self.config
-        variant = ("" if config.conflicting_grades == "keep" else f"-{config.conflicting_grades}") + (
+        policy = config.conflicting_grades
+        variant = ("" if policy == FIELDS["conflicting_grades"].default else f"-{policy}") + (
             "-gradable" if config.exclude_ungradable else "")
         return self.paths.folds(config.dataset_name, config.n_folds, config.seed, variant)
 

@@ -4,7 +4,7 @@ grades differ are kept, dropped or merged as conflicting_grades says. Also write
 data/cleaning/<dataset>-duplicates.csv.
 
   retinopathy folds --config debug n_folds=3 seed=1
-  retinopathy folds --config debug conflicting_grades=drop exclude_ungradable=true
+  retinopathy folds --config debug conflicting_grades=keep exclude_ungradable=true
 """
 
 from .. import cli

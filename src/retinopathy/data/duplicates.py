@@ -23,8 +23,8 @@ from ..files import write_csv
 MAX_DISTANCE = 56
 
 #: what the folds do with a group whose copies carry different grades
-POLICIES = {"keep": "every copy stays, all in one fold",
-            "drop": "groups whose grades differ are left out",
+POLICIES = {"drop": "groups whose grades differ are left out (the default: measured best, benchmarks/duplicates.py)",
+            "keep": "every copy stays, all in one fold",
             "merge": "one row per group: the majority grade (heads that learn numbers: the rounded mean)"}
 
 

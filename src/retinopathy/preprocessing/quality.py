@@ -76,7 +76,7 @@ def assess(img: np.ndarray, eye: Eye | None = None, eye_found: bool = True,
     if eye.radius < MIN_EYE_FRACTION * min(h, w) / 2:
         return Quality("eye too small in the frame")
     square = eye_square(rgb, eye, SIDE) if square is None else square
-    lum = square.max(axis=2)
+    lum = cv2.max(cv2.max(square[..., 0], square[..., 1]), square[..., 2])  # numpy's max over axis 2: 10x slower
     disc_region, inner_region, corners = _regions()
     present = lum > 0  # parts cut off by the frame are padded black
     disc = disc_region & present
