@@ -17,7 +17,6 @@ import pytest
 
 from retinopathy.config import load_config
 from retinopathy.data.folds import make_folds
-from retinopathy.errors import UserError
 from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
@@ -355,93 +354,3 @@ def test_rare_grades_are_noted_once(tiny_aptos, capsys, recwarn):
     assign_folds(read_labels(tiny_aptos, APTOS2019), 4, seed=0, competition=APTOS2019)
     assert "fewer images than folds" in capsys.readouterr().out
     assert not [w for w in recwarn if "least populated class" in str(w.message)]
-
-
-# ----------------------------------------------------------------------------------------- concurrent runs
-def test_a_second_run_of_a_fold_in_training_is_refused_naming_the_holder(tiny_aptos, tmp_path):
-    import fcntl
-
-    from retinopathy.experiment import Experiment
-    from retinopathy.paths import Paths
-    from retinopathy.training.train import train_fold
-
-    experiment = Experiment(debug_config(tiny_aptos, "locked"), Paths(data=tmp_path / "data", output=tmp_path))
-    lock = experiment.fold_dir(0) / ".lock"
-    lock.parent.mkdir(parents=True)
-    with open(lock, "w") as held:  # another run training fold 0 holds this
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242")
-        held.flush()
-        with pytest.raises(UserError, match=r"fold 0 of .*locked is in use by process 4242"):
-            train_fold(experiment, 0, verbose=False)
-    assert not (experiment.fold_dir(0) / "history.csv").exists(), "the refused run wrote nothing"
-
-
-def test_concurrent_reports_lose_no_row_of_the_results_table(tiny_aptos, tmp_path):
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_append_rows, args=(tiny_aptos, tmp_path, k, 20)) for k in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
-    table = pd.read_csv(tmp_path / "reports" / "results.csv")
-    assert len(table) == 80 and sorted(table["experiment"].value_counts()) == [20] * 4
-
-
-def _append_rows(raw, root, k: int, n: int) -> None:
-    from retinopathy.reports.results import append_results
-
-    experiment = Experiment(debug_config(raw, f"writer{k}"), Paths(data=root / "data", output=root))
-    for _ in range(n):
-        append_results(experiment, {"folds": [0.5], "mean": 0.5, "std": 0.0, "pooled": 0.5}, None, None)
-
-
-# ----------------------------------------------------------------------------------------- broken files
-@pytest.fixture(scope="module")
-def one_fold(tiny_aptos, tmp_path_factory):
-    """One trained fold, shared by the broken-file tests (each damages a copy, or damages it last)."""
-    experiment, _ = tiny_pipeline(tiny_aptos, tmp_path_factory.mktemp("broken"), "broken", folds=[0])
-    return experiment
-
-
-@pytest.mark.parametrize("damage", ["empty", "truncated"])
-def test_a_broken_export_is_one_line_wherever_it_is_loaded(one_fold, tmp_path, damage):
-    from retinopathy.inference.grader import Grader
-
-    copy = Path(shutil.copytree(one_fold.fold_dir(0), tmp_path / "fold0"))
-    data = (copy / "export.pkl").read_bytes()
-    (copy / "export.pkl").write_bytes(b"" if damage == "empty" else data[:len(data) // 3])
-    with pytest.raises(UserError, match=r"export.pkl: not a complete export .*: delete it and train this fold again") \
-            as refused:
-        Grader([copy / "export.pkl"])
-    assert "\n" not in str(refused.value)
-
-
-def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(one_fold):
-    from retinopathy.training.train import RESUME_STATE, train_fold
-
-    out = one_fold.fold_dir(0)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    (out / "checkpoints" / "last.pth").write_bytes(b"PK\x03\x04 cut short")
-    run = f"{one_fold.config.fingerprint}:{one_fold.folds_digest()}"
-    (out / RESUME_STATE).write_text(json.dumps({"phase": 0, "epoch": 0, "best": 0.1, "fingerprint": run,
-                                                "smooth_loss": [1.0, 1]}))
-    try:
-        with pytest.raises(UserError, match=r"last.pth: the interrupted run's checkpoint cannot be read .* delete "
-                                            r".*resume.json to train this fold from the start"):
-            train_fold(one_fold, 0, verbose=False, resume=True)
-    finally:
-        (out / RESUME_STATE).unlink(missing_ok=True)
-        (out / "checkpoints" / "last.pth").unlink(missing_ok=True)
-
-
-def test_predict_over_a_broken_export_is_one_line(one_fold):
-    export = one_fold.fold_dir(0) / "export.pkl"
-    export.write_bytes(export.read_bytes()[:1000])  # last in this file: the fold is not used after it
-    work = one_fold.paths.output
-    done = run_script("predict.py", "--config", str(one_fold.dir / "config.yaml"), "--data-dir",
-                      str(one_fold.paths.data), cwd=work, env={"RETINOPATHY_OUTPUT_DIR": str(work)})
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
-    assert "export.pkl: not a complete export" in done.stderr

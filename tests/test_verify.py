@@ -7,10 +7,21 @@ from retinopathy.data.verify import check_image, verify_dataset
 
 
 def test_real_folders_are_clean(tmp_path):
-    for name in ("eyepacs-sample", "aptos2019-224"):
-        folder = shared(name)
-        done = run_script("verify.py", "--raw-dir", str(folder), "--dry-run", cwd=tmp_path)
+    """The ten EyePACS photographs and every 30th shared APTOS one (the whole set: benchmarks/duplicates.py)."""
+    import pandas as pd
+
+    aptos = shared("aptos2019-224")
+    sample = tmp_path / "aptos-sample"
+    (sample / "train_images").mkdir(parents=True)
+    labels = pd.read_csv(aptos / "train.csv", dtype=str).iloc[::30]
+    labels.to_csv(sample / "train.csv", index=False)
+    for i in labels["id_code"]:
+        (sample / "train_images" / f"{i}.png").symlink_to(aptos / "train_images" / f"{i}.png")
+    for folder, n in ((shared("eyepacs-sample"), 10), (sample, len(labels))):
+        done = run_script("verify.py", "--raw-dir", str(folder), "--dry-run", "--data-dir", str(tmp_path / "data"),
+                          cwd=tmp_path)
         assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stdout + done.stderr
+        assert f"verify: all {n} photographs gradable" in done.stdout, done.stdout
 
 
 def test_truncated_real_jpeg_is_caught(tmp_path):

@@ -364,6 +364,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."""
 
     def construct_mapping(self, node, deep=False):
+        """The mapping, once every key in it is known to be given once."""
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)

@@ -180,6 +180,7 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
     """
     # One run per fold at a time (under a launcher, its first process holds the lock for all of them): a second
     # would interleave its epochs with the first's in the same files.
+    check_training_stack()  # a known-bad fastai / fastcore pair is refused before anything is written
     first_process = os.environ.get("RANK", "0") == "0"
     lock = locked(experiment.fold_dir(fold) / ".lock", f"fold {fold} of {experiment.dir}") if first_process else \
         contextlib.nullcontext()
