@@ -94,6 +94,26 @@ def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(one_fold):
         (out / "checkpoints" / "last.pth").unlink(missing_ok=True)
 
 
+def test_folds_trained_before_the_labels_were_cleaned_are_not_current(one_fold):
+    """Relabelling images changes the folds file: a fold trained on the old rows is retrained, not 'up to date'."""
+    from retinopathy.data.cleaning import decisions_path, record_decisions
+    from retinopathy.data.folds import make_folds
+
+    assert one_fold.fold_is_current(0)
+    ids = pd.read_csv(one_fold.folds_csv, dtype={"id": str})["id"][:5].tolist()
+    decisions = decisions_path(one_fold)
+    record_decisions(decisions, drops=[], relabels={i: 4 for i in ids})
+    try:
+        make_folds(one_fold, verbose=False)
+        assert not one_fold.fold_is_current(0), "trained on other labels than the folds now hold"
+        with pytest.raises(UserError, match="trained on other rows than"):
+            one_fold.check_exports([0])
+    finally:  # the labels as they were: the same folds file, so the fold is current again
+        decisions.unlink()
+        make_folds(one_fold, verbose=False)
+    assert one_fold.fold_is_current(0)
+
+
 def test_predict_over_a_broken_export_is_one_line(one_fold):
     export = one_fold.fold_dir(0) / "export.pkl"
     export.write_bytes(export.read_bytes()[:1000])  # last in this file: the fold is not used after it
