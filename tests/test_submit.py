@@ -52,6 +52,8 @@ def test_submit_round_trip(server, tiny_eyepacs, tmp_path):
     (lambda s: s.iloc[::-1], "order"),
     (lambda s: s.assign(level=s["level"].astype(object).where(s.index != 2, 7)), "row 4: grade '7'"),
     (lambda s: s.assign(level=s["level"].astype(object).where(s.index != 0, 1.5)), "row 2: grade '1.5'"),
+    # one float further down: pandas would read every grade as a float and blame the first row
+    (lambda s: s.assign(level=s["level"].astype(object).where(s.index != 3, 2.5)), "row 5: grade '2.5'"),
     (lambda s: s.assign(level=s["level"].astype(object).where(s.index != 1, "")), "row 3: grade ''"),
     (lambda s: s.assign(level=s["level"].astype(float)), "row 2: grade '0.0'"),
 ])

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{experiment.raw_dir / competition.sample_submission} not found: it is needed to check the "
                         "file before sending it (download it with retinopathy download, or pass --raw-dir)")
     try:
-        table = pd.read_csv(args.submission, dtype={competition.id_column: str}, keep_default_na=False)
+        # every cell as written: one float in the column must not turn each grade into "2.0", naming the wrong row
+        table = pd.read_csv(args.submission, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{args.submission}: not a readable CSV ({str(e).splitlines()[0]})") from None
     validate_submission(table, sample_ids, competition, str(args.submission))
