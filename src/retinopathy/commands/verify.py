@@ -15,9 +15,10 @@ import pandas as pd
 
 from .. import cli
 from ..competitions import COMPETITIONS, detect_competition, read_labels
-from ..data.duplicates import duplicates_table, summary, write_duplicates
+from ..data.duplicates import duplicates_table, summary
+from ..data.folds import gradable_mask
 from ..data.verify import verify_dataset
-from ..files import atomic_path
+from ..files import atomic_path, write_csv
 
 
 def photographs(raw_dir, competition, cache, workers):
@@ -53,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     competition = detect_competition(raw_dir)
     mine = photographs(raw_dir, competition, cleaning / f"{dataset}-photographs.csv", args.workers)
     print(f"verify: {ungradable_line(mine)}")
-    ungradable = mine[~mine["gradable"].astype(str).str.lower().isin(("true", "1"))]
+    ungradable = mine[~gradable_mask(mine)]
     ungradable_csv = cleaning / f"{dataset}-ungradable.csv"
     if not ungradable.empty:
-        write_duplicates(ungradable[["id", "split", "grade", "ungradable_reason", "brightness", "contrast", "focus"]],
-                         ungradable_csv)
+        write_csv(ungradable[["id", "split", "grade", "ungradable_reason", "brightness", "contrast", "focus"]],
+                  ungradable_csv)
         print(f"verify: the ungradable photographs → {ungradable_csv}")
     stacked = [mine.assign(dataset=dataset)]
     for other in COMPETITIONS:  # the other competition, where it is under the same data root: copies across them
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         table["group"] = pd.factorize(table["group"])[0]
     else:
         table = table.drop(columns="dataset")
-    csv = write_duplicates(table, paths.duplicates(dataset))
+    csv = write_csv(table, paths.duplicates(dataset))
     files = dict(zip(images["id"], images["file"]))
     sheet = csv.with_suffix(".png")
     with atomic_path(sheet) as tmp:

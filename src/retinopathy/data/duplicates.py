@@ -8,13 +8,10 @@ of two or more: ``group, image_id, split, grade, distance`` (to the group's firs
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..files import write_csv
 
 #: bits (of 256) within which two photographs are copies. Among the shared APTOS images copies lie within 8 bits
 #: (two cropped differently at 50) and different photographs 64 and more apart; copies of them rescaled,
@@ -99,12 +96,6 @@ def summary(table: pd.DataFrame) -> str:
     if "dataset" in table and table["dataset"].nunique() > 1:
         line += f", {int((table.groupby('group')['dataset'].nunique() > 1).sum())} across competitions"
     return line
-
-
-def write_duplicates(table: pd.DataFrame, path: Path) -> Path:
-    """The duplicates table as CSV (atomically)."""
-    write_csv(table, path)
-    return path
 
 
 def apply_policy(labels: pd.DataFrame, groups: np.ndarray, policy: str, numeric: bool) -> pd.DataFrame:

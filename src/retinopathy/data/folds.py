@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import apply_decisions, decisions_path
-from .duplicates import apply_policy, copy_groups, duplicates_table, summary, write_duplicates
+from .duplicates import apply_policy, copy_groups, duplicates_table, summary
 from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
@@ -100,7 +100,7 @@ def find_copies(experiment: Experiment, manifest: pd.DataFrame, labels: pd.DataF
     images.loc[images["split"] == "test", "grade"] = np.nan
     table = duplicates_table(images)
     table["grade"] = table["grade"].astype("Int64")
-    path = write_duplicates(table, experiment.paths.duplicates(experiment.config.dataset_name))
+    path = write_csv(table, experiment.paths.duplicates(experiment.config.dataset_name))
     if verbose:
         print(f"duplicates: {summary(table)} → {path}")
     return table
