@@ -141,12 +141,9 @@ class Grader:
                    **options)
 
     # --------------------------------------------------------------------------------------- grading
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """A decoded photograph prepared exactly as training prepared its images."""
-        return examine_image(image, self.method, self.size, hashed=False).image
-
     def examine(self, image: np.ndarray, original: tuple[int, int] | None = None) -> Examined:
-        """A decoded photograph prepared as :meth:`prepare` does, and assessed: can it be graded at all?"""
+        """A decoded photograph prepared exactly as training prepared its images, and assessed: can it be graded
+        at all?"""
         return examine_image(image, self.method, self.size, original, hashed=False)
 
     def outputs(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
