@@ -2,7 +2,9 @@
 network by order and shape; another experiment's trained folds (EyePACS → APTOS); and pseudo-labelled test images
 that train every fold but validate none."""
 
+import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,6 +92,28 @@ def test_init_from_starts_aptos_folds_from_an_eyepacs_experiment(tiny_aptos, tin
     assert "body and head" in init_from_experiment(same_head, source.dir, 0)
     with pytest.raises(UserError, match="no trained fold"):
         init_from_experiment(fresh, tmp_path / "nothing", 0)
+
+    # A crafted export.pkl is never unpickled: the fold's weights.pth (tensors only) is read instead.
+    crafted = tmp_path / "crafted"
+    shutil.copytree(source.fold_dir(0), crafted / "fold0")
+    marker = tmp_path / "the pickle ran"
+    (crafted / "fold0" / "export.pkl").write_bytes(pickle.dumps(_RunsCode(marker)))
+    assert "body and head from" in init_from_experiment(same_head, crafted, 0) and "weights.pth" in \
+        init_from_experiment(same_head, crafted, 0)
+    assert not marker.exists(), "init_from unpickled export.pkl"
+    (crafted / "fold0" / "weights.pth").write_bytes(b"PK cut short")
+    with pytest.raises(UserError, match=r"weights.pth cannot be read .*: train that fold again"):
+        init_from_experiment(same_head, crafted, 0)
+
+
+class _RunsCode:
+    """What a hostile pickle does: run code when it is loaded (here, create a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
 
 
 def test_pseudo_labels_train_every_fold_and_validate_none(tiny_aptos, tmp_path):

@@ -17,6 +17,8 @@ from .paths import MANIFEST, Paths
 
 #: beside each fold's export: the fingerprint and model settings of the config that trained it
 FINGERPRINT = "fingerprint.json"
+#: beside each fold's export: the model's tensors alone, read without unpickling code (``init_from``)
+WEIGHTS = "weights.pth"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Train one fold with fastai: ``train_fold(experiment, fold)``, looped over folds, never copied per fold.
 
 Outputs in ``models/<exp>/fold<K>/``: ``export.pkl`` (the learner, loadable with ``load_learner(cpu=True)``),
-``oof.csv`` (out-of-fold predictions), ``history.csv``, ``loss.png`` and the resolved ``config.yaml``.
+``weights.pth`` (its tensors alone, what ``init_from`` reads), ``oof.csv`` (out-of-fold predictions), ``history.csv``, ``loss.png`` and the resolved ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ..data.folds import pseudo_label_rows, training_table
 from ..device import cuda_available
-from ..experiment import FINGERPRINT, Experiment, write_provenance
+from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
 from ..errors import UserError
 from ..files import atomic_path, locked, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
@@ -308,6 +308,8 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
         # Never an export beside the fingerprint of another: the old one goes before the new export lands, and the
         # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
         (out / FINGERPRINT).unlink(missing_ok=True)
+    with atomic_path(out / WEIGHTS) as tmp:  # what init_from reads: tensors only, no pickled code
+        torch.save(learn.model.state_dict(), tmp)
     write_provenance(out, config, folds_digest)
     config.save(out / "config.yaml")
 

@@ -4,6 +4,7 @@ matched by name or, for ports whose names differ, by order and shape; or another
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -83,26 +84,48 @@ def load_body_weights(body: nn.Module, path: str | Path) -> str:
     return how
 
 
+def trained_state(export: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A trained fold's tensors, keyed as ``Sequential(body, head)`` names them (``0.*`` body, ``1.*`` head), and
+    the file they came from: its ``weights.pth``, read without unpickling code; only a fold made before those
+    files existed is read from its ``export.pkl`` pickle, said in one line on stderr."""
+    from ..experiment import WEIGHTS, load_learner_quietly
+
+    weights = export.parent / WEIGHTS
+    if weights.is_file():
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - cut short or not a state dict: the file is broken
+            raise UserError(f"init_from: {weights} cannot be read ({type(e).__name__}): train that fold again") \
+                from None
+        return state, str(weights)
+    print(f"init_from: {export.parent} has no {WEIGHTS} (trained by an earlier version): reading {export.name}, a "
+          "pickle that runs whatever code it holds; start only from experiments you trust", file=sys.stderr)
+    return load_learner_quietly(export).model.state_dict(), str(export)
+
+
+def _part(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    prefix = f"{index}."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def init_from_experiment(model: nn.Module, source: Path, fold: int) -> str:
     """Copy another experiment's trained fold into ``model`` (``Sequential(body, head)``): the body always (same
     architecture), the head only where its type and number of outputs fit; returns what was copied. Uses the
     source's fold of the same number, else its first trained fold."""
-    from ..experiment import load_learner_quietly
-
     source = Path(source)
     exports = sorted(source.glob("fold*/export.pkl"))
     if not exports:
         raise UserError(f"init_from: no trained fold in {source} (models/<exp>/fold<K>/export.pkl): train that "
                         "experiment first")
     chosen = next((e for e in exports if e.parent.name == f"fold{fold}"), exports[0])
-    trained = load_learner_quietly(chosen).model
-    body, theirs = model[0].state_dict(), trained[0].state_dict()
+    state, origin = trained_state(chosen)
+    body, theirs = model[0].state_dict(), _part(state, 0)
     if list(body) != list(theirs) or any(body[k].shape != theirs[k].shape for k in body):
-        raise UserError(f"init_from: {chosen} has another architecture's body than this config's arch: use the "
+        raise UserError(f"init_from: {origin} has another architecture's body than this config's arch: use the "
                         "same arch as the experiment it starts from")
     model[0].load_state_dict(theirs)
-    head, their_head = model[1].state_dict(), trained[1].state_dict()
+    head, their_head = model[1].state_dict(), _part(state, 1)
     if list(head) == list(their_head) and all(head[k].shape == their_head[k].shape for k in head):
         model[1].load_state_dict(their_head)
-        return f"body and head from {chosen}"
-    return f"body from {chosen} (head rebuilt: another head type or number of outputs)"
+        return f"body and head from {origin}"
+    return f"body from {origin} (head rebuilt: another head type or number of outputs)"
