@@ -2,10 +2,13 @@
 kaggle client (in a subprocess) to the fake Kaggle server, then run the generated kernel for real, offline, in a
 fresh environment that has the dependencies but not this library, on test ids the models never saw."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -160,3 +163,68 @@ def test_the_kernel_refuses_a_csv_competition_and_bad_names(built, tiny_eyepacs)
                          str(tiny_eyepacs), "--dataset", DATASET, "--kernel", KERNEL, "--no-push", "--any-export",
                          cwd=work)
     assert eyepacs.returncode == 2 and "takes CSV submissions" in eyepacs.stderr
+
+
+@contextlib.contextmanager
+def damaged(path: Path, content: bytes | None):
+    """``path`` replaced by ``content`` (None: removed) for the block, then as it was."""
+    kept = path.read_bytes()
+    path.unlink() if content is None else path.write_bytes(content)
+    try:
+        yield
+    finally:
+        path.write_bytes(kept)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("missing fold", r"fold 1 of the config's 2 not trained .*: a kernel ships every fold"),
+    ("truncated export", r"fold1/export.pkl: not a complete export"),
+    ("no tuning", r"tuning.json missing or unreadable: run retinopathy predict"),
+    ("other tuning", r"tuning.json was tuned on the outputs of other settings"),
+])
+def test_the_bundle_is_checked_before_anything_is_copied(built, tmp_path, fault, message):
+    from retinopathy.errors import UserError
+    from retinopathy.kernel.build import build_kernel
+
+    work, experiment, _ = built
+    export, tuning = experiment.fold_dir(1) / "export.pkl", experiment.dir / "tuning.json"
+    path, content = {"missing fold": (export, None), "truncated export": (export, export.read_bytes()[:2000]),
+                     "no tuning": (tuning, None),
+                     "other tuning": (tuning, tuning.read_text().replace(experiment.config.fingerprint,
+                                                                         "0" * 12).encode())}[fault]
+    with damaged(path, content), pytest.raises(UserError, match=message) as refused:
+        build_kernel(experiment, DATASET, KERNEL, root=tmp_path / "kaggle", measure=False)
+    assert "\n" not in str(refused.value) and not (tmp_path / "kaggle").exists(), "refused before copying"
+
+
+def test_no_build_refuses_a_bundle_whose_files_changed(built):
+    work, experiment, _ = built
+    copied = work / "kaggle" / "kernel-demo" / "dataset" / "models" / "kernel-demo" / "fold0" / "export.pkl"
+    with damaged(copied, copied.read_bytes()[:1000]):
+        done = kernel_command(work, experiment, None, "--no-build", "--no-push")
+    assert done.returncode == 2 and "fold0/export.pkl: changed since the build: run without --no-build" in \
+        done.stderr and done.stderr.count("\n") == 1, done.stderr
+    retrained = experiment.dir / "tuning.json"  # the experiment's own files moved on since the build
+    with damaged(retrained, retrained.read_bytes().replace(b"{", b'{"rebuilt": 1, ', 1)):
+        done = kernel_command(work, experiment, None, "--no-build", "--no-push")
+    assert done.returncode == 2 and "holds other models than" in done.stderr, done.stderr
+
+
+def test_a_killed_build_leaves_nothing_outside_the_folder_it_builds(built, tmp_path):
+    """Every temporary file of a build (the source copy, pip's) lives in the folder being built, which the next
+    build removes: killing it mid-wheel leaves nothing in the temporary directory."""
+    work, experiment, _ = built
+    scratch, out = tmp_path / "tmp", tmp_path / "kaggle"
+    scratch.mkdir()
+    build = subprocess.Popen([sys.executable, str(REPO / "scripts" / "kernel.py"), "--config",
+                              str(experiment.dir / "config.yaml"), "--dataset", DATASET, "--kernel", KERNEL,
+                              "--no-push", "--out", str(out)], cwd=work, env={**os.environ, "TMPDIR": str(scratch)},
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    building = out / "kernel-demo" / "dataset.building"
+    deadline = time.time() + 120
+    while not list(building.glob(".scratch/pip/*")) and build.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait()
+    assert building.is_dir() and not (out / "kernel-demo" / "dataset").exists(), "killed mid-build"
+    assert list(scratch.iterdir()) == [], "the build wrote temporary files outside the folder it builds"

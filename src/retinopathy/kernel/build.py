@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from ..errors import UserError
+from ..config import file_digest
 from ..experiment import FINGERPRINT, Experiment
 from ..files import write_text
 from ..inference.engines import get_engine
+from ..metrics import TUNING
 
 #: what Kaggle's Python image already holds (and must not be bundled: a second torch would not fit, nor install)
 KAGGLE_IMAGE = frozenset({
@@ -70,8 +72,10 @@ def source_root() -> Path:
                     "a clone of the repository (or pip install -e '.[train]' from it)")
 
 
-def _pip(*args: str, what: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+def _pip(*args: str, what: str, scratch: Path) -> None:
+    scratch.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise UserError(f"{what} failed: {last}")
@@ -81,19 +85,21 @@ def build_wheels(dest: Path, engine: str) -> list[str]:
     """The library's wheel and those the kernel's image lacks into ``dest``; returns what the kernel installs."""
     dest.mkdir(parents=True, exist_ok=True)
     root = source_root()
+    # Every temporary file of the build (pip's too) lives beside dest, inside the folder being built: a killed
+    # build leaves nothing elsewhere, and the next build removes that folder whole.
+    scratch = dest.parent / ".scratch"
     # Built from a copy: setuptools leaves build/ and *.egg-info/ beside the sources it builds, and the user's
     # checkout is no place for them.
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / "retinopathy"
-        shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            shutil.copy2(root / name, copy / name)
-        _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(copy),
-             what="building the library's wheel")
+    copy = scratch / "retinopathy"
+    shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(root / name, copy / name)
+    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(copy),
+         what="building the library's wheel", scratch=scratch / "pip")
     extra = [p for p in get_engine(engine).packages if p not in KAGGLE_IMAGE]
     if extra:
         _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *extra,
-             what=f"downloading {', '.join(extra)}")
+             what=f"downloading {', '.join(extra)}", scratch=scratch / "pip")
         for wheel in dest.glob("*.whl"):  # what the image has stays out of the dataset
             if wheel.name.split("-")[0].lower().replace("_", "-") in KAGGLE_IMAGE:
                 wheel.unlink()
@@ -106,17 +112,47 @@ def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[in
     out = dest / experiment.config.name
     for fold in folds:
         source = experiment.fold_dir(fold)
-        model = source / get_engine(engine).model_file
-        if not model.is_file():
-            raise UserError(f"{model} not found: make it with retinopathy export-onnx --config "
-                            f"{experiment.dir / 'config.yaml'} (or build the kernel with --engine torch)")
+        model = source / get_engine(engine).model_file  # there and loadable: load_bundle said so
         (out / f"fold{fold}").mkdir(parents=True)
         for name in (model.name, "config.yaml", FINGERPRINT):
             shutil.copy2(source / name, out / f"fold{fold}" / name)
-    tuning = experiment.dir / "tuning.json"
-    if tuning.is_file():
-        shutil.copy2(tuning, out / "tuning.json")
+    shutil.copy2(experiment.dir / TUNING, out / TUNING)  # checked to be there before the build
     experiment.config.save(out / "config.yaml")  # this build's config: the kernel grades as it says (tta)
+
+
+def bundled_models(experiment: Experiment, engine: str, folds: list[int]) -> dict[str, str]:
+    """The digest of every model file and tuning a bundle of ``folds`` holds, by its path in the bundle."""
+    name = experiment.config.name
+    files = {f"models/{name}/fold{k}/{get_engine(engine).model_file}": experiment.fold_dir(k) /
+             get_engine(engine).model_file for k in folds}
+    files[f"models/{name}/{TUNING}"] = experiment.dir / TUNING
+    return {where: file_digest(path) for where, path in files.items()}
+
+
+def check_bundle(experiment: Experiment, any_export: bool = False) -> list[int]:
+    """What a kernel needs before anything is copied: every fold of the config trained (and current, unless
+    ``any_export``), and the grade rule tuned on their out-of-fold outputs for these settings; the folds, or one
+    line saying what is missing and how to make it."""
+    config, trained = experiment.config, experiment.trained_folds()
+    missing = [k for k in range(config.n_folds) if k not in trained]
+    if missing:
+        first = experiment.fold_dir(missing[0]) / "export.pkl"
+        raise UserError(f"kernel: fold{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} of the config's "
+                        f"{config.n_folds} not trained ({first} missing): a kernel ships every fold; train "
+                        f"{'them' if len(missing) > 1 else 'it'} (retinopathy train --fold {missing[0]}) or run "
+                        "retinopathy pipeline")
+    folds = experiment.check_exports(trained, any_export=any_export)
+    tuning = experiment.dir / TUNING
+    try:
+        tuned_for = json.loads(tuning.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        raise UserError(f"kernel: {tuning} missing or unreadable: run retinopathy predict --config "
+                        f"{experiment.dir / 'config.yaml'} first (it tunes the grade rule on the out-of-fold "
+                        "outputs)") from None
+    if tuned_for != config.fingerprint and not any_export:
+        raise UserError(f"kernel: {tuning} was tuned on the outputs of other settings than this config's: run "
+                        f"retinopathy predict --config {experiment.dir / 'config.yaml'} again")
+    return folds
 
 
 def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path, folds: list[int]) -> list[str]:
@@ -132,10 +168,12 @@ def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path,
          "description": f"Trained folds of the retinopathy experiment '{experiment.config.name}' and the wheels to "
                         "install the library offline; made by `retinopathy kernel`."}, indent=1))
     packages = build_wheels(building / "wheels", engine)
+    shutil.rmtree(building / ".scratch")
     _copy_models(experiment, building / "models", engine, folds)
     write_text(building / BUNDLE_MARK, json.dumps(
         {"experiment": experiment.config.name, "competition": experiment.competition.slug, "engine": engine,
          "folds": folds, "fingerprint": experiment.config.fingerprint, "packages": packages,
+         "files": bundled_models(experiment, engine, folds),
          "library": metadata.version("retinopathy"), "dataset": slug,
          "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     if dest.exists():
@@ -183,10 +221,24 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
     return dest
 
 
-def measure_speed(experiment: Experiment, engine: str, folds: list[int], n_images: int = 16) -> float | None:
-    """Seconds per test image of the kernel's work (decode, prepare, every fold, TTA) on this machine's CPU,
-    timed on up to ``n_images`` of the competition's images; None where there are none."""
+def load_bundle(experiment: Experiment, engine: str, folds: list[int]):
+    """The folds as the kernel will run them, loaded here first: a broken or missing model file is refused in one
+    line before anything is copied."""
     from ..inference.grader import Grader
+
+    for fold in folds:
+        model = experiment.fold_dir(fold) / get_engine(engine).model_file
+        if not model.is_file():
+            raise UserError(f"{model} not found: make it with retinopathy export-onnx --config "
+                            f"{experiment.dir / 'config.yaml'} (or build the kernel with --engine torch)")
+    return Grader([experiment.fold_dir(k) / get_engine(engine).model_file for k in folds], engine=engine,
+                  any_export=True, tta=experiment.config.tta)  # their provenance was checked by check_bundle
+
+
+def measure_speed(experiment: Experiment, grader, n_images: int = 16) -> float | None:
+    """Seconds per test image of the kernel's work (decode, prepare, every fold, TTA) on this machine's CPU,
+    timed with the bundle's ``grader`` on up to ``n_images`` of the competition's images; None where there are
+    none."""
     from ..inference.offline import seconds_per_image
 
     competition, raw = experiment.competition, experiment.raw_dir
@@ -194,8 +246,6 @@ def measure_speed(experiment: Experiment, engine: str, folds: list[int], n_image
         sorted((raw / competition.train_images).glob(f"*{competition.image_suffix}"))[:n_images]
     if not images:
         return None
-    grader = Grader([experiment.fold_dir(k) / get_engine(engine).model_file for k in folds], engine=engine,
-                    any_export=True, tta=experiment.config.tta)  # the folds were checked before the build
     seconds_per_image(grader, images[:2])  # the first call pays for lazy initialisation
     return seconds_per_image(grader, images)
 
@@ -210,11 +260,12 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
         raise UserError(f"{experiment.competition.slug} takes CSV submissions: use retinopathy submit with the "
                         "CSV that retinopathy predict writes")
     get_engine(engine)
-    folds = experiment.check_exports(any_export=any_export)  # before anything is built
+    folds = check_bundle(experiment, any_export)  # before anything is built
+    grader = load_bundle(experiment, engine, folds)
     base = root / experiment.config.name
     packages = write_dataset(experiment, dataset, engine, base / "dataset", folds)
     write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
-    per_image = measure_speed(experiment, engine, folds) if measure else None
+    per_image = measure_speed(experiment, grader) if measure else None
     return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image)
 
 
@@ -228,6 +279,14 @@ def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path
     bundle, kernel_meta = json.loads(mark.read_text()), json.loads(meta.read_text())
     if bundle["fingerprint"] != experiment.config.fingerprint:
         raise UserError(f"{mark}: built from models of other settings than this config: run without --no-build")
+    for where, digest in bundle.get("files", {"models": "an older bundle"}).items():
+        copied = file_digest(base / "dataset" / where)
+        if copied != digest:
+            raise UserError(f"{base / 'dataset' / where}: {'missing' if copied.startswith('missing') else 'changed'}"
+                            " since the build: run without --no-build to build the bundle again")
+    if bundle.get("files") != bundled_models(experiment, bundle["engine"], bundle["folds"]):
+        raise UserError(f"{base / 'dataset'}: holds other models than {experiment.dir} now (trained or tuned "
+                        "since the build): run without --no-build")
     dataset_meta = json.loads((base / "dataset" / "dataset-metadata.json").read_text())
     if (dataset_meta["id"], kernel_meta["id"]) != (dataset, kernel):
         raise UserError(f"{base}: built for --dataset {dataset_meta['id']} --kernel {kernel_meta['id']}: run "
