@@ -411,6 +411,23 @@ def test_workers_share_the_port_each_with_the_models(exported, synthetic_photo):
         answers = {post(httpx.Client(base_url=url), synthetic_photo.read_bytes()).json()["model_id"]
                    for _ in range(6)}
         assert len(answers) == 1 and "int8" in answers.pop()
-    finally:
-        proc.terminate()
+        workers = children(proc.pid)
+        proc.kill()  # SIGKILL: the parent cannot tell them to stop
         proc.wait(timeout=30)
+        deadline = time.time() + 20
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), "the workers outlived the killed server"
+        with socket.create_server(("127.0.0.1", int(url.rsplit(":", 1)[1]))):
+            pass  # the port is free for a restart
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process is running (a zombie waiting for its reaper is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

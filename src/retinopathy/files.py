@@ -79,19 +79,22 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     return len(stale)
 
 
-def _die_with_parent() -> None:
-    """In a worker: ask Linux to kill this process when its parent dies (a SIGKILLed stage leaves no orphans)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """In a worker: ask Linux to kill this process when its parent dies (a SIGKILLed stage leaves no orphans); a
+    worker whose ``parent`` (its pid) died before it asked ends at once."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the pool's own shutdown still ends the workers on a normal exit
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes that end with the stage that started them, however it ends."""
-    return ProcessPoolExecutor(workers, initializer=_die_with_parent)
+    return ProcessPoolExecutor(workers, initializer=die_with_parent)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     del grader
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     os.environ[SETTINGS_ENV] = json.dumps({"models": [str(Path(m).resolve()) for m in models], "threads": threads,
-                                           "engine": engine, "any_export": args.any_export, "tta": tta, **limits})
+                                           "engine": engine, "any_export": args.any_export, "tta": tta,
+                                           "parent": os.getpid(), **limits})
     config = uvicorn.Config("retinopathy.inference.serve:app_from_environment", factory=True,
                             workers=args.workers, log_level="warning")
     print(f"serving {len(models)} model(s) ({engine}) on {where} with {args.workers} worker processes of "

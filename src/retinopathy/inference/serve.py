@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..files import die_with_parent
 from ..metrics import GRADE_NAMES
 from ..preprocessing.image_io import Examined, decode_for_examining, encode_png
 from .grader import Grader
@@ -136,6 +137,7 @@ def app_from_environment():
     import os
 
     s = json.loads(os.environ[SETTINGS_ENV])
+    die_with_parent(s["parent"])  # a killed `serve` takes its workers with it: the port is free for a restart
     return create_app(model_paths=[Path(m) for m in s["models"]], threads=s["threads"], max_bytes=s["max_bytes"],
                       max_pixels=s["max_pixels"], engine=s["engine"], any_export=s["any_export"], tta=s["tta"])
 
