@@ -1,3 +1,7 @@
+import multiprocessing
+import os
+import signal
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -235,3 +239,45 @@ def test_a_contact_sheet_of_a_file_that_is_no_image_is_one_line(tmp_path):
     result = run_script("contact_sheet.py", str(folder), "-o", str(tmp_path / "sheet.png"), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr[-1500:]
     assert "notes.png: not an image that can be read" in result.stderr
+
+
+@pytest.mark.parametrize("fault", [MemoryError(), cv2.error("OpenCV(4.10) error: (-4:Insufficient memory) Failed to "
+                                                            "allocate 442368 bytes in function 'OutOfMemoryError'")])
+def test_out_of_memory_stops_the_stage_instead_of_quarantining_the_images(tiny_aptos, tmp_path, monkeypatch, fault):
+    """A fault of the machine is not the image's: the stage ends in one line, marks no image unreadable, keeps
+    what it did and resumes from there."""
+    from retinopathy.preprocessing import image_io, stage
+
+    examine, calls = image_io.examine_file, []
+
+    def runs_out_after_five(*args):
+        calls.append(args[0])
+        if len(calls) > 5:
+            raise fault
+        return examine(*args)
+
+    monkeypatch.setattr(stage, "examine_file", runs_out_after_five)
+    out = tmp_path / "processed"
+    with pytest.raises(UserError, match=r"preprocess: out of memory on .*: free memory or use fewer workers") as stop:
+        preprocess_dataset(tiny_aptos, out, "ben", 48, workers=1, progress=False)
+    assert "\n" not in str(stop.value) and not (out / "manifest.csv").exists(), "no manifest of unreadable images"
+    monkeypatch.setattr(stage, "examine_file", examine)
+    manifest = preprocess_dataset(tiny_aptos, out, "ben", 48, workers=1, progress=False)
+    assert (manifest["status"] == "ok").all() and len(manifest) == 50
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patched decoder reaches forked workers")
+def test_a_worker_killed_by_the_system_stops_the_stage_in_one_line(tiny_aptos, tmp_path, monkeypatch):
+    from retinopathy.preprocessing import stage
+
+    parent = os.getpid()
+
+    def killed_for_memory(*args):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        raise AssertionError("the pool was not used")
+
+    monkeypatch.setattr(stage, "examine_file", killed_for_memory)
+    with pytest.raises(UserError, match=r"a worker process was killed .* use fewer workers") as stop:
+        preprocess_dataset(tiny_aptos, tmp_path / "processed", "ben", 48, workers=2, progress=False)
+    assert "\n" not in str(stop.value)

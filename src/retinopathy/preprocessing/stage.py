@@ -4,8 +4,10 @@ a manifest saying what became of each; resumable."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +26,12 @@ MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y"
                     "gradable", "ungradable_reason", "brightness", "contrast", "focus", "phash"]
 
 
+def resource_fault(error: BaseException) -> bool:
+    """Whether a decoder's failure is the machine's (memory) rather than the image's."""
+    return isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM) or \
+        "Insufficient memory" in str(error)  # OpenCV's cv2.error when an allocation fails
+
+
 def _process_one(job: tuple[str, str, str, str, str, int, bool]) -> dict:
     image_id, split, source, out_path, method, size, hashed = job
     row = {"id": image_id, "split": split, "source": source, "width": None, "height": None,
@@ -34,6 +42,10 @@ def _process_one(job: tuple[str, str, str, str, str, int, bool]) -> dict:
     except FileNotFoundError:
         return {**row, "status": "missing", "path": "", "ungradable_reason": "file missing"}
     except Exception as e:  # any decoder failure is the image's fault: record it, carry on
+        if resource_fault(e):  # ...but not the machine's: out of memory stops the stage, quarantining nothing
+            raise UserError(f"preprocess: out of memory on {source} ({type(e).__name__}: {str(e)[:80]}): free "
+                            "memory or use fewer workers (--workers 1); the images done so far are kept and a "
+                            "rerun goes on from there".replace("\n", " ")) from None
         return {**row, "status": f"unreadable: {type(e).__name__}: {e}".replace("\n", " ")[:200], "path": "",
                 "ungradable_reason": "cannot be decoded"}
     out, eye, (w, h) = examined.image, examined.eye, examined.original
@@ -105,11 +117,17 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
                 open(journal_path, "a", encoding="utf-8") as journal:
             pool = process_pool(workers) if workers > 1 and len(jobs) > 8 else None
             with pool or contextlib.nullcontext():
-                for row in (pool.map(_process_one, jobs, chunksize=4) if pool else map(_process_one, jobs)):
-                    done[row["id"]] = row
-                    journal.write(json.dumps(row, default=str) + "\n")
-                    journal.flush()
-                    bar.update()
+                try:
+                    for row in (pool.map(_process_one, jobs, chunksize=4) if pool else map(_process_one, jobs)):
+                        done[row["id"]] = row
+                        journal.write(json.dumps(row, default=str) + "\n")
+                        journal.flush()
+                        bar.update()
+                except BrokenProcessPool:
+                    raise UserError(f"preprocess: a worker process was killed (by the system, most often for "
+                                    f"memory) after {len(done)} images: use fewer workers (--workers 1) or free "
+                                    "memory; the images done so far are kept and a rerun goes on from there") \
+                        from None
     manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=MANIFEST_COLUMNS)
     write_csv(manifest, manifest_path)
     journal_path.unlink(missing_ok=True)
