@@ -154,6 +154,23 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
     assert not engine_agrees(worse, "int8") and engine_agrees(reports[0], "onnx")
 
 
+def test_a_killed_export_leaves_no_temporary_behind(exported):
+    """What a killed export leaves (the float32 file's and the quantiser's temporaries) is removed by the next
+    export of the fold, even one that finds the fold up to date."""
+    from retinopathy.files import TEMP_SUFFIX
+    from retinopathy.inference.export import export_fold
+
+    experiment, *_ = exported
+    fold_dir = experiment.fold_dir(0)
+    left = [fold_dir / f".model.x1y2z3.onnx{TEMP_SUFFIX}", fold_dir / f".model-int8.a1b2.onnx.pre{TEMP_SUFFIX}"]
+    for path in left:
+        path.write_bytes(b"")
+    export_fold(experiment, 0, verbose=False)
+    assert not any(p.exists() for p in left) and not list(fold_dir.glob(f".*{TEMP_SUFFIX}"))
+    with experiment.fold_lock(0), pytest.raises(UserError, match=r"fold 0 of .* is in use by process"):
+        export_fold(experiment, 0, verbose=False)  # a fold in training (or in another export) is not exported
+
+
 def test_onnx_engines_serve_the_same_grader(exported, synthetic_photo):
     from starlette.testclient import TestClient
     _, models, _, _ = exported

@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import FIELDS, Config, file_digest, settings_difference
 from .competitions import Competition, detect_competition
 from .errors import UserError
-from .files import write_text
+from .files import locked, write_text
 from .paths import MANIFEST, Paths
 
 #: beside each fold's export: the fingerprint and model settings of the config that trained it
@@ -67,6 +67,11 @@ class Experiment:
     def fold_dir(self, fold: int) -> Path:
         """One fold's folder: export.pkl, oof.csv, history.csv, config.yaml, ..."""
         return self.paths.fold_dir(self.config.name, fold)
+
+    def fold_lock(self, fold: int):
+        """The lock of one fold's folder, held by whatever writes there (training, the ONNX export): a second
+        writer is refused in one line naming the process that holds it."""
+        return locked(self.fold_dir(fold) / ".lock", f"fold {fold} of {self.dir}")
 
     @property
     def submission(self) -> Path:

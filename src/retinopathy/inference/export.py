@@ -20,7 +20,7 @@ import torch
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly, read_provenance
-from ..files import atomic_path, write_text
+from ..files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
 from .engines import ENGINES, EXPORTED, FINGERPRINT_KEY, OnnxRunner, get_engine
@@ -76,7 +76,7 @@ def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.nd
             return None if img is None else {"image": np.ascontiguousarray(img[None], dtype=np.uint8)}
 
     with atomic_path(out) as tmp, _quiet_root_logger():
-        pre = tmp.with_suffix(".pre.onnx")
+        pre = tmp.with_suffix(".pre" + TEMP_SUFFIX)  # a temporary's name: a killed run's is cleaned up
         try:
             # ORT's graph clean-up before quantising; its symbolic shape inference fails on fastai's concat pooling
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
@@ -141,7 +141,15 @@ def export_fold(experiment, fold: int, engines: tuple[str, ...] = EXPORTED, cali
     """Write the files of ``engines`` (ONNX float32 always, as the int8 file's source) for one trained fold and
     grade the fold's validation images with each through the Grader beside PyTorch float32: largest output
     difference, grade agreement, QWK. The figures are saved as ``onnx.json`` beside them; a fold already exported
-    from the same ``export.pkl`` is skipped."""
+    from the same ``export.pkl`` is skipped. Holds the fold's lock (no export of a fold in training, no two
+    exports at once), under which a killed run's temporary files are removed."""
+    with experiment.fold_lock(fold):
+        remove_stale_temporaries(experiment.fold_dir(fold))
+        return _export_fold(experiment, fold, engines, calibration_images, check_images, force, verbose)
+
+
+def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_images: int,
+                 check_images: int | None, force: bool, verbose: bool) -> dict:
     config, fold_dir = experiment.config, experiment.fold_dir(fold)
     engines = tuple(dict.fromkeys(("onnx", *(get_engine(e).name for e in engines))))
     unknown = [e for e in engines if e not in EXPORTED]

@@ -24,7 +24,7 @@ from ..data.folds import pseudo_label_rows, training_table
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
 from ..errors import UserError
-from ..files import atomic_path, locked, remove_stale_temporaries, write_csv, write_faults_named, write_text
+from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
@@ -182,8 +182,7 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
     # would interleave its epochs with the first's in the same files.
     check_training_stack()  # a known-bad fastai / fastcore pair is refused before anything is written
     first_process = os.environ.get("RANK", "0") == "0"
-    lock = locked(experiment.fold_dir(fold) / ".lock", f"fold {fold} of {experiment.dir}") if first_process else \
-        contextlib.nullcontext()
+    lock = experiment.fold_lock(fold) if first_process else contextlib.nullcontext()
     with lock, _bars_only_on_a_terminal():
         return _train_fold(experiment, fold, verbose, resume, callbacks)
 
