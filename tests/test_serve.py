@@ -64,6 +64,53 @@ def test_explain_adds_a_heat_map_overlay_only_when_asked(client, trained, synthe
         assert im.size == (32, 32) and im.mode == "RGB", "the overlay has the model's input size"
 
 
+def test_explanations_have_a_bounded_queue_so_a_plain_answer_never_waits_long(trained, synthetic_photo,
+                                                                               monkeypatch):
+    """Ten explanations asked at once: two are made, the rest refused at once (503, Retry-After); a plain
+    prediction sent behind them waits for at most those two."""
+    import asyncio
+
+    from retinopathy.inference.serve import EXPLAIN_QUEUE
+
+    grader = Grader(trained[1][:1], threads=1)
+
+    def slow_heat_map(image, grade):
+        time.sleep(0.5)
+        return np.zeros(image.shape[:2], np.float32)
+
+    monkeypatch.setattr(grader, "explanation", slow_heat_map)
+    app, data = create_app(grader=grader), synthetic_photo.read_bytes()
+
+    async def ask(client, query):
+        started = time.perf_counter()
+        answer = await client.post("/predict" + query, files={"file": ("x.jpeg", data, "image/jpeg")})
+        return answer, time.perf_counter() - started
+
+    async def crowd():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            explains = [asyncio.create_task(ask(client, "?explain=1")) for _ in range(10)]
+            await asyncio.sleep(0.05)
+            plain = await ask(client, "")
+            return await asyncio.gather(*explains), plain
+
+    explains, (plain, waited) = asyncio.run(crowd())
+    made = [a for a, _ in explains if a.status_code == 200]
+    refused = [a for a, _ in explains if a.status_code == 503]
+    assert len(made) == EXPLAIN_QUEUE and len(refused) == 10 - EXPLAIN_QUEUE
+    assert refused[0].headers["Retry-After"] and "explanations are already being made" in refused[0].json()["error"]
+    assert made[0].json()["explanation"].startswith("data:image/png")
+    assert plain.status_code == 200 and waited < 0.5 * EXPLAIN_QUEUE + 3, f"a plain answer waited {waited:.1f}s"
+
+
+def test_a_grader_of_pytorch_and_onnx_files_says_which_cannot_explain(exported):
+    experiment, *_ = exported
+    mixed = Grader([experiment.fold_dir(0) / "export.pkl", experiment.fold_dir(1) / "model.onnx"])
+    assert not mixed.can_explain and "1 of these 2 are ONNX files (model.onnx)" in mixed.why_no_explanation
+    assert "--engine torch" not in mixed.why_no_explanation, "it runs torch already: that is no fix"
+    with pytest.raises(UserError, match="export.pkl files only"):
+        mixed.explanation(np.zeros((32, 32, 3), np.uint8), 0)
+
+
 @pytest.mark.parametrize("picture", ["blank", "white", "tiny", "transparent", "page"])
 def test_a_picture_that_cannot_be_graded_gets_no_grade_and_the_reason(client, picture):
     """HTTP 200 (the request was fine; the answer is that this photograph cannot be graded), no grade."""

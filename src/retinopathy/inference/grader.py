@@ -110,7 +110,14 @@ class Grader:
         self.files = [engine_file(p, engine) for p in self.paths]
         engines = [engine_of_file(f, engine) for f in self.files]
         self.engine = engines[0].name if len({e.name for e in engines}) == 1 else engine
-        self.can_explain = not any(e.onnx for e in engines)
+        onnx = [f for f, e in zip(self.files, engines) if e.onnx]
+        self.can_explain = not onnx
+        #: why there can be no heat map (None where there can): every model must run in PyTorch
+        self.why_no_explanation = None if not onnx else (
+            f"explanations need the torch engine (this server runs {self.engine}): start it with --engine torch"
+            if len(onnx) == len(self.files) else
+            f"explanations need every model in PyTorch, and {len(onnx)} of these {len(self.files)} are ONNX files "
+            f"({onnx[0].name}): serve the folds' export.pkl files only")
         if not any_export:  # a pickle of unknown or other origin is refused before it is unpickled
             for f, e, config in zip(self.files, engines, configs):
                 if not e.onnx:
@@ -162,7 +169,7 @@ class Grader:
     def explanation(self, image: np.ndarray, grade: int) -> np.ndarray:
         """The Grad-CAM heat map (H x W, 0..1) of a prepared image for ``grade``, averaged over the folds."""
         if not self.can_explain:
-            raise UserError(f"explanations need a PyTorch engine (this grader runs {self.engine}): use --engine torch")
+            raise UserError(self.why_no_explanation)
         from .explain import heat_map
 
         return heat_map([run.model for run in self.runners], image, grade)

@@ -119,12 +119,15 @@ def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
 
             explanation = encode_png(overlay(img, grader.explanation(img, grade)))
         else:
-            why_not = (f"explanations need the torch engine (this server runs {grader.engine}): start it with "
-                       "--engine torch")
+            why_not = grader.why_no_explanation
     return Prediction(grade, GRADE_NAMES[grade], None if probabilities is None else probabilities[0].tolist(), value,
                       encode_png(img) if with_image else b"", (time.perf_counter() - start) * 1000, explanation,
                       why_not)
 
+
+#: explanations waiting or running at once in one process; more are refused (503): a plain answer never waits
+#: behind more than this many heat maps
+EXPLAIN_QUEUE = 2
 
 #: the settings a ``--workers`` process builds its app from (JSON), set by the parent before it starts them
 SETTINGS_ENV = "RETINOPATHY_SERVE_SETTINGS"
@@ -162,7 +165,7 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    state = {"grader": grader}
+    state = {"grader": grader, "explaining": 0}
     one_at_a_time = asyncio.Semaphore(1)
     limit_text = f"the limit is {describe_size(max_bytes)} (--max-mb)"
 
@@ -215,11 +218,18 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
         g = state["grader"]
         with_image = request.query_params.get("image") in ("1", "true")
         explain = request.query_params.get("explain") in ("1", "true")
+        if explain and state["explaining"] >= EXPLAIN_QUEUE:  # a heat map costs many plain answers' time
+            return JSONResponse({"error": f"{state['explaining']} explanations are already being made: retry in a "
+                                          "few seconds, or ask without explain=1", "status": 503},
+                                status_code=503, headers={"Retry-After": "5"})
+        state["explaining"] += explain
         try:
             async with one_at_a_time:
                 result = await run_in_threadpool(grade_upload, g, data, max_bytes, max_pixels, with_image, explain)
         except BadImage as e:
             return error(e.status, e.message)
+        finally:
+            state["explaining"] -= explain
         # a photograph that cannot be graded is an answer, not a failed request: 200, "gradable": false, no grade
         body = {"gradable": result.gradable, "grade": result.grade, "grade_name": result.grade_name,
                 "probabilities": result.probabilities, "value": result.value, "model_id": g.model_id,
