@@ -32,10 +32,35 @@ def test_thresholds_never_worse_than_the_start(monkeypatch):
     lost = SimpleNamespace(x=np.array([3.6, 3.7, 3.8, 3.9]))  # an optimizer that wandered off
     monkeypatch.setattr(tuning, "minimize", lambda *args, **kwargs: lost)
     assert qwk_at(values, grades, lost.x) < qwk_at(values, grades, DEFAULT_THRESHOLDS)
-    assert tuning.optimize_thresholds(values, grades) == DEFAULT_THRESHOLDS
+    kept = tuning.optimize_thresholds(values, grades)
+    assert kept != tuple(lost.x) and qwk_at(values, grades, kept) >= qwk_at(values, grades, DEFAULT_THRESHOLDS)
     monkeypatch.undo()
     tuned = tuning.optimize_thresholds(values, grades)
     assert qwk_at(values, grades, tuned) >= qwk_at(values, grades, DEFAULT_THRESHOLDS)
+
+
+def test_no_tuned_threshold_leaves_a_grade_unreachable():
+    """A model whose outputs for grade 4 barely pass grade 3's (what regression to the mean does): QWK alone
+    pushes the last threshold above every output, so no eye is ever graded 4. Tuning keeps each labelled grade
+    given to at least a quarter as many images as carry it, at no real cost in QWK."""
+    from scipy.optimize import minimize
+
+    from retinopathy.inference.tuning import MIN_SHARE, unreachable_grades
+    from retinopathy.metrics import cut
+
+    rng = np.random.default_rng(0)
+    grades = rng.choice(5, 600, p=[0.45, 0.12, 0.27, 0.08, 0.08])
+    values = np.array([0.1, 1.0, 2.0, 2.4, 2.6])[grades] + rng.normal(0, 0.35, len(grades))
+    start = np.asarray(DEFAULT_THRESHOLDS)
+    simplex = np.vstack([start] + [start + 0.5 * np.eye(4)[i] for i in range(4)])
+    qwk_only = np.sort(minimize(lambda t: -qwk_at(values, grades, np.sort(t)), start, method="Nelder-Mead",
+                                options={"initial_simplex": simplex}).x)
+    assert qwk_only[-1] > values.max() and unreachable_grades(values, grades, qwk_only) == [4], "the failure"
+    tuned = optimize_thresholds(values, grades)
+    given = cut(values, tuned)
+    assert unreachable_grades(values, grades, tuned) == [] and list(tuned) == sorted(tuned)
+    assert (given == 4).sum() >= MIN_SHARE * (grades == 4).sum() and tuned[-1] < values.max()
+    assert qwk_at(values, grades, tuned) >= qwk_at(values, grades, qwk_only) - 0.01
 
 
 def test_weights_favour_the_better_experiment():

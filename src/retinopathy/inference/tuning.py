@@ -17,7 +17,7 @@ from scipy.optimize import minimize
 from ..experiment import Experiment
 from ..heads import get_head
 from ..files import write_text
-from ..metrics import DEFAULT_THRESHOLDS, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
+from ..metrics import DEFAULT_THRESHOLDS, GRADES, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
 from .oof import load_oof, oof_outputs, oof_values
 
 
@@ -36,18 +36,42 @@ def qwk_at(values, grades, thresholds) -> float:
     return quadratic_kappa(cut(values, thresholds), grades)
 
 
-def optimize_thresholds(values, grades, start=DEFAULT_THRESHOLDS) -> tuple[float, ...]:
-    """Cut points maximising QWK on (OOF) values, by Nelder-Mead from ``start``. QWK is a step function of the
-    thresholds, so the simplex starts wide (half a grade) and the best of the start and the result is kept."""
+#: every grade the labels hold is given to at least this share of as many images as carry it: a tuned rule
+#: never makes a grade unreachable (one threshold above every output the model gives)
+MIN_SHARE = 0.25
+
+
+def unreachable_grades(values, grades, thresholds, min_share: float = MIN_SHARE) -> list[int]:
+    """The grades present in ``grades`` that the rule gives to fewer than ``min_share`` of as many images as
+    carry them (at least one; none at all with ``min_share=0``, QWK alone)."""
+    if min_share <= 0:
+        return []
+    labelled = np.bincount(np.asarray(grades, int), minlength=len(GRADES))
+    given = np.bincount(cut(values, np.sort(thresholds)), minlength=len(GRADES))
+    needed = np.maximum(1, np.ceil(min_share * labelled))
+    return [g for g in range(len(GRADES)) if labelled[g] and given[g] < needed[g]]
+
+
+def optimize_thresholds(values, grades, start=DEFAULT_THRESHOLDS, min_share: float = MIN_SHARE) -> tuple[float, ...]:
+    """Cut points maximising QWK on (OOF) values among those that leave every labelled grade reachable
+    (:func:`unreachable_grades`), by Nelder-Mead from ``start`` and from the values' quantiles at the labels'
+    proportions (always reachable). QWK is a step function of the thresholds, so each simplex starts wide (half a
+    grade) and the best start or result is kept; the thresholds come back in order."""
     values, grades = np.asarray(values, float), np.asarray(grades, int)
-    start = np.asarray(start, float)
-    simplex = np.vstack([start] + [start + 0.5 * np.eye(len(start))[i] for i in range(len(start))])
-    result = minimize(lambda t: -qwk_at(values, grades, t), start, method="Nelder-Mead",
-                      options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
-    best = np.sort(result.x)
-    if qwk_at(values, grades, best) < qwk_at(values, grades, start):
-        best = start
-    return tuple(float(t) for t in best)
+    labelled = np.bincount(grades, minlength=len(GRADES))
+    quantiles = np.quantile(values, np.cumsum(labelled)[:-1] / len(grades))
+
+    def loss(t):  # each grade left unreachable costs more than any QWK can gain
+        return -qwk_at(values, grades, np.sort(t)) + 2 * len(unreachable_grades(values, grades, t, min_share))
+
+    candidates = []
+    for begin in (np.asarray(start, float), quantiles):
+        simplex = np.vstack([begin] + [begin + 0.5 * np.eye(len(begin))[i] for i in range(len(begin))])
+        result = minimize(loss, begin, method="Nelder-Mead",
+                          options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-6, "maxiter": 2000})
+        candidates += [begin, np.asarray(result.x, float)]
+    best = min(candidates, key=loss)  # the first of equals: the given start where nothing beats it
+    return tuple(float(t) for t in np.sort(best))
 
 
 def tune_eye_blend(ids, values, grades, thresholds, weights=np.linspace(0, 0.5, 11)) -> float:
