@@ -109,7 +109,7 @@ def run_row(root: Path, test: pd.DataFrame, name: str, grouped: bool, policy: st
             folds.to_csv(experiment.folds_csv, index=False)
         for fold in range(config.n_folds):
             train_fold(experiment, fold, resume=True, verbose=False)
-        cv, rule, _ = report_and_predict(experiment, verbose=False)
+        cv, rule, *_ = report_and_predict(experiment, verbose=False)
     head = get_head(config.head)
     written = pd.read_csv(experiment.dir / TEST_OUTPUTS, dtype={"id": str})
     ids = written["id"].tolist()

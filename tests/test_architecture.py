@@ -13,7 +13,8 @@ PACKAGE = REPO / "src" / "retinopathy"
 
 #: lowest first; a module may import from its own floor or any floor below, never above
 FLOORS = [
-    ["errors", "files", "paths", "progress", "grades", "heads", "competitions", "metrics", "device", "plots"],
+    ["errors", "files", "paths", "progress", "grades", "heads", "competitions", "metrics", "screening", "device",
+     "plots"],
     ["config", "experiment"],
     ["data"],
     ["preprocessing"],

@@ -96,6 +96,10 @@ def test_predict_script(finished, tiny_aptos):
     result = run_script("predict.py", "--config", str(config), "--data-dir", str(work / "data"), cwd=work)
     assert result.returncode == 0, result.stderr
     assert "CV QWK" in result.stdout and experiment.submission.is_file()
+    lines = result.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("referable DR (grade ≥ 2), per image, out of fold"))
+    assert "AUC" in lines[first] and lines[first + 1].startswith("  tuned grade rule: sensitivity ")
+    assert sum(line.startswith("  score ≥ ") for line in lines[first:first + 4]) == 2, "one line per operating point"
 
 
 def test_results_table_traces_the_run(finished):
@@ -106,6 +110,21 @@ def test_results_table_traces_the_run(finished):
     assert row["config"].endswith("models/tiny/config.yaml") and row["submission"].endswith("tiny.csv")
     assert row["commit"] != "" and len(str(row["commit"])) >= 7
     assert "| tiny |" in (work / "reports" / "results.md").read_text()
+    # the screening columns: referable DR at the tuned rule, computed here from the OOF outputs directly
+    from sklearn.metrics import roc_auc_score
+
+    from retinopathy.heads import get_head
+    from retinopathy.inference.oof import load_oof
+    from retinopathy.inference.tuning import read_rule
+
+    oof, rule = load_oof(experiment), read_rule(experiment)
+    outputs = get_head(experiment.config.head).outputs_of(oof)
+    called, referable = rule.grades(outputs, oof["id"]) >= 2, oof["grade"].to_numpy() >= 2
+    assert row["referable_sensitivity"] == pytest.approx((called & referable).sum() / referable.sum(), abs=1e-4)
+    assert row["referable_specificity"] == pytest.approx((~called & ~referable).sum() / (~referable).sum(), abs=1e-4)
+    assert row["referable_auc"] == pytest.approx(roc_auc_score(referable, rule.values(outputs, oof["id"])), abs=1e-4)
+    for name in ("sensitivity", "specificity", "auc"):
+        assert row[f"referable_{name}_low"] <= row[f"referable_{name}"] <= row[f"referable_{name}_high"]
 
 
 def test_ensemble_of_two_experiments(finished, tiny_aptos):

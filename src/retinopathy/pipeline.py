@@ -11,11 +11,12 @@ import pandas as pd
 
 from .config import Config
 from .competitions import get_competition
-from .data.folds import make_folds
+from .data.folds import TEST_OUTPUTS, make_folds
 from .data.synthetic import make_competition
 from .errors import UserError
+from .heads import get_head
 from .experiment import Experiment
-from .inference.oof import cv_report
+from .inference.oof import cv_report, oof_screening, screening_report
 from .inference.predict import predict_test
 from .inference.tuning import tune_experiment
 from .metrics import GradeRule, quadratic_kappa
@@ -71,7 +72,7 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
     else:
         for fold in todo:
             train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
-    cv, rule, submission = report_and_predict(experiment)
+    cv, rule, submission, screening = report_and_predict(experiment)
     test_qwk = None
     solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers
     if submission is not None and solution.is_file():
@@ -81,6 +82,12 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
         merged = truth.merge(mine, on=comp.id_column, suffixes=("_true", "_pred"))
         test_qwk = quadratic_kappa(merged[f"{comp.label_column}_pred"].to_numpy(), merged[f"{comp.label_column}_true"])
         print(f"test QWK against the synthetic competition's hidden answers: {test_qwk:.4f}")
+        # the operating points keep the cut-offs chosen out of fold: the test set only measures them
+        outputs = pd.read_csv(experiment.dir / TEST_OUTPUTS, dtype={"id": str})
+        answers = truth.set_index(comp.id_column).loc[outputs["id"], comp.label_column].to_numpy()
+        tested = screening_report(outputs["id"], get_head(config.head).outputs_of(outputs), answers, rule, comp,
+                                  "test set", screening.cutoffs)
+        print("\n".join(tested.lines()))
     seconds = time.time() - start
     print(f"done in {seconds:.0f}s. submission: {submission if submission else '(no test set)'}")
     return PipelineResult(cv, rule, submission, test_qwk, seconds)
@@ -95,8 +102,10 @@ def report_and_predict(experiment: Experiment, verbose: bool = True,
     cv = cv_report(experiment)
     print_cv_report(cv)
     rule = tune_experiment(experiment, verbose)
+    screening = oof_screening(experiment, rule)
+    print("\n".join(screening.lines()))
     submission = predict_test(experiment, verbose, any_export)
-    table = append_results(experiment, cv, rule, submission)
+    table = append_results(experiment, cv, rule, submission, screening.columns())
     if verbose:
         print(f"results table: {table} (and results.md)")
-    return cv, rule, submission
+    return cv, rule, submission, screening

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from ..experiment import Experiment
 from ..heads import get_head
 from ..metrics import GRADES, GradeRule, quadratic_kappa
+from ..screening import (CONDITIONS, RESAMPLES, SENSITIVITY_TARGETS, Calibration, Screening, calibration, screen,
+                         worse_eye)
 
 
 def load_oof(experiment: Experiment) -> pd.DataFrame:
@@ -42,3 +46,59 @@ def cv_report(experiment: Experiment) -> dict:
     confusion = confusion_matrix(oof["grade"].astype(int), grades, labels=list(GRADES)).tolist()
     return {"folds": per_fold, "mean": float(values.mean()), "std": float(values.std()),
             "pooled": quadratic_kappa(grades, oof["grade"]), "n": len(oof), "confusion": confusion}
+
+
+@dataclass(frozen=True)
+class ScreeningReport:
+    """The screening figures of a set of graded images: each condition per image (and per patient, the worse
+    eye, where patients have two), the cut-offs the operating points used, and a classifier's calibration."""
+
+    where: str
+    results: list[Screening]
+    cutoffs: dict[str, dict[float, float]]
+    calibration: Calibration | None
+
+    def lines(self) -> list[str]:
+        """What ``predict`` prints, one line per operating point."""
+        lines = [line for result in self.results for line in result.lines(self.where)]
+        return lines + ([self.calibration.line()] if self.calibration is not None else [])
+
+    def columns(self) -> dict[str, float]:
+        """The results table's columns: referable DR per image at the tuned grade rule, with their bounds."""
+        referable = next(r for r in self.results if r.condition == "referable" and r.unit == "image")
+        out = {}
+        for name, estimate in (("sensitivity", referable.points[0].sensitivity),
+                               ("specificity", referable.points[0].specificity), ("auc", referable.auc)):
+            out.update({f"referable_{name}": estimate.value, f"referable_{name}_low": estimate.low,
+                        f"referable_{name}_high": estimate.high})
+        return {k: round(v, 4) for k, v in out.items()}
+
+
+def screening_report(ids, outputs: np.ndarray, true_grades, rule: GradeRule, competition, where: str,
+                     cutoffs: dict | None = None, resamples: int = RESAMPLES) -> ScreeningReport:
+    """Screening figures of graded images (``outputs`` as the models served them) by the experiment's ``rule``:
+    per image with patients resampled together where a patient has two eyes, and then per patient (the worse
+    eye). ``cutoffs``: the operating points' cut-offs chosen out of fold (for a test set); else chosen here."""
+    ids = [str(i) for i in ids]
+    scores, predicted = rule.values(outputs, ids), rule.grades(outputs, ids)
+    truth = np.asarray(true_grades, int)
+    patients = np.array([competition.patient(i) for i in ids]) if competition.paired_eyes else None
+    results, chosen = [], {}
+    for condition, _ in CONDITIONS:
+        result = screen(condition, scores, predicted, truth, patients, (cutoffs or {}).get(condition),
+                        resamples=resamples)
+        chosen[condition] = {t: p.cutoff for t, p in zip(SENSITIVITY_TARGETS, result.points[1:])}
+        results.append(result)
+        if patients is not None:
+            results.append(screen(condition, *worse_eye(patients, scores, predicted, truth), unit="patient",
+                                  cutoffs=chosen[condition], resamples=resamples))
+    probabilities = get_head(rule.head).grade_probabilities(outputs)
+    calibrated = calibration(probabilities, truth) if probabilities is not None else None
+    return ScreeningReport(where, results, chosen, calibrated)
+
+
+def oof_screening(experiment: Experiment, rule: GradeRule, resamples: int = RESAMPLES) -> ScreeningReport:
+    """:func:`screening_report` of the out-of-fold outputs, by the tuned rule."""
+    oof = load_oof(experiment)
+    return screening_report(oof["id"], oof_outputs(oof, rule.head), oof["grade"], rule, experiment.competition,
+                            "out of fold", resamples=resamples)

@@ -37,15 +37,18 @@ def git_commit(where: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, submission: Path | None) -> Path:
-    """One row per report in ``reports/results.csv`` and its Markdown twin ``reports/results.md``: scores, the
-    config's main choices, where the full config is, and the git commit, so any submission can be traced."""
+def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, submission: Path | None,
+                   screening: dict | None = None) -> Path:
+    """One row per report in ``reports/results.csv`` and its Markdown twin ``reports/results.md``: scores (and
+    the ``screening`` columns: referable DR sensitivity, specificity and AUC with their bounds), the config's main
+    choices, where the full config is, and the git commit, so any submission can be traced."""
     config = experiment.config
     row = {"date": time.strftime("%Y-%m-%d %H:%M"), "experiment": config.name,
            "competition": experiment.competition.slug, "dataset": config.dataset_name,
            "folds": f"{len(cv['folds'])}/{config.n_folds}", "cv_qwk_mean": round(cv["mean"], 4),
            "cv_qwk_std": round(cv["std"], 4), "oof_qwk": round(cv["pooled"], 4),
            "oof_qwk_tuned": round(rule.extra["oof_qwk_tuned"], 4) if rule and "oof_qwk_tuned" in rule.extra else None,
+           **(screening or {}),
            "arch": config.arch, "size": config.image_size, "preprocess": config.preprocess, "head": config.head,
            "balance": config.balance, "epochs": config.epochs, "lr": config.lr,
            "fingerprint": config.fingerprint, "config": str(experiment.dir / "config.yaml"),
