@@ -81,6 +81,7 @@ def test_build_writes_a_dataset_and_an_offline_script_kernel(built):
     script = (base / "kernel" / kernel["code_file"]).read_text()
     assert '"--no-index"' in script and f'DATASET = "{DATASET}"' in script and "__DATASET__" not in script
     assert "13,000 test images" in stdout and "per 1,000 images on this machine" in stdout
+    assert "kernel [1/4] loading the 2 fold(s)" in stdout and "kernel [4/4] timing" in stdout, "progress"
 
 
 def test_push_submit_then_run_the_kernel_offline_on_unseen_ids(built, server, tiny_aptos, tmp_path):

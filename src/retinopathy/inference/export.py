@@ -20,6 +20,7 @@ import torch
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly, read_provenance
+from ..progress import steps
 from ..files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
@@ -165,7 +166,7 @@ def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_im
             print(f"fold {fold}: already exported ({', '.join(files[e].name for e in engines)}); --force redoes it")
         return json.loads(report_file.read_text())
 
-    step = _progress(verbose, fold, 2 + ("int8" in engines))
+    step = steps(f"fold {fold}", 2 + ("int8" in engines), verbose)
     step("exporting to ONNX")
     export_onnx(serving_model(load_learner_quietly(source), config.head), config.image_size, files["onnx"],
                 fingerprint)
@@ -219,17 +220,6 @@ def engine_agrees(report: dict, engine: str) -> bool:
         return False
     cost = (a["qwk_reference"] - a["qwk_engine"]) if a.get("qwk_reference") is not None else 0.0
     return a["grade_agreement"] >= AGREES_ON and cost <= QWK_COST
-
-
-def _progress(verbose: bool, fold: int, total: int):
-    """``step(what)`` prints "fold K [i/total] what" (flushed: the export of a large fold takes minutes)."""
-    done = [0]
-
-    def step(what: str) -> None:
-        done[0] += 1
-        if verbose:
-            print(f"fold {fold} [{done[0]}/{total}] {what}", flush=True)
-    return step
 
 
 def describe_report(report: dict) -> str:

@@ -21,6 +21,7 @@ from ..experiment import FINGERPRINT, Experiment
 from ..files import write_text
 from ..inference.engines import get_engine
 from ..metrics import TUNING
+from ..progress import steps
 
 #: what Kaggle's Python image already holds (and must not be bundled: a second torch would not fit, nor install)
 KAGGLE_IMAGE = frozenset({
@@ -251,8 +252,10 @@ def measure_speed(experiment: Experiment, grader, n_images: int = 16) -> float |
 
 
 def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: str | None = None,
-                 root: Path = Path("kaggle"), measure: bool = True, any_export: bool = False) -> KernelBuild:
-    """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition."""
+                 root: Path = Path("kaggle"), measure: bool = True, any_export: bool = False,
+                 show: bool = True) -> KernelBuild:
+    """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition, saying each step
+    (``show``)."""
     check_ref(dataset, "dataset")
     check_ref(kernel, "kernel")
     gpu = check_gpu(gpu)
@@ -261,10 +264,16 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
                         "CSV that retinopathy predict writes")
     get_engine(engine)
     folds = check_bundle(experiment, any_export)  # before anything is built
+    step = steps("kernel", 3 + measure, show)
+    step(f"loading the {len(folds)} fold(s) as the kernel will run them ({engine})")
     grader = load_bundle(experiment, engine, folds)
     base = root / experiment.config.name
+    step("building the library's wheel and the dataset folder")
     packages = write_dataset(experiment, dataset, engine, base / "dataset", folds)
+    step("writing the kernel's script")
     write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
+    if measure:
+        step("timing the kernel's work on this machine's CPU")
     per_image = measure_speed(experiment, grader) if measure else None
     return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image)
 
