@@ -1,4 +1,6 @@
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,24 @@ def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None)
     config = debug_config(raw, name, *overrides)
     paths = Paths.default(data_dir=work / "data", output_dir=work)
     return Experiment(config, paths), run_pipeline(config, paths, folds=folds)
+
+
+@contextlib.contextmanager
+def headless_chromium(width: int = 1300, height: int = 1000):
+    """A Selenium driver of Debian's chromium, headless (skips where chromium or its driver is not installed)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

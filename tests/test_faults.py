@@ -50,8 +50,8 @@ def test_concurrent_reports_lose_no_row_of_the_results_table(tiny_aptos, tmp_pat
 def _append_rows(raw, root, k: int, n: int) -> None:
     from retinopathy.reports.results import append_results
 
-    experiment = Experiment(debug_config(raw, f"writer{k}"), Paths(data=root / "data", output=root))
-    for _ in range(n):
+    for i in range(n):  # each its own config: a rerun of the same one replaces its row
+        experiment = Experiment(debug_config(raw, f"writer{k}", f"seed={i}"), Paths(data=root / "data", output=root))
         append_results(experiment, {"folds": [0.5], "mean": 0.5, "std": 0.0, "pooled": 0.5}, None, None)
 
 

@@ -12,7 +12,7 @@ from retinopathy.errors import UserError
 from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
 
-from conftest import REPO, run_script, tiny_pipeline
+from conftest import REPO, headless_chromium, run_script, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,10 @@ def test_predict_script(finished, tiny_aptos):
 def test_results_table_traces_the_run(finished):
     experiment, result, work = finished
     table = pd.read_csv(work / "reports" / "results.csv")
+    assert (table["experiment"] == "tiny").sum() == 1, "the pipeline and predict ran again: one row, replaced"
     row = table[table["experiment"] == "tiny"].iloc[-1]
+    comparison = (work / "reports" / "index.html").read_text()
+    assert comparison.count("<tr>") == len(table) + 1 and ">tiny<" in comparison
     assert row["oof_qwk"] == pytest.approx(result.cv["pooled"], abs=1e-4)
     assert row["config"].endswith("models/tiny/config.yaml") and row["submission"].endswith("tiny.csv")
     assert row["commit"] != "" and len(str(row["commit"])) >= 7
@@ -168,25 +171,65 @@ def test_interpret_report(finished):
     done = run_script("interpret.py", "--config", str(experiment.config.save(work / "tiny.yaml")),
                       "--data-dir", str(work / "data"), cwd=work)
     assert done.returncode == 0, done.stderr
+    assert "interpret [1/4] out-of-fold losses" in done.stdout and "interpret [4/4] the page" in done.stdout
     out = work / "reports" / "tiny"
-    for name in ("top_losses.png", "least_sure.png", "confusion_matrix.png", "curves.png"):
+    for name in ("confusion_matrix.png", "curves.png", "roc.png", "reliability.png"):
         with Image.open(out / name) as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] > 200
     per_grade = pd.read_csv(out / "per_grade.csv")
     assert per_grade["support"].sum() == 40 and {"precision", "recall"} <= set(per_grade.columns)
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "arch: resnet10t" in page and "fold 1" in page
+    assert page.count("data:image/png;base64,") >= 4 + 32 and "arch: resnet10t" in page and "fold 1" in page
+    assert page.count('<figure class="tile') == 32, "16 most wrong and 16 least sure, each its own tile"
+    assert "referable DR (grade ≥ 2), per image" in page and "expected calibration error" in page
     losses = pd.read_csv(out / "top_losses.csv")
     assert losses["loss"].is_monotonic_decreasing and len(losses) == 16
-    assert "Reading the heat maps" in page, "the page says how to read the overlays"
-    with Image.open(out / "top_losses.png") as with_maps:
-        width = with_maps.size[0]
+    assert "No heat maps: at 32 px the model's last stage is 1 × 1 cells" in page, "too coarse to read: said so"
     from retinopathy.reports.interpret import interpret
-    interpret(experiment, heat_maps=False)  # what --no-heat-maps asks for
-    with Image.open(out / "top_losses.png") as without:
-        assert width > 1.6 * without.size[0], "each image has its overlay beside it"
-    assert "Reading the heat maps" not in (out / "index.html").read_text()
+    interpret(experiment, heat_maps="always", top=4, show=False)
+    forced = (out / "index.html").read_text()
+    assert "Reading the heat maps" in forced and forced.count(" heat map\"") == 8, "each image beside its overlay"
+
+
+def test_the_report_and_the_comparison_in_headless_chromium(finished, tmp_path):
+    """The report as a person sees it: the summary on top, every picture decoded, a tile enlarged by a click and
+    closed by Escape; a screenshot that is not blank; the comparison page linking to the report."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from retinopathy.reports.interpret import interpret
+
+    experiment, _, work = finished
+    page = interpret(experiment, top=8, show=False)
+    with headless_chromium(1300, 1000) as driver:
+        driver.get(page.resolve().as_uri())
+        cards = driver.find_elements(By.CSS_SELECTOR, "#summary .card")
+        assert len(cards) == 4 and "referable DR AUC" in cards[1].text and cards[0].location["y"] < 400
+        undecoded = driver.execute_script(
+            "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length")
+        assert undecoded == 0 and len(driver.find_elements(By.TAG_NAME, "img")) >= 4 + 16
+        tile = driver.find_elements(By.CSS_SELECTOR, "#top-losses .tile")[0]
+        small = tile.size["width"]
+        caption = tile.find_element(By.TAG_NAME, "figcaption")
+        assert "actual" in caption.text and "predicted" in caption.text
+        assert float(driver.execute_script("return getComputedStyle(arguments[0]).fontSize", caption)[:-2]) >= 12
+        driver.execute_script("arguments[0].scrollIntoView()", tile)
+        tile.click()
+        assert "enlarged" in tile.get_attribute("class") and tile.size["width"] > 1.5 * small
+        shot = tmp_path / "report.png"
+        driver.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            pixels = np.asarray(im.convert("L"), float)
+        assert pixels.std() > 20, "the screenshot shows something"
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        assert "enlarged" not in tile.get_attribute("class")
+        driver.get((work / "reports" / "index.html").resolve().as_uri())
+        rows = driver.find_elements(By.CSS_SELECTOR, "#experiments tr")
+        assert len(rows) >= 2 and "CV QWK" in rows[0].text
+        driver.find_element(By.LINK_TEXT, "tiny").click()
+        assert driver.find_element(By.TAG_NAME, "h1").text == "tiny"
 
 
 def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):

@@ -1,6 +1,7 @@
-"""Interpret a trained experiment from its out-of-fold predictions: reports/<exp>/ gets the top losses and the
-least sure images, the confusion matrix with per-grade precision and recall, every fold's training curves with a
-diagnosis (under-fitting, over-fitting, learning rate too high), lr_find plots, and index.html tying them together.
+"""Interpret a trained experiment from its out-of-fold predictions: reports/<exp>/index.html, one page with the
+CV QWK, referable and vision-threatening DR sensitivity / specificity / AUC with intervals, a per-fold table, the
+ROC curve, the reliability diagram, every fold's curves with one verdict (diverging, over-fitting, unstable,
+under-fitting), lr_find plots, the confusion matrix, and the most wrong and least sure images to click.
 
   retinopathy interpret --config debug
   retinopathy interpret --config debug --fold 0 --top 8
@@ -14,10 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
     p.add_argument("--fold", type=int, help="only this fold's out-of-fold images (default: every fold)")
     p.add_argument("--top", type=int, default=16, help="images in each grid (default 16)")
-    p.add_argument("--no-heat-maps", action="store_true", help="leave out the Grad-CAM overlays (they need torch)")
+    p.add_argument("--heat-maps", choices=["auto", "always", "never"], default="auto",
+                   help="Grad-CAM overlays beside the images: auto draws them where they resolve (224 px and up), "
+                        "always, or never (default auto)")
     args = p.parse_args(argv)
     from ..reports.interpret import interpret
 
-    page = interpret(cli.experiment(args), fold=args.fold, top=args.top, heat_maps=not args.no_heat_maps)
+    page = interpret(cli.experiment(args), fold=args.fold, top=args.top, heat_maps=args.heat_maps)
     print(f"interpretation → {page} (open it in a browser; it works offline)")
 

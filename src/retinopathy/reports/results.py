@@ -3,10 +3,12 @@ Markdown twin, with the scores, the config's main choices and the git commit."""
 
 from __future__ import annotations
 
+import html
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..experiment import Experiment
@@ -56,13 +58,57 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
            "commit": git_commit()}
     csv_path = experiment.paths.reports / "results.csv"
     with locked(csv_path.with_name(".results.lock"), "reports/results.csv", wait=True):  # no row lost to a race
-        table = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
+        table = pd.read_csv(csv_path, dtype={"fingerprint": str}) if csv_path.is_file() else pd.DataFrame()
+        if len(table):  # a rerun of the same experiment and config replaces its row
+            same = (table["experiment"] == row["experiment"]) & (table["fingerprint"] == row["fingerprint"])
+            table = table[~same]
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         write_csv(table, csv_path)
         shown = table.drop(columns=["config"]).fillna("")
         lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
         lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in shown.itertuples(index=False)]
         write_text(experiment.paths.reports / "results.md",
-                   "# Results\n\nEvery CV report, newest last (`reports/results.csv` has the config paths).\n\n"
-                   + "\n".join(lines) + "\n")
+                   "# Results\n\nOne row per experiment and config, newest last (`reports/results.csv` has the "
+                   "config paths; `reports/index.html` compares them).\n\n" + "\n".join(lines) + "\n")
+        write_comparison(table, experiment.paths.reports / "index.html")
     return csv_path
+
+
+#: the comparison page's columns: (column of results.csv, heading)
+COMPARED = [("date", "date"), ("competition", "competition"), ("arch", "arch"), ("size", "px"), ("head", "head"),
+            ("folds", "folds"), ("oof_qwk_tuned", "CV QWK (tuned)"), ("referable_auc", "referable AUC"),
+            ("referable_sensitivity", "referable sensitivity"), ("referable_specificity", "referable specificity")]
+
+
+def write_comparison(table: pd.DataFrame, path: Path) -> Path:
+    """Every experiment of the results table on one page, best CV QWK first: its main choices, CV QWK, referable
+    DR AUC, sensitivity and specificity with their intervals, and a link to its interpretation report."""
+    def cell(row, column: str) -> str:
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "–"
+        low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+        if column.startswith("referable_") and low is not None and not pd.isna(low):
+            scale, unit = (100, " %") if column != "referable_auc" else (1, "")
+            digits = 1 if scale == 100 else 3
+            return f"{scale * value:.{digits}f}{unit} ({scale * low:.{digits}f}–{scale * high:.{digits}f})"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    ranked = table.sort_values("oof_qwk_tuned", ascending=False, na_position="last")
+    rows = []
+    for _, row in ranked.iterrows():
+        name = html.escape(str(row["experiment"]))
+        report = path.parent / str(row["experiment"]) / "index.html"
+        link = f'<a href="{name}/index.html">{name}</a>' if report.is_file() else name
+        rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{html.escape(cell(row, c))}</td>" for c, _ in COMPARED)
+                    + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["experiment", *(h for _, h in COMPARED)])
+    return write_text(path, f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>experiments compared</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;white-space:nowrap}} th{{background:#f4f4f4}}</style></head><body>
+<h1>Experiments compared</h1><p>One row per experiment and config (a rerun replaces its row), best out-of-fold QWK
+first; referable DR is grade ≥ 2, with 95 % bootstrap intervals. A name links to its interpretation report
+(retinopathy interpret).</p>
+<table id="experiments"><tr>{head}</tr>{"".join(rows)}</table></body></html>
+""")
