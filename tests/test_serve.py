@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_script, shared, tiny_pipeline
+from conftest import REPO, headless_chromium, run_script, shared, tiny_pipeline
 from retinopathy.errors import UserError
 from retinopathy.inference.grader import Grader
 from retinopathy.inference.serve import create_app, grade_upload, prepare_upload
@@ -100,6 +100,31 @@ def test_explanations_have_a_bounded_queue_so_a_plain_answer_never_waits_long(tr
     assert refused[0].headers["Retry-After"] and "explanations are already being made" in refused[0].json()["error"]
     assert made[0].json()["explanation"].startswith("data:image/png")
     assert plain.status_code == 200 and waited < 0.5 * EXPLAIN_QUEUE + 3, f"a plain answer waited {waited:.1f}s"
+
+
+def test_a_close_call_is_named_by_its_two_grades():
+    from types import SimpleNamespace
+
+    from retinopathy.heads import get_head
+    from retinopathy.inference.serve import close_call
+    from retinopathy.metrics import GradeRule
+
+    classifier = SimpleNamespace(head=get_head("classification"), rule=GradeRule.plain("classification"))
+    assert close_call(classifier, np.array([[0.384, 0.352, 0.1, 0.1, 0.064]])) == [0, 1]
+    assert close_call(classifier, np.array([[0.1, 0.7, 0.1, 0.05, 0.05]])) is None
+    regression = SimpleNamespace(head=get_head("regression"),
+                                 rule=GradeRule(True, (0.5, 1.5, 2.5, 3.5), 0.0, "regression"))
+    assert close_call(regression, np.array([[1.45]])) == [1, 2] and close_call(regression, np.array([[1.56]])) == [2, 1]
+    assert close_call(regression, np.array([[1.0]])) is None
+
+
+def test_the_health_answer_carries_the_model_card(client, trained):
+    card = client.get("/health").json()["card"]
+    experiment, _ = trained
+    assert card["experiment"] == "served" and card["folds"] == 2 and card["arch"] == experiment.config.arch
+    assert card["fingerprint"] == experiment.config.fingerprint and card["synthetic"] is True
+    assert 0 <= card["referable_auc_low"] <= card["referable_auc"] <= card["referable_auc_high"] <= 1
+    assert card["cv_qwk"] is not None
 
 
 def test_a_grader_of_pytorch_and_onnx_files_says_which_cannot_explain(exported):
@@ -400,20 +425,10 @@ def test_a_streamed_upload_is_cut_off_at_the_limit(server):
 
 
 def test_web_page_in_headless_chromium(server, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
+    with headless_chromium() as driver:
         driver.get(server + "/")
         driver.find_element(By.ID, "file").send_keys(str(photo()))
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "grade").text.startswith("Grade "))
@@ -424,14 +439,24 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         explained = driver.find_element(By.ID, "explained")
         assert explained.is_displayed() and explained.get_attribute("src").startswith("data:image/png;base64,")
         assert driver.execute_script("return arguments[0].naturalWidth", explained) > 0, "the overlay decoded"
+        upload = driver.find_element(By.ID, "upload")
+        assert upload.is_displayed() and driver.execute_script("return arguments[0].naturalWidth", upload) > 1000, \
+            "the upload itself, at its own size, beside what the model saw"
+        assert all(bar.size["height"] < 30 for bar in driver.find_elements(By.CSS_SELECTOR, "#bars .bar")), \
+            "each grade's bar on one line"
+        notice = driver.find_element(By.ID, "synthetic")
+        assert notice.is_displayed() and "synthetic demo competition" in notice.text, "these models are synthetic"
+        facts = driver.find_element(By.ID, "card-facts").text
+        assert "fingerprint" in facts and "folds averaged" in facts and "out-of-fold QWK" in facts
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        with Image.open(tmp_path / "page.png") as shot:
+            assert np.asarray(shot.convert("L"), float).std() > 20, "the screenshot shows the page"
         blank = tmp_path / "blank.png"
         cv2.imwrite(str(blank), np.zeros((300, 300, 3), np.uint8))
         driver.find_element(By.ID, "file").send_keys(str(blank))
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "grade").text.startswith("Not gradable"))
         assert "no eye found" in driver.find_element(By.ID, "grade").text
         assert not driver.find_elements(By.CSS_SELECTOR, "#bars .bar"), "no grade's bars for a blank picture"
-    finally:
-        driver.quit()
 
 
 def start_server(command: list[str], env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:

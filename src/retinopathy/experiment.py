@@ -124,12 +124,13 @@ class Experiment:
         return folds
 
 
-def write_provenance(fold_dir: Path, config: Config, folds: str = "") -> Path:
+def write_provenance(fold_dir: Path, config: Config, folds: str = "", synthetic: bool = False) -> Path:
     """Record beside a fold's export which settings made it, on which folds (``folds``: the folds CSV's digest when
-    training read it) (``fingerprint.json``); write it after the export."""
+    training read it), and whether from a synthetic competition (``fingerprint.json``); write it after the
+    export."""
     return write_text(Path(fold_dir) / FINGERPRINT, json.dumps(
-        {"fingerprint": config.fingerprint, "folds": folds, "settings": config.model_settings()}, indent=1,
-        default=str))
+        {"fingerprint": config.fingerprint, "folds": folds, "synthetic": synthetic,
+         "settings": config.model_settings()}, indent=1, default=str))
 
 
 def read_provenance(fold_dir: Path) -> dict | None:

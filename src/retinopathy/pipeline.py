@@ -12,13 +12,13 @@ import pandas as pd
 from .config import Config
 from .competitions import get_competition
 from .data.folds import TEST_OUTPUTS, make_folds
-from .data.synthetic import make_competition
+from .data.synthetic import SOLUTION, make_competition
 from .errors import UserError
 from .heads import get_head
 from .experiment import Experiment
 from .inference.oof import cv_report, oof_screening, screening_report
 from .inference.predict import predict_test
-from .inference.tuning import tune_experiment
+from .inference.tuning import tune_experiment, write_rule
 from .metrics import GradeRule, quadratic_kappa
 from .paths import Paths
 from .preprocessing.stage import preprocess
@@ -74,7 +74,7 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
             train_fold(experiment, fold, resume=True)  # an interrupted fold carries on from its last epoch
     cv, rule, submission, screening = report_and_predict(experiment)
     test_qwk = None
-    solution = experiment.raw_dir / "solution.csv"  # only synthetic competitions ship their answers
+    solution = experiment.raw_dir / SOLUTION  # only synthetic competitions ship their answers
     if submission is not None and solution.is_file():
         comp = experiment.competition
         truth = pd.read_csv(solution, dtype={comp.id_column: str})
@@ -104,6 +104,8 @@ def report_and_predict(experiment: Experiment, verbose: bool = True,
     rule = tune_experiment(experiment, verbose)
     screening = oof_screening(experiment, rule)
     print("\n".join(screening.lines()))
+    rule = rule.with_extra(**screening.columns())  # beside the rule: what the server's model card shows
+    write_rule(experiment.dir, rule)
     submission = predict_test(experiment, verbose, any_export)
     table = append_results(experiment, cv, rule, submission, screening.columns())
     if verbose:

@@ -32,6 +32,9 @@ class Eye(NamedTuple):
     cy: float
     radius: float
 
+#: the hidden test grades a synthetic competition ships beside the Kaggle files: its mark, too
+SOLUTION = "solution.csv"
+
 
 #: Images per grade in the real training sets (APTOS 2019 of 3,662; EyePACS 2015 of 35,126).
 GRADE_COUNTS = {
@@ -235,6 +238,6 @@ def make_competition(out_dir: str | os.PathLike, competition: str = APTOS2019.sl
     pd.DataFrame({comp.id_column: test_ids, comp.label_column: 0}).to_csv(tmp / comp.sample_submission, index=False)
     if comp.test_csv:
         pd.DataFrame({comp.id_column: test_ids}).to_csv(tmp / comp.test_csv, index=False)
-    pd.DataFrame({comp.id_column: test_ids, comp.label_column: test_grades}).to_csv(tmp / "solution.csv", index=False)
+    pd.DataFrame({comp.id_column: test_ids, comp.label_column: test_grades}).to_csv(tmp / SOLUTION, index=False)
     os.replace(tmp, out_dir)
     return out_dir

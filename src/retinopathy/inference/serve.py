@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..files import die_with_parent
@@ -60,6 +61,29 @@ class Prediction:
     explanation_error: str = ""
     gradable: bool = True
     reason: str = ""
+    #: the two grades the answer falls between where it is a close call (else None): worth a second look
+    close_call: list[int] | None = None
+
+
+#: a close call: the top two grades' probabilities within this much, or the score within this much of a threshold
+CLOSE_PROBABILITY, CLOSE_SCORE = 0.10, 0.15
+
+
+def close_call(grader: Grader, outputs: np.ndarray) -> list[int] | None:
+    """The two grades one served answer falls between, where it is a near tie (the chosen grade first)."""
+    probabilities = grader.head.grade_probabilities(outputs)
+    rule = grader.rule
+    if rule.use_values or probabilities is None:  # graded by cutting a score: near a threshold?
+        value = float(rule.values(outputs)[0])
+        thresholds = np.asarray(rule.thresholds, float)
+        k = int(np.argmin(np.abs(thresholds - value)))
+        if abs(thresholds[k] - value) < CLOSE_SCORE:
+            return [k + 1, k] if value >= thresholds[k] else [k, k + 1]
+        return None
+    first, second = np.argsort(probabilities[0])[::-1][:2]
+    if probabilities[0][first] - probabilities[0][second] < CLOSE_PROBABILITY:
+        return [int(first), int(second)]
+    return None
 
 
 def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
@@ -122,7 +146,7 @@ def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
             why_not = grader.why_no_explanation
     return Prediction(grade, GRADE_NAMES[grade], None if probabilities is None else probabilities[0].tolist(), value,
                       encode_png(img) if with_image else b"", (time.perf_counter() - start) * 1000, explanation,
-                      why_not)
+                      why_not, close_call=close_call(grader, out))
 
 
 #: explanations waiting or running at once in one process; more are refused (503): a plain answer never waits
@@ -185,7 +209,8 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
     async def health(request: Request):
         g = state["grader"]
         return JSONResponse({"status": "ok", "model_id": g.model_id, "models": len(g.runners), "engine": g.engine,
-                             "preprocess": g.method, "image_size": g.size, "head": g.head.name, "tta": g.tta})
+                             "preprocess": g.method, "image_size": g.size, "head": g.head.name, "tta": g.tta,
+                             "card": g.card})
 
     async def predict(request: Request):
         limit = max_bytes + 64 * 1024  # the file, and the multipart framing around it
@@ -232,8 +257,8 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
             state["explaining"] -= explain
         # a photograph that cannot be graded is an answer, not a failed request: 200, "gradable": false, no grade
         body = {"gradable": result.gradable, "grade": result.grade, "grade_name": result.grade_name,
-                "probabilities": result.probabilities, "value": result.value, "model_id": g.model_id,
-                "ms": round(result.ms, 1)}
+                "probabilities": result.probabilities, "value": result.value, "close_call": result.close_call,
+                "model_id": g.model_id, "ms": round(result.ms, 1)}
         if not result.gradable:
             body["reason"] = result.reason
         if with_image:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..data.folds import pseudo_label_rows, training_table
+from ..data.synthetic import SOLUTION
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
 from ..errors import UserError
@@ -309,7 +310,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
         (out / FINGERPRINT).unlink(missing_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:  # what init_from reads: tensors only, no pickled code
         torch.save(learn.model.state_dict(), tmp)
-    write_provenance(out, config, folds_digest)
+    write_provenance(out, config, folds_digest, synthetic=(experiment.raw_dir / SOLUTION).is_file())
     config.save(out / "config.yaml")
 
     # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
