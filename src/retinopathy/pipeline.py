@@ -95,9 +95,9 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
 
 def report_and_predict(experiment: Experiment, verbose: bool = True,
                        any_export: bool = False) -> tuple[dict, GradeRule, Path | None]:
-    """The prediction stage: CV report, OOF tuning, the submission, and a row in the results table, from folds
-    trained with this config's model settings (any trained fold with ``any_export``).
-    Returns (CV report, the tuned grade rule, submission path or None)."""
+    """The prediction stage: CV report, OOF tuning, the screening figures, the submission, and a row in the results
+    table, from folds trained with this config's model settings (any trained fold with ``any_export``).
+    Returns (CV report, the tuned grade rule, submission path or None, the OOF screening report)."""
     experiment.check_exports(any_export=any_export)
     cv = cv_report(experiment)
     print_cv_report(cv)
