@@ -82,7 +82,23 @@ def resolve(args: argparse.Namespace, **changes) -> tuple[Config, Paths]:
     # init_from / pseudo_labels may name an experiment: its folder under models/
     named = {key: str(paths.experiment(value)) for key in ("init_from", "pseudo_labels")
              if (value := getattr(config, key)) and not Path(value).is_dir() and paths.experiment(value).is_dir()}
+    if config.extra_data:  # a set may be named as a competition: its folder under data/raw/
+        named["extra_data"] = " ".join(
+            f"{extra_folder(where, paths)}" + (f"*{share:g}" if share != 1 else "")
+            for where, share in config.extra_sources)
     return (config.replace(**named) if named else config), paths
+
+
+def extra_folder(where: str, paths: Paths) -> Path:
+    """An ``extra_data`` set's folder: a path as given, or a competition's name as its folder under data/raw/."""
+    if Path(where).expanduser().is_dir():
+        return Path(where).expanduser().resolve()
+    try:
+        competition = get_competition(where)
+    except UserError:
+        raise UserError(f"extra_data: {where}: no such folder, nor a competition's name (aptos2019, eyepacs2015)") \
+            from None
+    return paths.raw(competition.slug)
 
 
 def experiment(args: argparse.Namespace, **changes) -> Experiment:

@@ -69,6 +69,11 @@ class Config:
                                           "the majority grade", "data", ("drop", "keep", "merge"))
     exclude_ungradable: bool = key(False, "leave photographs that preprocessing found ungradable out of the folds "
                                           "(training and validation)", "data", fingerprint="when_set")
+    extra_data: str = key("", "more labelled sets whose training images join every fold's training part, never "
+                              "validation, CV or the thresholds: space-separated folders in Kaggle layout (APTOS's "
+                              "or EyePACS's, grades 0-4) or aptos2019 / eyepacs2015 under the data root, each "
+                              "optionally *SHARE, its images' sampling weight beside the target's (default 1), "
+                              "e.g. 'eyepacs2015*0.5'", "data", fingerprint="when_set")
 
     # --- preprocessing: what the network sees of a photograph ---
     preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
@@ -156,6 +161,7 @@ class Config:
             if value and Path(value.rstrip("/")).name == self.name:
                 raise UserError(f"config: {source} '{value}' is this experiment itself ({self.name}): name another "
                                 "trained experiment")
+        self.extra_sources  # a malformed share is one line now, not at training
         unknown = [name for name in self.logger_names if name not in LOGGERS]
         if unknown:
             raise UserError(f"config: loggers: unknown '{unknown[0]}'; choose from csv, {', '.join(LOGGERS)} "
@@ -171,6 +177,22 @@ class Config:
         """Whether the body starts from trained weights (hub, file or another experiment): then it is frozen for
         ``freeze_epochs`` first."""
         return self.pretrained or bool(self.pretrained_weights) or bool(self.init_from)
+
+    @property
+    def extra_sources(self) -> list[tuple[str, float]]:
+        """``extra_data`` as (folder or competition name, sampling share) pairs."""
+        sources = []
+        for entry in self.extra_data.split():
+            where, _, share = entry.partition("*")
+            try:
+                weight = float(share) if share else 1.0
+            except ValueError:
+                weight = float("nan")
+            if not where or not 0 < weight <= 100:  # NaN fails too
+                raise UserError(f"config: extra_data '{entry}': write FOLDER or FOLDER*SHARE with a share above 0 "
+                                "and at most 100 (e.g. eyepacs2015*0.5)")
+            sources.append((where, weight))
+        return sources
 
     @property
     def logger_names(self) -> list[str]:
@@ -199,6 +221,9 @@ class Config:
         for key, name in (("init_from", "fingerprint.json"), ("pseudo_labels", "test_outputs.csv")):
             if getattr(self, key):
                 settings[key] = folder_digest(getattr(self, key), name)
+        if self.extra_data:  # each set by its folder's name, its labels' content and its share
+            settings["extra_data"] = [[Path(where).name, labels_digest(where), share]
+                                      for where, share in self.extra_sources]
         # Keys added since the first release count only when set, so folds trained before them stay current.
         for key, f in FIELDS.items():
             if f.metadata["fingerprint"] == "when_set" and getattr(self, key) == f.default:
@@ -287,6 +312,17 @@ def file_digest(path: str | os.PathLike) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except OSError:
         return f"missing:{path}"
+
+
+def labels_digest(folder: str | os.PathLike) -> str:
+    """A short hash of a competition folder's label CSV (either layout), or "missing:<folder>"."""
+    from .competitions import COMPETITIONS
+
+    for competition in COMPETITIONS:
+        labels = Path(folder) / competition.labels_csv
+        if labels.is_file():
+            return file_digest(labels)
+    return f"missing:{folder}"
 
 
 def folder_digest(folder: str | os.PathLike, name: str) -> str:

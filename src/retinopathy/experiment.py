@@ -59,6 +59,18 @@ class Experiment:
             "-gradable" if config.exclude_ungradable else "")
         return self.paths.folds(config.dataset_name, config.n_folds, config.seed, variant)
 
+    def extra_sets(self) -> list[tuple[Path, Competition, Path, float]]:
+        """Each ``extra_data`` set: its folder, the competition layout it has, where its training images are
+        prepared (this config's method and size) and its sampling share."""
+        sets = []
+        for where, share in self.config.extra_sources:
+            raw = Path(where)
+            if not raw.is_absolute():
+                raw = self.paths.raw(raw.name) if not raw.exists() else raw.resolve()
+            sets.append((raw, detect_competition(raw), self.paths.processed(raw.name, self.config.preprocess,
+                                                                           self.config.image_size), share))
+        return sets
+
     @property
     def dir(self) -> Path:
         """The experiment's folder under models/."""

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..heads import get_head, head_of_columns
 from ..files import write_csv
+from ..paths import MANIFEST
 
 
 def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:
@@ -175,3 +176,23 @@ def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")][["id", "path"]]
     rows = pd.DataFrame({"id": outputs["id"], "grade": grade, "fold": -1})[keep]
     return rows.merge(test, on="id", how="inner").reset_index(drop=True)
+
+
+def extra_data_rows(experiment: Experiment) -> pd.DataFrame:
+    """The training images of every ``extra_data`` set as training rows with fold -1 (no fold validates on them,
+    so CV and the thresholds stay on the target competition), with their set's sampling ``share``; photographs
+    preprocessing found ungradable or could not read are left out."""
+    frames = []
+    for raw, competition, processed, share in experiment.extra_sets():
+        manifest_csv = processed / MANIFEST
+        if not manifest_csv.is_file():
+            raise UserError(f"extra_data: {manifest_csv} not found: run retinopathy preprocess with this config "
+                            "first (it prepares the extra sets' images too)")
+        manifest = pd.read_csv(manifest_csv, dtype={"id": str}, keep_default_na=False)
+        usable = manifest[(manifest["split"] == "train") & (manifest["path"] != "") & gradable_mask(manifest)]
+        labels = read_labels(raw, competition)
+        rows = labels.merge(usable[["id", "path"]], on="id", how="inner")
+        frames.append(rows.assign(fold=-1, share=share, source=raw.name)[["id", "grade", "fold", "path", "share",
+                                                                           "source"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["id", "grade", "fold", "path", "share", "source"])

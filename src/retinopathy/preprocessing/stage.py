@@ -143,6 +143,10 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
     print(f"preprocess: {len(manifest)} images → {experiment.processed_dir} ("
           + ", ".join(f"{k}: {v}" for k, v in status.items()) + ")")
     print(f"preprocess: {ungradable_line(manifest)}")
+    for raw, _, out, _ in experiment.extra_sets():  # extra labelled sets: their training images only
+        extra = preprocess_dataset(raw, out, config.preprocess, config.image_size, workers=workers,
+                                   splits=("train",))
+        print(f"preprocess: extra_data {raw.name}: {len(extra)} images → {out} ({ungradable_line(extra)})")
     return manifest
 
 

@@ -93,8 +93,12 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
                        get_y=ColReader("target"),
                        splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
+    # an extra labelled set's rows carry their sampling share; the competition's own rows weigh 1
+    shares = table["share"].fillna(1.0).to_numpy(float) if "share" in table else np.ones(len(table))
     if config.balance == "sampler":
         train_grades = np.rint(table["grade"].to_numpy(float)).astype(int)  # soft pseudo-labels: nearest grade
         sample_weights = class_weights(np.delete(train_grades, valid_idx), config.balance_alpha)[train_grades]
-        return dblock.weighted_dataloaders(table, wgts=sample_weights, **common)
+        return dblock.weighted_dataloaders(table, wgts=sample_weights * shares, **common)
+    if (shares != 1).any():
+        return dblock.weighted_dataloaders(table, wgts=shares, **common)
     return dblock.dataloaders(table, **common)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.folds import pseudo_label_rows, training_table
+from ..data.folds import extra_data_rows, pseudo_label_rows, training_table
 from ..data.synthetic import SOLUTION
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
@@ -205,6 +205,12 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         if verbose and main_process:
             print(f"fold {fold}: {len(pseudo)} pseudo-labelled test images added to training (never validation)")
         table = pd.concat([table, pseudo], ignore_index=True)
+    if config.extra_data:
+        extra = extra_data_rows(experiment)
+        if verbose and main_process:
+            counts = ", ".join(f"{n} from {source}" for source, n in extra["source"].value_counts().items())
+            print(f"fold {fold}: extra_data: {len(extra)} images added to training (never validation): {counts}")
+        table = pd.concat([table, extra.drop(columns=["source"])], ignore_index=True)
     dls = build_dataloaders(table, experiment, fold)
     learn = build_learner(dls, experiment, out)
     if not sys.stdout.isatty():  # a log file: the epoch table as plain lines, no bar fragments
