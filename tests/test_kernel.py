@@ -199,16 +199,20 @@ def test_the_bundle_is_checked_before_anything_is_copied(built, tmp_path, fault,
 
 
 def test_no_build_refuses_a_bundle_whose_files_changed(built):
+    from retinopathy.errors import UserError
+    from retinopathy.kernel.build import existing_build
+
     work, experiment, _ = built
     copied = work / "kaggle" / "kernel-demo" / "dataset" / "models" / "kernel-demo" / "fold0" / "export.pkl"
-    with damaged(copied, copied.read_bytes()[:1000]):
-        done = kernel_command(work, experiment, None, "--no-build", "--no-push")
-    assert done.returncode == 2 and "fold0/export.pkl: changed since the build: run without --no-build" in \
-        done.stderr and done.stderr.count("\n") == 1, done.stderr
-    retrained = experiment.dir / "tuning.json"  # the experiment's own files moved on since the build
-    with damaged(retrained, retrained.read_bytes().replace(b"{", b'{"rebuilt": 1, ', 1)):
-        done = kernel_command(work, experiment, None, "--no-build", "--no-push")
-    assert done.returncode == 2 and "holds other models than" in done.stderr, done.stderr
+    assert existing_build(experiment, DATASET, KERNEL, work / "kaggle").packages, "the bundle as built is taken"
+    with damaged(copied, copied.read_bytes()[:1000]), pytest.raises(
+            UserError, match="fold0/export.pkl: changed since the build: run without --no-build") as refused:
+        existing_build(experiment, DATASET, KERNEL, work / "kaggle")
+    assert "\n" not in str(refused.value)
+    retuned = experiment.dir / "tuning.json"  # the experiment's own files moved on since the build
+    with damaged(retuned, retuned.read_bytes().replace(b"{", b'{"rebuilt": 1, ', 1)), pytest.raises(
+            UserError, match="holds other models than"):
+        existing_build(experiment, DATASET, KERNEL, work / "kaggle")
 
 
 def test_a_killed_build_leaves_nothing_outside_the_folder_it_builds(built, tmp_path):

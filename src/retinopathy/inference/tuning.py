@@ -39,6 +39,9 @@ def qwk_at(values, grades, thresholds) -> float:
 #: every grade the labels hold is given to at least this share of as many images as carry it: a tuned rule
 #: never makes a grade unreachable (one threshold above every output the model gives)
 MIN_SHARE = 0.25
+#: how far above a threshold an output must lie to count as reaching the grade above it (grade units): a fold
+#: ensemble averages its folds, so its outputs on new images rarely reach the extremes one fold gives out of fold
+TIE_MARGIN = 0.05
 
 
 def unreachable_grades(values, grades, thresholds, min_share: float = MIN_SHARE) -> list[int]:
@@ -47,7 +50,9 @@ def unreachable_grades(values, grades, thresholds, min_share: float = MIN_SHARE)
     if min_share <= 0:
         return []
     labelled = np.bincount(np.asarray(grades, int), minlength=len(GRADES))
-    given = np.bincount(cut(values, np.sort(thresholds)), minlength=len(GRADES))
+    # Counted with the thresholds a hair higher: a threshold on a value many outputs share (a regression saturated
+    # at its range's end) reaches them out of fold but none of an ensemble's averaged outputs on new images.
+    given = np.bincount(cut(values, np.sort(thresholds) + TIE_MARGIN), minlength=len(GRADES))
     needed = np.maximum(1, np.ceil(min_share * labelled))
     return [g for g in range(len(GRADES)) if labelled[g] and given[g] < needed[g]]
 
@@ -55,8 +60,8 @@ def unreachable_grades(values, grades, thresholds, min_share: float = MIN_SHARE)
 def optimize_thresholds(values, grades, start=DEFAULT_THRESHOLDS, min_share: float = MIN_SHARE) -> tuple[float, ...]:
     """Cut points maximising QWK on (OOF) values among those that leave every labelled grade reachable
     (:func:`unreachable_grades`), by Nelder-Mead from ``start`` and from the values' quantiles at the labels'
-    proportions (always reachable). QWK is a step function of the thresholds, so each simplex starts wide (half a
-    grade) and the best start or result is kept; the thresholds come back in order."""
+    proportions (reachable unless outputs pile up). QWK is a step function of the thresholds, so each simplex
+    starts wide (half a grade) and the best start or result is kept; the thresholds come back in order."""
     values, grades = np.asarray(values, float), np.asarray(grades, int)
     labelled = np.bincount(grades, minlength=len(GRADES))
     quantiles = np.quantile(values, np.cumsum(labelled)[:-1] / len(grades))
