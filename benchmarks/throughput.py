@@ -1,16 +1,22 @@
 """Training throughput, side by side in one run, for each config on this machine's device:
 
-  loader        the training DataLoader alone (decode + augmentation + batching), images/s, for 0..N workers
+  loader        the training DataLoader alone, host side (what the host must deliver to the device), images/s:
+                from the PNGs (decode, per-item transforms, collate) for 0..N workers, and from the packed store
+                (a gather of uint8 rows); the device transforms (to float, batch augmentation, normalisation)
+                are timed alone beside them
   model         the network alone: forward + backward + optimizer step on random tensors of the batch's shape, with
                 the config's precision and memory format (and float32 channels-last beside it on a CPU)
-  training      real training steps (fastai's fit on the fold's images), images/s after the first batches
+  training      real training steps (fastai's fit on the fold's images) from the PNGs and from the store
 
-and last, one line per config: ``throughput ratio (training / model alone): <config> X.XX``. A ratio near 1 means
-the loader keeps up and training runs at the network's own speed; well below it, the loader is the bottleneck.
+and last, the ratio lines: ``store / png loader ratio at <size> px: X.XX`` and, per loader,
+``throughput ratio (training / model alone): <config> loader=<png|store> X.XX``. A ratio near 1 means the loader
+keeps up and training runs at the network's own speed; well below it, the loader is the bottleneck. Without a GPU,
+a labelled estimate of the ratio on one. ``--eyepacs-scale`` packs an EyePACS-sized set and times one epoch's
+loader pass from disk, and projects a fold's wall time.
 
   python benchmarks/throughput.py                                  # demo and aptos_cpu (on ../shared's APTOS)
   python benchmarks/throughput.py --configs debug --steps 4        # what the tests run
-  python benchmarks/throughput.py --configs demo --compile         # torch.compile beside eager, for the network
+  python benchmarks/throughput.py --configs aptos_gpu --synthetic 400 --steps 10 --eyepacs-scale   # 384 px
   python benchmarks/throughput.py --configs aptos_gpu --raw-dir /data/aptos2019   # on a GPU box
 """
 
@@ -21,6 +27,8 @@ import contextlib
 import os
 import time
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "throughput"
@@ -46,24 +54,73 @@ def experiment_for(name: str, raw_dir: Path | None, overrides: list[str]):
     return experiment
 
 
-def loader_rate(experiment, workers: int, batches: int) -> float:
-    """Images per second of the training DataLoader alone."""
+def with_loader(experiment, loader: str, **changes):
+    """The experiment read through ``loader`` (png or store; the store augments per batch, on the device)."""
+    if loader == "store":
+        changes = {"augment_on": "batch", **changes}
+    config = experiment.config.replace(loader=loader, **changes)
+    return type(experiment)(config, experiment.paths)
+
+
+@contextlib.contextmanager
+def host_side_only(dl):
+    """The loader without its device transforms (to float, batch augmentation, normalisation): what the host must
+    deliver. Yields those transforms."""
+    device_tfms = dl.after_batch
+    dl.after_batch = type(device_tfms)([])  # an empty Pipeline (fastcore's or fasttransform's, whichever fastai has)
+    try:
+        yield device_tfms
+    finally:
+        dl.after_batch = device_tfms
+
+
+def _synchronize():
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def loader_rate(experiment, workers: int, batches: int, loader: str = "png") -> float:
+    """Images per second of the training DataLoader alone, host side: decoding (PNG) or gathering (store), the
+    per-item transforms, batching and the copy to the device; its device transforms are timed apart."""
     from retinopathy.data.folds import training_table
     from retinopathy.training.dataloaders import build_dataloaders
 
-    experiment = type(experiment)(experiment.config.replace(num_workers=workers), experiment.paths)
+    experiment = with_loader(experiment, loader, num_workers=workers)
     dl = build_dataloaders(training_table(experiment), experiment, 0).train
     seen, elapsed, done = 0, 0.0, 0
-    while done < batches:
-        last = None  # each pass's first batch pays for starting the workers: not counted
-        for x, _ in dl:
-            now = time.perf_counter()
-            if last is not None:
-                seen, elapsed, done = seen + len(x), elapsed + now - last, done + 1
-            last = now
-            if done >= batches:
-                break
+    with host_side_only(dl):
+        while done < batches:
+            last = None  # each pass's first batch pays for starting the workers: not counted
+            for x, _ in dl:
+                _synchronize()
+                now = time.perf_counter()
+                if last is not None:
+                    seen, elapsed, done = seen + len(x), elapsed + now - last, done + 1
+                last = now
+                if done >= batches:
+                    break
     return seen / elapsed
+
+
+def device_transform_rate(experiment, batches: int) -> float:
+    """Images per second of the store loader's device transforms alone (to float, augmentation, normalisation) on
+    a batch already on the device."""
+    from retinopathy.data.folds import training_table
+    from retinopathy.training.dataloaders import build_dataloaders
+
+    experiment = with_loader(experiment, "store")
+    dl = build_dataloaders(training_table(experiment), experiment, 0).train
+    with host_side_only(dl) as device_tfms:
+        x, y = next(iter(dl))
+    device_tfms.split_idx = 0  # training: the random transforms run
+    device_tfms((x, y))
+    _synchronize()
+    start = time.perf_counter()
+    for _ in range(batches):
+        device_tfms((x, y))
+    _synchronize()
+    return batches * len(x) / (time.perf_counter() - start)
 
 
 def learner(experiment):
@@ -173,10 +230,12 @@ def save_augmentation_samples(experiment, path: Path, n: int = 8) -> Path:
     from retinopathy.plots import figure, save_figure
     from retinopathy.training.dataloaders import build_dataloaders
 
-    fig, axes = figure(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
+    rows = [("none", {"augment": False, "loader": "png"}), ("per item", {"augment_on": "item", "loader": "png"}),
+            ("per batch, png", {"augment_on": "batch", "loader": "png"}),
+            ("per batch, store", {"augment_on": "batch", "loader": "store"})]
+    fig, axes = figure(len(rows), n, figsize=(1.6 * n, 1.75 * len(rows)), squeeze=False)
     table = training_table(experiment).head(n * 4)
-    for row, (label, changes) in enumerate([("none", {"augment": False}), ("per item", {"augment_on": "item"}),
-                                            ("per batch", {"augment_on": "batch"})]):
+    for row, (label, changes) in enumerate(rows):
         variant = type(experiment)(experiment.config.replace(num_workers=0, batch_size=n, balance="none",
                                                              **changes), experiment.paths)
         dl = build_dataloaders(table, variant, 0).train.new(shuffle=False)
@@ -188,15 +247,75 @@ def save_augmentation_samples(experiment, path: Path, n: int = 8) -> Path:
     return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
+#: EyePACS 2015's labelled training photographs
+EYEPACS_TRAIN = 35_126
+
+
+def eyepacs_scale(size: int, batch: int, n: int = EYEPACS_TRAIN, distinct: int = 64, keep: bool = False) -> dict:
+    """An EyePACS-sized training set at ``size`` px packed, then one training epoch's loader pass from disk: the
+    prepared images are ``distinct`` synthetic photographs preprocessed once, each linked under many ids (the pack
+    decodes every one of the ``n`` files, as it would real ones); the store leaves the page cache before the pass,
+    so its reads come from the disk. Returns the figures."""
+    from retinopathy.data.synthetic import make_competition
+    from retinopathy.preprocessing.stage import preprocess_dataset
+    from retinopathy.preprocessing.store import STORE, ImageStore, pack_store, store_bytes
+    from retinopathy.training.store_loader import StoreDL, StoreRows
+
+    work = OUT / f"eyepacs-scale-{size}"
+    raw = make_competition(OUT / "eyepacs-scale-raw", "eyepacs2015", n_train=distinct, n_test=0, seed=3,
+                           max_side=1024, progress=False) if not (OUT / "eyepacs-scale-raw").is_dir() \
+        else OUT / "eyepacs-scale-raw"
+    base = preprocess_dataset(raw, OUT / f"eyepacs-scale-base-{size}", "ben", size, progress=False,
+                              splits=("train",))
+    folder = work / "processed"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = base["path"].tolist()
+    rows = []
+    for i in range(n):
+        link = folder / f"{i}_{'left' if i % 2 else 'right'}.png"
+        if not link.exists():
+            os.link(sources[i % len(sources)], link)
+        rows.append({"id": link.stem, "path": str(link)})
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    start = time.perf_counter()
+    pack_store(folder, size, manifest=manifest, progress=False)
+    packed = time.perf_counter() - start
+    with open(folder / STORE, "rb") as handle:  # out of the page cache: the pass reads the disk
+        os.fsync(handle.fileno())
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    store = ImageStore.open(folder)
+    train = manifest.iloc[: n * 4 // 5].assign(target=0)  # one fold's training part of five
+    dl = StoreDL(StoreRows.of(train, {str(folder): store}, categorical=False), bs=batch, shuffle=True,
+                 drop_last=True, device="cpu")
+    start, seen = time.perf_counter(), 0
+    for x, _ in dl:
+        seen += len(x)
+    epoch = time.perf_counter() - start
+    figures = {"images": n, "size": size, "gb": store_bytes(n, size) / 1e9, "pack_s": packed, "epoch_images": seen,
+               "epoch_s": epoch, "rate": seen / epoch}
+    if not keep:
+        (folder / STORE).unlink()
+    return figures
+
+
 def main() -> None:
     global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["demo", "aptos_cpu"])
     p.add_argument("--raw-dir", type=Path, help="data for configs that do not synthesize their own "
                                                 "(default: ../shared/data/aptos2019-224)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="N synthetic photographs instead of the real data, for every config")
     p.add_argument("--steps", type=int, default=40, help="batches timed in each measurement (default 40)")
-    p.add_argument("--workers", type=int, nargs="+", help="loader worker counts (default 0..cores)")
+    p.add_argument("--workers", type=int, nargs="+", help="PNG loader worker counts (default 0..cores)")
     p.add_argument("--compile", action="store_true", help="also time the network alone under torch.compile")
+    p.add_argument("--eyepacs-scale", action="store_true",
+                   help=f"also pack an EyePACS-sized set ({EYEPACS_TRAIN:,} images at the last config's size, "
+                        "about 15.5 GB at 384 px) and time one epoch's loader pass from disk")
+    p.add_argument("--gpu-model-rate", type=float, default=1190.0, metavar="IMAGES_PER_S",
+                   help="the network alone on the GPU the projection is for (default 1190: EfficientNet-Lite0 at "
+                        "384 px, batch 32, float16 on an H100, benchmarks/README.md)")
     p.add_argument("--out", type=Path, default=OUT, help=f"where data and models go (default {OUT})")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
@@ -205,31 +324,64 @@ def main() -> None:
 
     from retinopathy.config import load_config
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU, {os.cpu_count()} cores"
     workers = args.workers or list(range(0, (os.cpu_count() or 1) + 1))
     print(f"device: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     ratios = []
     for name in args.configs:
-        raw = None if load_config(name).synthetic_images else (args.raw_dir or APTOS)
-        experiment = experiment_for(name, raw, args.overrides)
+        synthetic = [f"synthetic_images={args.synthetic}"] if args.synthetic else []
+        raw = None if args.synthetic or load_config(name).synthetic_images else (args.raw_dir or APTOS)
+        experiment = experiment_for(name, raw, [*synthetic, *args.overrides])
         c = experiment.config
-        print(f"\n{name}: {c.arch} {c.image_size} px, batch {c.batch_size}, head {c.head}, augment {c.augment}")
+        print(f"\n{name}: {c.arch} {c.image_size} px, batch {c.batch_size}, head {c.head}, augment {c.augment} "
+              f"({c.augment_on}), {len(pd.read_csv(experiment.folds_csv))} training images")
+        png_rates = []
         for w in workers:
-            print(f"  loader, {w} worker(s): {loader_rate(experiment, w, args.steps):8.1f} images/s", flush=True)
+            png_rates.append(loader_rate(experiment, w, args.steps))
+            print(f"  loader from png, {w} worker(s): {png_rates[-1]:8.1f} images/s", flush=True)
+        store = loader_rate(experiment, 0, args.steps, loader="store")
+        print(f"  loader from store:{'':13}{store:8.1f} images/s", flush=True)
+        device_tfms = device_transform_rate(experiment, args.steps)
+        print(f"  device transforms alone (to float, augmentation, normalisation): {device_tfms:8.1f} images/s")
         model, how = model_rate(experiment, args.steps)
         print(f"  model alone ({how}): {model:8.1f} images/s", flush=True)
-        if not torch.cuda.is_available() and how.startswith("float32"):
+        if not cuda and how.startswith("float32"):
             other, how2 = model_rate(experiment, args.steps, channels_last="contiguous" in how)
             print(f"  model alone ({how2}): {other:8.1f} images/s ({other / model:.2f}x)", flush=True)
         if args.compile:
             fast, how3 = model_rate(experiment, args.steps, channels_last="channels-last" in how, compiled=True)
             print(f"  model alone ({how3}): {fast:8.1f} images/s ({fast / model:.2f}x)", flush=True)
-        train = training_rate(experiment, args.steps)
-        print(f"  training steps: {train:8.1f} images/s", flush=True)
+        trains = {}
+        for loader in ("png", "store"):
+            trains[loader] = training_rate(with_loader(experiment, loader), args.steps)
+            print(f"  training steps from {loader}: {trains[loader]:8.1f} images/s", flush=True)
         if c.augment:
             grid = save_augmentation_samples(experiment, OUT / f"augmentation-{Path(name).stem}.png")
-            print(f"  augmentation samples (none / per item / per batch): {grid}")
-        ratios.append(f"throughput ratio (training / model alone): {name} {train / model:.2f}")
+            print(f"  augmentation samples (none / per item / per batch from png / per batch from store): {grid}")
+        ratios.append(f"store / png loader ratio at {c.image_size} px: {store / max(png_rates):.2f}")
+        for loader, rate in trains.items():
+            ratios.append(f"throughput ratio (training / model alone): {name} loader={loader} {rate / model:.2f}")
+        if not cuda:
+            # a GPU's step does not wait for a host that delivers faster than it computes; the device transforms
+            # share the GPU (not measured here)
+            estimate = min(1.0, store / args.gpu_model_rate)
+            ratios.append(f"estimate, not measured: training / model alone on a GPU whose model alone runs "
+                          f"{args.gpu_model_rate:.0f} images/s at {c.image_size} px, loader=store: at most "
+                          f"{estimate:.2f} (this host's store loader, {store:.0f} images/s)")
+    if args.eyepacs_scale:
+        f = eyepacs_scale(c.image_size, c.batch_size)
+        epochs = c.epochs + (c.freeze_epochs if c.starts_trained else 0)
+        valid = f["images"] - f["epoch_images"]
+        rate = min(f["rate"], args.gpu_model_rate)
+        # validation runs forward only, about three times the training step's speed
+        fold_s = epochs * (f["epoch_images"] / rate + valid / min(f["rate"], 3 * args.gpu_model_rate))
+        print(f"\nEyePACS scale: {f['images']:,} images at {f['size']} px packed ({f['gb']:.1f} GB) in "
+              f"{f['pack_s']:.0f} s; one epoch's loader pass from disk, {f['epoch_images']:,} images: "
+              f"{f['epoch_s']:.0f} s, {f['rate']:.0f} images/s")
+        ratios.append(f"projected {name} fold at {f['size']} px ({epochs} epochs) on a GPU whose model alone runs "
+                      f"{args.gpu_model_rate:.0f} images/s: {fold_s / 60:.0f} min (loader from disk at "
+                      f"{f['rate']:.0f} images/s)")
     print()
     print("\n".join(ratios))
 

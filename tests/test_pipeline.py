@@ -248,12 +248,18 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "batch_size=4", "--configs",
                            "debug", "--steps", "2", "--workers", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    ratio = re.search(r"^throughput ratio \(training / model alone\): debug (\d+\.\d\d)$", done.stdout, re.M)
-    assert ratio and 0.2 < float(ratio.group(1)) < 2.0, done.stdout[-1500:]
-    assert re.search(r"loader, 0 worker\(s\): +\d+\.\d images/s", done.stdout)
+    for loader in ("png", "store"):
+        ratio = re.search(rf"^throughput ratio \(training / model alone\): debug loader={loader} (\d+\.\d\d)$",
+                          done.stdout, re.M)
+        assert ratio and 0.2 < float(ratio.group(1)) < 2.0, done.stdout[-1500:]
+    png = re.search(r"loader from png, 0 worker\(s\): +(\d+\.\d) images/s", done.stdout)
+    store = re.search(r"loader from store: +(\d+\.\d) images/s", done.stdout)
+    ratio = re.search(r"^store / png loader ratio at 32 px: (\d+\.\d\d)$", done.stdout, re.M)
+    assert png and store and ratio, done.stdout[-1500:]
+    assert float(ratio.group(1)) == pytest.approx(float(store.group(1)) / float(png.group(1)), rel=0.01)
     from PIL import Image
     with Image.open(tmp_path / "augmentation-debug.png") as grid:
-        assert grid.size[0] > 300, "a grid of samples without, per item and per batch augmentation"
+        assert grid.size[0] > 300 and grid.size[1] > 200, "samples without, per item and per batch (png, store)"
 
 
 def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path, monkeypatch, capsys):

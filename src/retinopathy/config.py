@@ -134,6 +134,9 @@ class Config:
                     "prediction")
 
     # --- runtime: where outputs go and how the machine is used; never a reason to retrain ---
+    loader: str = key("png", "png: fastai's per-image pipeline over the PNGs; store: batches gathered from the packed "
+                             "uint8 image store and augmented on the device (needs augment_on=batch; a GPU the PNG "
+                             "loader cannot feed)", "runtime", ("png", "store"))
     num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime", bounds=(-1, 256))
     folds_at_once: int = key(1, "folds the pipeline trains at the same time, each its own process sharing the GPU "
                                 "and the cores (a big GPU that one fold leaves idle: 5 on an 80 GB H100)",
@@ -161,6 +164,9 @@ class Config:
             if value and Path(value.rstrip("/")).name == self.name:
                 raise UserError(f"config: {source} '{value}' is this experiment itself ({self.name}): name another "
                                 "trained experiment")
+        if self.loader == "store" and self.augment and self.augment_on == "item":
+            raise UserError("config: loader=store augments whole batches on the device: set augment_on=batch (or "
+                            "loader=png for per-image augmentation)")
         self.extra_sources  # a malformed share is one line now, not at training
         unknown = [name for name in self.logger_names if name not in LOGGERS]
         if unknown:

@@ -147,7 +147,20 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
         extra = preprocess_dataset(raw, out, config.preprocess, config.image_size, workers=workers,
                                    splits=("train",))
         print(f"preprocess: extra_data {raw.name}: {len(extra)} images → {out} ({ungradable_line(extra)})")
+        if config.loader == "store":
+            _pack(out, config.image_size, workers, extra)
+    if config.loader == "store":
+        _pack(experiment.processed_dir, config.image_size, workers, manifest)
     return manifest
+
+
+def _pack(folder: Path, size: int, workers: int | None, manifest: pd.DataFrame) -> None:
+    """The folder's packed image store (``loader=store``), and a line saying what it holds and takes."""
+    from .store import pack_store, store_bytes
+
+    store = pack_store(folder, size, workers=workers, manifest=manifest)
+    n = int((manifest["path"].fillna("").astype(str) != "").sum())
+    print(f"preprocess: packed store of {n} images at {size} px ({store_bytes(n, size) / 1e9:.2f} GB) → {store}")
 
 
 def ungradable_line(manifest: pd.DataFrame) -> str:

@@ -89,16 +89,35 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     item_tfms = [AlbumentationsTransform()] if config.augment and config.augment_on == "item" else []
     if config.augment and config.augment_on == "batch":
         batch_tfms = [*batch_augmentations(), *batch_tfms]
+    # an extra labelled set's rows carry their sampling share; the competition's own rows weigh 1
+    shares = table["share"].fillna(1.0).to_numpy(float) if "share" in table else np.ones(len(table))
+    wgts = None
+    if config.balance == "sampler":
+        train_grades = np.rint(table["grade"].to_numpy(float)).astype(int)  # soft pseudo-labels: nearest grade
+        wgts = class_weights(np.delete(train_grades, valid_idx), config.balance_alpha)[train_grades] * shares
+    elif (shares != 1).any():
+        wgts = shares
+    if config.loader == "store":
+        from .store_loader import store_dataloaders
+
+        return store_dataloaders(table, valid_idx, stores_of(table, config.image_size), categorical,
+                                 config.batch_size, batch_tfms, wgts=wgts,
+                                 vocab=list(GRADES) if categorical else None)
     dblock = DataBlock(blocks=(ImageBlock, block), get_x=CachedImages(table["path"], config.image_size),
                        get_y=ColReader("target"),
                        splitter=IndexSplitter(valid_idx), item_tfms=item_tfms, batch_tfms=batch_tfms)
     common = dict(bs=config.batch_size, num_workers=num_workers(config), device=None)
-    # an extra labelled set's rows carry their sampling share; the competition's own rows weigh 1
-    shares = table["share"].fillna(1.0).to_numpy(float) if "share" in table else np.ones(len(table))
-    if config.balance == "sampler":
-        train_grades = np.rint(table["grade"].to_numpy(float)).astype(int)  # soft pseudo-labels: nearest grade
-        sample_weights = class_weights(np.delete(train_grades, valid_idx), config.balance_alpha)[train_grades]
-        return dblock.weighted_dataloaders(table, wgts=sample_weights * shares, **common)
-    if (shares != 1).any():
-        return dblock.weighted_dataloaders(table, wgts=shares, **common)
+    if wgts is not None:
+        return dblock.weighted_dataloaders(table, wgts=wgts, **common)
     return dblock.dataloaders(table, **common)
+
+
+def stores_of(table: pd.DataFrame, image_size: int) -> dict:
+    """The packed store of every processed folder the table's images come from (the competition's, an extra
+    set's), packed first where missing or stale."""
+    from pathlib import Path
+
+    from ..preprocessing.store import ensure_store
+
+    folders = dict.fromkeys(str(Path(p).parent) for p in table["path"].astype(str))
+    return {folder: ensure_store(folder, image_size) for folder in folders}

@@ -1,0 +1,192 @@
+"""The packed image store: every prepared image of a processed folder, at its training size, in one uint8 array
+file (NumPy's ``.npy``, read memory-mapped) with an index table beside it. A batch is a gather of rows: no PNG
+decoding, no per-image Python, and the operating system's page cache instead of a copy in the process.
+
+Files in the processed folder, beside the PNGs (which stay, for people and for the web page):
+
+  images.npy         (N, size, size, 3) uint8, RGB, exactly the pixels the PNGs decode to
+  images-index.csv   id, path, row: where each image sits
+  images.json        what it was packed from (a digest of the manifest's images and their files), and its shape
+
+Packing is resumable: rows are written in chunks to ``.images.npy.partial`` and a mark says how many are done
+(only after they are on disk); a rerun of the same images goes on from there. The store is renamed into place and
+its mark written last, so a reader never sees a half-written store; one that no longer matches the PNGs (the folder
+was preprocessed again) is refused, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from ..files import locked, write_csv, write_faults_named, write_text
+from ..paths import MANIFEST
+from ..progress import progress_bar
+
+STORE = "images.npy"
+STORE_INDEX = "images-index.csv"
+STORE_MARK = "images.json"
+PARTIAL = ".images.npy.partial"
+PARTIAL_MARK = ".images.partial.json"
+#: rows decoded and written between two marks of a resumable pack
+CHUNK = 256
+
+
+def store_bytes(n_images: int, size: int) -> int:
+    """Bytes a store of ``n_images`` at ``size`` px takes on disk (the ``.npy`` header aside)."""
+    return n_images * size * size * 3
+
+
+def _packable(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's rows that have a prepared image."""
+    path = manifest["path"].fillna("").astype(str)
+    return manifest.loc[path != "", ["id", "path"]].astype(str).reset_index(drop=True)
+
+
+def store_key(rows: pd.DataFrame) -> str:
+    """What a store is packed from: each image's id, path, and file size and time (a rerun of preprocessing that
+    rewrote a PNG changes it)."""
+    digest = hashlib.sha256()
+    for image_id, path in zip(rows["id"], rows["path"]):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise UserError(f"{path}: prepared image missing: run retinopathy preprocess again") from None
+        digest.update(f"{image_id}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _decode(path: str, size: int) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UserError(f"{path}: prepared image unreadable: run retinopathy preprocess again")
+    if bgr.shape[:2] != (size, size):
+        raise UserError(f"{path}: {bgr.shape[1]}x{bgr.shape[0]} px, not {size}x{size} as the store of its folder "
+                        "needs: run retinopathy preprocess again")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _create_partial(path: Path, shape: tuple[int, ...]) -> int:
+    """An ``.npy`` file of ``shape`` uint8 with its space reserved; returns the data's byte offset. A disk too
+    small fails here, in one line, before any image is decoded."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    offset = header.offset
+    del header
+    needed = int(np.prod(shape)) + offset
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, needed)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            free = os.statvfs(path.parent)
+            raise UserError(f"{path.parent}: the image store needs {needed / 1e9:.1f} GB and the disk has "
+                            f"{free.f_bavail * free.f_frsize / 1e9:.1f} GB free ({os.strerror(e.errno)}): free "
+                            "space, or train with loader=png") from None
+    return offset
+
+
+def pack_store(folder: str | os.PathLike, size: int, workers: int | None = None, progress: bool = True,
+               manifest: pd.DataFrame | None = None) -> Path:
+    """Pack every prepared image of a processed ``folder`` (its manifest's images, at ``size`` px) into the store,
+    unless a store of exactly these images is there; resumes an interrupted pack. Returns the store's path."""
+    folder = Path(folder)
+    if manifest is None:
+        manifest = pd.read_csv(folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
+    rows = _packable(manifest)
+    key = store_key(rows)
+    with locked(folder / ".store.lock", f"the image store of {folder}", wait=True):
+        mark = _read_json(folder / STORE_MARK)
+        if mark.get("key") == key and (folder / STORE).is_file() and (folder / STORE_INDEX).is_file():
+            return folder / STORE
+        shape = (len(rows), size, size, 3)
+        partial, partial_mark = folder / PARTIAL, folder / PARTIAL_MARK
+        state = _read_json(partial_mark)
+        resumable = state.get("key") == key and state.get("shape") == list(shape) and partial.is_file()
+        offset = state["offset"] if resumable else _create_partial(partial, shape)
+        done = int(state.get("done", 0)) if resumable else 0
+        row_bytes = size * size * 3
+        with open(partial, "r+b") as handle, write_faults_named(partial), \
+                ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool, \
+                progress_bar(total=len(rows), initial=done, desc=f"pack {folder.name}", unit="img",
+                             show=progress) as bar:
+            for start in range(done, len(rows), CHUNK):
+                paths = rows["path"].iloc[start:start + CHUNK].tolist()
+                images = np.stack(list(pool.map(lambda p: _decode(p, size), paths)))  # OpenCV frees the GIL
+                os.pwrite(handle.fileno(), images.tobytes(), offset + start * row_bytes)
+                os.fsync(handle.fileno())  # on disk before the mark says so
+                write_text(partial_mark, json.dumps({"key": key, "shape": list(shape), "offset": offset,
+                                                     "done": start + len(paths)}))
+                bar.update(len(paths))
+        write_csv(rows.assign(row=np.arange(len(rows))), folder / STORE_INDEX)
+        (folder / STORE_MARK).unlink(missing_ok=True)  # never the old mark beside the new store
+        os.replace(partial, folder / STORE)
+        write_text(folder / STORE_MARK, json.dumps({"key": key, "shape": list(shape)}))
+        partial_mark.unlink(missing_ok=True)
+    return folder / STORE
+
+
+@dataclass
+class ImageStore:
+    """A packed store opened for reading: ``images`` (memory-mapped, opened on first use, so a store travels to
+    another process as its folder alone) and the row of each prepared image's path."""
+
+    folder: Path
+    rows: dict[str, int]
+    shape: tuple[int, ...]
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "ImageStore":
+        """The store of ``folder``, refused in one line where it is missing or no longer matches the PNGs."""
+        folder = Path(folder)
+        mark = _read_json(folder / STORE_MARK)
+        if not mark or not (folder / STORE).is_file() or not (folder / STORE_INDEX).is_file():
+            raise UserError(f"{folder}: no packed image store: run retinopathy preprocess with loader=store")
+        manifest = pd.read_csv(folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
+        if mark.get("key") != store_key(_packable(manifest)):
+            raise UserError(f"{folder / STORE}: packed from other images than the folder's manifest lists now: "
+                            "run retinopathy preprocess with loader=store to pack it again")
+        index = pd.read_csv(folder / STORE_INDEX, dtype={"id": str, "path": str})
+        return cls(folder, dict(zip(index["path"], index["row"].astype(int))), tuple(mark["shape"]))
+
+    @property
+    def images(self) -> np.ndarray:
+        """(N, size, size, 3) uint8, memory-mapped read-only."""
+        if getattr(self, "_images", None) is None:
+            self._images = np.load(self.folder / STORE, mmap_mode="r")
+        return self._images
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_images"}
+
+    def row_of(self, path: str) -> int:
+        """The store's row of a prepared image, or one line where the store does not hold it."""
+        try:
+            return self.rows[str(path)]
+        except KeyError:
+            raise UserError(f"{path}: not in the packed store {self.folder / STORE}: run retinopathy preprocess "
+                            "with loader=store to pack it again") from None
+
+
+def ensure_store(folder: str | os.PathLike, size: int, workers: int | None = None,
+                 progress: bool = True) -> ImageStore:
+    """The store of a processed folder, packed first where it is missing or stale."""
+    pack_store(folder, size, workers=workers, progress=progress)
+    return ImageStore.open(folder)

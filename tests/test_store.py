@@ -1,0 +1,165 @@
+"""The packed image store and the loader that gathers batches from it."""
+
+import errno
+import json
+import os
+import random
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retinopathy.data.folds import make_folds, training_table
+from retinopathy.errors import UserError
+from retinopathy.experiment import Experiment
+from retinopathy.paths import Paths
+from retinopathy.preprocessing import store as store_module
+from retinopathy.preprocessing.stage import preprocess
+from retinopathy.preprocessing.store import (PARTIAL_MARK, STORE, STORE_MARK, ImageStore, ensure_store, pack_store)
+from retinopathy.training.dataloaders import build_dataloaders
+from retinopathy.training.callbacks import gloo_safe_broadcast
+from retinopathy.training.train import train_fold
+
+from conftest import debug_config
+
+
+def _experiment(raw, tmp_path, name, *overrides):
+    experiment = Experiment(debug_config(raw, name, "image_size=32", *overrides),
+                            Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    make_folds(experiment, verbose=False)
+    return experiment
+
+
+def _pngs(folder):
+    manifest = pd.read_csv(folder / "manifest.csv", dtype={"id": str}, keep_default_na=False)
+    return manifest[manifest["path"] != ""]
+
+
+def test_the_store_holds_exactly_the_pngs_pixels_and_is_packed_once(tiny_aptos, tmp_path):
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch")
+    folder = experiment.processed_dir
+    store = ImageStore.open(folder)
+    rows = _pngs(folder)
+    assert store.shape == (len(rows), 32, 32, 3) and len(rows) == 50, "every training and test image"
+    for path in rows["path"].iloc[::7]:
+        png = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(store.images[store.row_of(path)], png)
+    packed = (folder / STORE).stat().st_mtime_ns
+    ensure_store(folder, 32, progress=False)
+    assert (folder / STORE).stat().st_mtime_ns == packed, "a current store is not packed again"
+
+
+def test_a_store_of_other_pngs_is_refused_then_packed_again(tiny_aptos, tmp_path):
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch")
+    folder = experiment.processed_dir
+    path = _pngs(folder)["path"].iloc[3]
+    repainted = np.full((32, 32, 3), 77, np.uint8)
+    cv2.imwrite(path, repainted)  # the folder preprocessed again, say with another method
+    with pytest.raises(UserError, match="packed from other images than the folder's manifest lists now"):
+        ImageStore.open(folder)
+    store = ensure_store(folder, 32, progress=False)
+    assert np.array_equal(store.images[store.row_of(path)], repainted)
+
+
+def test_an_interrupted_pack_resumes_to_the_same_store(tiny_aptos, tmp_path, monkeypatch):
+    whole = _experiment(tiny_aptos, tmp_path / "whole", "s", "loader=store", "augment_on=batch")
+    experiment = _experiment(tiny_aptos, tmp_path / "cut", "s")  # the PNGs only
+    folder = experiment.processed_dir
+    monkeypatch.setattr(store_module, "CHUNK", 8)
+    decoded, real = [], store_module._decode
+
+    def dies_at_the_20th(path, size):
+        decoded.append(path)
+        if len(decoded) == 20:
+            raise KeyboardInterrupt  # a Ctrl-C (or a kill) mid-pack
+        return real(path, size)
+
+    monkeypatch.setattr(store_module, "_decode", dies_at_the_20th)
+    with pytest.raises(KeyboardInterrupt):
+        pack_store(folder, 32, workers=1, progress=False)
+    assert not (folder / STORE).exists() and json.loads((folder / PARTIAL_MARK).read_text())["done"] == 16
+    decoded.clear()
+    monkeypatch.setattr(store_module, "_decode", lambda path, size: decoded.append(path) or real(path, size))
+    pack_store(folder, 32, workers=1, progress=False)
+    assert len(decoded) == 50 - 16, "the rows already on disk are not decoded again"
+    assert not (folder / PARTIAL_MARK).exists()
+    assert np.array_equal(np.load(folder / STORE), np.load(whole.processed_dir / STORE))
+
+
+def test_a_disk_too_small_for_the_store_is_one_line(tiny_aptos, tmp_path, monkeypatch):
+    experiment = _experiment(tiny_aptos, tmp_path, "s")
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_module.os, "posix_fallocate", no_space)
+    with pytest.raises(UserError, match=r"the image store needs 0\.0 GB and the disk has .* GB free .*loader=png"):
+        pack_store(experiment.processed_dir, 32, progress=False)
+    assert not (experiment.processed_dir / STORE).exists() and not (experiment.processed_dir / STORE_MARK).exists()
+
+
+def test_per_item_augmentation_cannot_run_on_the_store(tiny_aptos):
+    with pytest.raises(UserError, match="loader=store augments whole batches on the device: set augment_on=batch"):
+        debug_config(tiny_aptos, "s", "loader=store", "augment_on=item", "augment=true")
+
+
+@pytest.mark.parametrize("head, balance", [("classification", "none"), ("regression", "sampler")])
+def test_training_from_the_store_is_training_from_the_pngs(tiny_aptos, tmp_path, head, balance):
+    """Same batches, same order (the weighted draw too), same augmentation: the very same weights."""
+    common = ["augment=true", "augment_on=batch", f"head={head}", f"balance={balance}", "batch_size=8"]
+    weights, oofs = {}, {}
+    for loader in ("png", "store"):
+        experiment = _experiment(tiny_aptos, tmp_path / loader, "s", f"loader={loader}", *common)
+        result = train_fold(experiment, 0, verbose=False)
+        weights[loader] = torch.load(result.dir / "weights.pth", weights_only=True)
+        oofs[loader] = pd.read_csv(result.dir / "oof.csv")
+    assert all(torch.equal(weights["png"][k], weights["store"][k]) for k in weights["png"])
+    pd.testing.assert_frame_equal(oofs["png"], oofs["store"])
+
+    from retinopathy.experiment import load_learner_quietly
+    learn = load_learner_quietly(result.dir / "export.pkl")  # a store-trained export loads without its store
+    assert len(learn.dls.train.dataset) == 0
+
+
+def test_the_validation_batches_are_the_pngs_and_training_batches_are_augmented(tiny_aptos, tmp_path):
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment=true", "augment_on=batch")
+    dls = build_dataloaders(training_table(experiment), experiment, 0)
+    png = Experiment(experiment.config.replace(loader="png"), experiment.paths)
+    reference = build_dataloaders(training_table(png), png, 0)
+    x, y = dls.valid.one_batch()
+    x_png, y_png = reference.valid.one_batch()
+    assert torch.equal(x, x_png) and torch.equal(y, y_png)
+    raw, _ = dls.train.dataset.gather(np.arange(len(x)))
+    plain = dls.train.after_batch.fs[0](raw)  # to float alone
+    assert raw.dtype == torch.uint8 and not torch.allclose(next(iter(dls.train))[0][:4], plain[:4])
+
+
+def test_the_distributed_wrapper_shards_each_epoch_across_processes(tiny_aptos, tmp_path):
+    """fastai's DistributedDL hands each process its share of the epoch's order; the store gathers those rows."""
+    import torch.distributed as dist
+    from fastai.distributed import DistributedDL
+
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch", "batch_size=4",
+                             "balance=none")
+    dl = build_dataloaders(training_table(experiment), experiment, 0).train
+    seen = {}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with gloo_safe_broadcast():  # the batch order goes round as a CPU tensor, as in CPU training
+            for rank in (0, 1):
+                shard = DistributedDL(dl, rank=rank, world_size=2)
+                gathered, real = [], dl.dataset.gather
+                dl.dataset.gather = lambda idx, pin=False: gathered.extend(idx.tolist()) or real(idx, pin)
+                dl.rng = random.Random(7)
+                for _ in shard:
+                    pass
+                dl.dataset.gather = real
+                seen[rank] = gathered
+    finally:
+        dist.destroy_process_group()
+    share = -(-len(dl.dataset) // 2)
+    assert len(seen[0]) == len(seen[1]) == share // 4 * 4, "each process its half, in whole batches"
+    assert not set(seen[0]) & set(seen[1]), "no row gathered by both processes"
