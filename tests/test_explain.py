@@ -40,6 +40,7 @@ def quadrant_competition(root: Path, n: int = 80, size: int = 128, seed: int = 0
     return root
 
 
+@pytest.mark.slow  # 4 epochs at 128 px
 def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
     from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.explain import heat_map, quadrant_mass

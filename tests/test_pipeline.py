@@ -130,6 +130,7 @@ def test_results_table_traces_the_run(finished):
         assert row[f"referable_{name}_low"] <= row[f"referable_{name}"] <= row[f"referable_{name}_high"]
 
 
+@pytest.mark.slow  # a second pipeline and three predict runs
 def test_ensemble_of_two_experiments(finished, tiny_aptos):
     experiment, _, work = finished
     regression = experiment.config.replace(name="tiny-reg", head="regression", balance="loss")
@@ -262,6 +263,7 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
         assert grid.size[0] > 300 and grid.size[1] > 200, "samples without, per item and per batch (png, store)"
 
 
+@pytest.mark.slow  # two training processes
 def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp_path, monkeypatch, capsys):
     """folds_at_once=2: each fold trained by its own process, to the same predictions as one after another."""
     from retinopathy import launcher

@@ -163,3 +163,20 @@ def test_the_distributed_wrapper_shards_each_epoch_across_processes(tiny_aptos, 
     share = -(-len(dl.dataset) // 2)
     assert len(seen[0]) == len(seen[1]) == share // 4 * 4, "each process its half, in whole batches"
     assert not set(seen[0]) & set(seen[1]), "no row gathered by both processes"
+
+
+def test_an_extra_sets_images_come_from_its_own_store(tiny_aptos, tiny_eyepacs, tmp_path):
+    from retinopathy.data.folds import extra_data_rows
+    from retinopathy.preprocessing.image_io import read_prepared
+
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch",
+                             f"extra_data={tiny_eyepacs}*0.5")
+    extra = extra_data_rows(experiment)
+    table = pd.concat([training_table(experiment), extra.drop(columns=["source"])], ignore_index=True)
+    dls = build_dataloaders(table, experiment, 0)
+    rows = dls.train.dataset
+    assert len(rows.stores) == 2 and set(rows.where[:, 0]) == {0, 1}, "two stores, both read"
+    x, _ = rows.gather(np.arange(len(rows)))
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), read_prepared(rows.items["path"]))
+    png = Experiment(experiment.config.replace(loader="png"), experiment.paths)
+    assert np.allclose(dls.train.wgts, build_dataloaders(table, png, 0).train.wgts), "the same draw"

@@ -79,6 +79,7 @@ def test_pretrained_weights_key_loads_the_body_freezes_it_and_fingerprints_the_c
         build_learner(build_dataloaders(training_table(wrong), wrong, 0), wrong, tmp_path)
 
 
+@pytest.mark.slow  # two pipelines
 def test_init_from_starts_aptos_folds_from_an_eyepacs_experiment(tiny_aptos, tiny_eyepacs, tmp_path):
     from retinopathy.experiment import load_learner_quietly
 

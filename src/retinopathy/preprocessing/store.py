@@ -173,8 +173,25 @@ class ImageStore:
             self._images = np.load(self.folder / STORE, mmap_mode="r")
         return self._images
 
+    def read_rows(self, rows, out: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` read into ``out`` (len(rows), size, size, 3), one ``pread`` each: twice to three times
+        the speed of a gather through the memory map, which takes a page fault per 4 KB."""
+        if getattr(self, "_fd", None) is None:
+            self._fd = os.open(self.folder / STORE, os.O_RDONLY)
+        offset, row_bytes = self.images.offset, int(np.prod(self.shape[1:]))
+        for j, row in enumerate(rows):
+            view = memoryview(out[j]).cast("B")
+            if os.preadv(self._fd, [view], offset + int(row) * row_bytes) != row_bytes:
+                raise UserError(f"{self.folder / STORE}: cut short at row {row}: run retinopathy preprocess with "
+                                "loader=store to pack it again")
+        return out
+
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_images"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_images", "_fd")}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def row_of(self, path: str) -> int:
         """The store's row of a prepared image, or one line where the store does not hold it."""

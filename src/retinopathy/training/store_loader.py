@@ -59,13 +59,13 @@ class StoreRows:
         pixels = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=pin)
         out = pixels.numpy()
         where = self.where[idx]
-        if len(self.stores) == 1:
-            np.take(self.stores[0].images, where[:, 1], axis=0, out=out)
-        else:
-            for s, store in enumerate(self.stores):
-                mine = np.flatnonzero(where[:, 0] == s)
-                if len(mine):
-                    out[mine] = store.images[where[mine, 1]]
+        for s, store in enumerate(self.stores):
+            mine = np.flatnonzero(where[:, 0] == s)
+            if len(mine) == len(idx):
+                store.read_rows(where[:, 1], out)
+            elif len(mine):
+                part = np.empty((len(mine), h, w, 3), np.uint8)
+                out[mine] = store.read_rows(where[mine, 1], part)
         x = TensorImage(pixels.permute(0, 3, 1, 2))
         y = torch.from_numpy(self.targets[idx])
         return x, (TensorCategory(y) if self.categorical else y)
