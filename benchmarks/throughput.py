@@ -270,7 +270,7 @@ def eyepacs_scale(size: int, batch: int, n: int = EYEPACS_TRAIN, distinct: int =
     so its reads come from the disk. Returns the figures."""
     from retinopathy.data.synthetic import make_competition
     from retinopathy.preprocessing.stage import preprocess_dataset
-    from retinopathy.preprocessing.store import STORE, ImageStore, pack_store, store_bytes
+    from retinopathy.preprocessing.store import ImageStore, StoreFiles, pack_store, store_bytes
     from retinopathy.training.store_loader import StoreDL, StoreRows
 
     work = OUT / f"eyepacs-scale-{size}"
@@ -287,18 +287,18 @@ def eyepacs_scale(size: int, batch: int, n: int = EYEPACS_TRAIN, distinct: int =
         link = folder / f"{i}_{'left' if i % 2 else 'right'}.png"
         if not link.exists():
             os.link(sources[i % len(sources)], link)
-        rows.append({"id": link.stem, "path": str(link)})
+        rows.append({"id": link.stem, "split": "train", "path": str(link)})
     manifest = pd.DataFrame(rows)
     manifest.to_csv(folder / "manifest.csv", index=False)
     start = time.perf_counter()
     pack_store(folder, size, manifest=manifest, progress=False)
     packed = time.perf_counter() - start
-    with open(folder / STORE, "rb") as handle:  # out of the page cache: the pass reads the disk
+    with open(StoreFiles(folder).store, "rb") as handle:  # out of the page cache: the pass reads the disk
         os.fsync(handle.fileno())
         os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     store = ImageStore.open(folder)
     train = manifest.iloc[: n * 4 // 5].assign(target=0)  # one fold's training part of five
-    dl = StoreDL(StoreRows.of(train, {str(folder): store}, categorical=False), bs=batch, shuffle=True,
+    dl = StoreDL(StoreRows.of(train, [store], categorical=False), bs=batch, shuffle=True,
                  drop_last=True, device="cpu")
     start, seen = time.perf_counter(), 0
     for x, _ in dl:
@@ -307,7 +307,7 @@ def eyepacs_scale(size: int, batch: int, n: int = EYEPACS_TRAIN, distinct: int =
     figures = {"images": n, "size": size, "gb": store_bytes(n, size) / 1e9, "pack_s": packed, "epoch_images": seen,
                "epoch_s": epoch, "rate": seen / epoch}
     if not keep:
-        (folder / STORE).unlink()
+        StoreFiles(folder).store.unlink()
     return figures
 
 

@@ -17,7 +17,7 @@ from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing import store as store_module
 from retinopathy.preprocessing.stage import preprocess
-from retinopathy.preprocessing.store import (PARTIAL_MARK, STORE, STORE_MARK, ImageStore, ensure_store, pack_store)
+from retinopathy.preprocessing.store import ImageStore, StoreFiles, ensure_store, pack_store
 from retinopathy.training.dataloaders import build_dataloaders
 from retinopathy.training.callbacks import gloo_safe_broadcast
 from retinopathy.training.train import train_fold
@@ -43,13 +43,15 @@ def test_the_store_holds_exactly_the_pngs_pixels_and_is_packed_once(tiny_aptos, 
     folder = experiment.processed_dir
     store = ImageStore.open(folder)
     rows = _pngs(folder)
-    assert store.shape == (len(rows), 32, 32, 3) and len(rows) == 50, "every training and test image"
-    for path in rows["path"].iloc[::7]:
+    train = rows[rows["split"] == "train"]
+    assert store.shape == (len(train), 32, 32, 3) and len(train) == 40, "every training image, no test image"
+    assert not StoreFiles(folder, "test").store.exists(), "test images only where pseudo-labels train on them"
+    for path in train["path"].iloc[::7]:
         png = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
         assert np.array_equal(store.images[store.row_of(path)], png)
-    packed = (folder / STORE).stat().st_mtime_ns
+    packed = StoreFiles(folder).store.stat().st_mtime_ns
     ensure_store(folder, 32, progress=False)
-    assert (folder / STORE).stat().st_mtime_ns == packed, "a current store is not packed again"
+    assert StoreFiles(folder).store.stat().st_mtime_ns == packed, "a current store is not packed again"
 
 
 def test_a_store_of_other_pngs_is_refused_then_packed_again(tiny_aptos, tmp_path):
@@ -80,13 +82,14 @@ def test_an_interrupted_pack_resumes_to_the_same_store(tiny_aptos, tmp_path, mon
     monkeypatch.setattr(store_module, "_decode", dies_at_the_20th)
     with pytest.raises(KeyboardInterrupt):
         pack_store(folder, 32, workers=1, progress=False)
-    assert not (folder / STORE).exists() and json.loads((folder / PARTIAL_MARK).read_text())["done"] == 16
+    files = StoreFiles(folder)
+    assert not files.store.exists() and json.loads(files.partial_mark.read_text())["done"] == 16
     decoded.clear()
     monkeypatch.setattr(store_module, "_decode", lambda path, size: decoded.append(path) or real(path, size))
     pack_store(folder, 32, workers=1, progress=False)
-    assert len(decoded) == 50 - 16, "the rows already on disk are not decoded again"
-    assert not (folder / PARTIAL_MARK).exists()
-    assert np.array_equal(np.load(folder / STORE), np.load(whole.processed_dir / STORE))
+    assert len(decoded) == 40 - 16, "the rows already on disk are not decoded again"
+    assert not files.partial_mark.exists()
+    assert np.array_equal(np.load(files.store), np.load(StoreFiles(whole.processed_dir).store))
 
 
 def test_a_disk_too_small_for_the_store_is_one_line(tiny_aptos, tmp_path, monkeypatch):
@@ -98,7 +101,8 @@ def test_a_disk_too_small_for_the_store_is_one_line(tiny_aptos, tmp_path, monkey
     monkeypatch.setattr(store_module.os, "posix_fallocate", no_space)
     with pytest.raises(UserError, match=r"the image store needs 0\.0 GB and the disk has .* GB free .*loader=png"):
         pack_store(experiment.processed_dir, 32, progress=False)
-    assert not (experiment.processed_dir / STORE).exists() and not (experiment.processed_dir / STORE_MARK).exists()
+    files = StoreFiles(experiment.processed_dir)
+    assert not files.store.exists() and not files.mark.exists()
 
 
 def test_per_item_augmentation_cannot_run_on_the_store(tiny_aptos):
@@ -180,3 +184,20 @@ def test_an_extra_sets_images_come_from_its_own_store(tiny_aptos, tiny_eyepacs, 
     assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), read_prepared(rows.items["path"]))
     png = Experiment(experiment.config.replace(loader="png"), experiment.paths)
     assert np.allclose(dls.train.wgts, build_dataloaders(table, png, 0).train.wgts), "the same draw"
+
+
+def test_pseudo_labelled_test_images_come_from_the_test_store(tiny_aptos, tmp_path):
+    from retinopathy.training.dataloaders import stores_of
+    from retinopathy.training.store_loader import StoreRows
+
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch")
+    rows = _pngs(experiment.processed_dir)
+    test = rows[rows["split"] == "test"].head(3).assign(grade=2, fold=-1)
+    table = pd.concat([training_table(experiment), test[["id", "path", "grade", "fold"]]], ignore_index=True)
+    stores = stores_of(table, 32)
+    assert [store.files.split for store in stores] == ["train", "test"]
+    found = StoreRows.of(table.assign(target=table["grade"]), stores, categorical=True)
+    assert (found.where[-3:, 0] == 1).all() and (found.where[:-3, 0] == 0).all()
+    x, _ = found.gather(np.arange(len(table) - 3, len(table)))
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)
+                                                                   for p in test["path"]]))

@@ -148,19 +148,21 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
                                    splits=("train",))
         print(f"preprocess: extra_data {raw.name}: {len(extra)} images → {out} ({ungradable_line(extra)})")
         if config.loader == "store":
-            _pack(out, config.image_size, workers, extra)
-    if config.loader == "store":
-        _pack(experiment.processed_dir, config.image_size, workers, manifest)
+            _pack(out, config.image_size, "train", workers, extra)
+    if config.loader == "store":  # the test images train only as pseudo-labels; prediction reads the PNGs
+        for split in ("train", "test") if config.pseudo_labels else ("train",):
+            _pack(experiment.processed_dir, config.image_size, split, workers, manifest)
     return manifest
 
 
-def _pack(folder: Path, size: int, workers: int | None, manifest: pd.DataFrame) -> None:
-    """The folder's packed image store (``loader=store``), and a line saying what it holds and takes."""
+def _pack(folder: Path, size: int, split: str, workers: int | None, manifest: pd.DataFrame) -> None:
+    """A split's packed image store (``loader=store``), and a line saying what it holds and takes."""
     from .store import pack_store, store_bytes
 
-    store = pack_store(folder, size, workers=workers, manifest=manifest)
-    n = int((manifest["path"].fillna("").astype(str) != "").sum())
-    print(f"preprocess: packed store of {n} images at {size} px ({store_bytes(n, size) / 1e9:.2f} GB) → {store}")
+    store = pack_store(folder, size, split, workers=workers, manifest=manifest)
+    n = int(((manifest["path"].fillna("").astype(str) != "") & (manifest["split"] == split)).sum())
+    print(f"preprocess: packed store of {n} {split} images at {size} px ({store_bytes(n, size) / 1e9:.2f} GB) "
+          f"→ {store}")
 
 
 def ungradable_line(manifest: pd.DataFrame) -> str:

@@ -2,13 +2,14 @@
 file (NumPy's ``.npy``, read memory-mapped) with an index table beside it. A batch is a gather of rows: no PNG
 decoding, no per-image Python, and the operating system's page cache instead of a copy in the process.
 
-Files in the processed folder, beside the PNGs (which stay, for people and for the web page):
+Files in the processed folder, beside the PNGs (which stay, for people and for the web page), one store per split
+(``train``; ``test`` only where pseudo-labels train on the test images):
 
-  images.npy         (N, size, size, 3) uint8, RGB, exactly the pixels the PNGs decode to
-  images-index.csv   id, path, row: where each image sits
-  images.json        what it was packed from (a digest of the manifest's images and their files), and its shape
+  images-<split>.npy         (N, size, size, 3) uint8, RGB, exactly the pixels the PNGs decode to
+  images-<split>-index.csv   id, path, row: where each image sits
+  images-<split>.json        what it was packed from (a digest of the split's images and their files), its shape
 
-Packing is resumable: rows are written in chunks to ``.images.npy.partial`` and a mark says how many are done
+Packing is resumable: rows are written in chunks to ``.images-<split>.npy.partial`` and a mark says how many are done
 (only after they are on disk); a rerun of the same images goes on from there. The store is renamed into place and
 its mark written last, so a reader never sees a half-written store; one that no longer matches the PNGs (the folder
 was preprocessed again) is refused, never read.
@@ -31,11 +32,40 @@ from ..files import locked, write_csv, write_faults_named, write_text
 from ..paths import MANIFEST
 from ..progress import progress_bar
 
-STORE = "images.npy"
-STORE_INDEX = "images-index.csv"
-STORE_MARK = "images.json"
-PARTIAL = ".images.npy.partial"
-PARTIAL_MARK = ".images.partial.json"
+
+
+@dataclass(frozen=True)
+class StoreFiles:
+    """The files of one split's store in a processed folder."""
+
+    folder: Path
+    split: str = "train"
+
+    @property
+    def store(self) -> Path:
+        """The array itself."""
+        return self.folder / f"images-{self.split}.npy"
+
+    @property
+    def index(self) -> Path:
+        """id, path, row of each image."""
+        return self.folder / f"images-{self.split}-index.csv"
+
+    @property
+    def mark(self) -> Path:
+        """What the store was packed from, written last."""
+        return self.folder / f"images-{self.split}.json"
+
+    @property
+    def partial(self) -> Path:
+        """The store while it is being packed."""
+        return self.folder / f".images-{self.split}.npy.partial"
+
+    @property
+    def partial_mark(self) -> Path:
+        """How many rows of the partial store are on disk."""
+        return self.folder / f".images-{self.split}.partial.json"
+
 #: rows decoded and written between two marks of a resumable pack
 CHUNK = 256
 
@@ -45,10 +75,11 @@ def store_bytes(n_images: int, size: int) -> int:
     return n_images * size * size * 3
 
 
-def _packable(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest's rows that have a prepared image."""
+def _packable(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest's rows of ``split`` that have a prepared image."""
     path = manifest["path"].fillna("").astype(str)
-    return manifest.loc[path != "", ["id", "path"]].astype(str).reset_index(drop=True)
+    keep = (path != "") & (manifest["split"].astype(str) == split if "split" in manifest else True)
+    return manifest.loc[keep, ["id", "path"]].astype(str).reset_index(drop=True)
 
 
 def store_key(rows: pd.DataFrame) -> str:
@@ -103,21 +134,23 @@ def _create_partial(path: Path, shape: tuple[int, ...]) -> int:
     return offset
 
 
-def pack_store(folder: str | os.PathLike, size: int, workers: int | None = None, progress: bool = True,
-               manifest: pd.DataFrame | None = None) -> Path:
-    """Pack every prepared image of a processed ``folder`` (its manifest's images, at ``size`` px) into the store,
-    unless a store of exactly these images is there; resumes an interrupted pack. Returns the store's path."""
+def pack_store(folder: str | os.PathLike, size: int, split: str = "train", workers: int | None = None,
+               progress: bool = True, manifest: pd.DataFrame | None = None) -> Path:
+    """Pack every prepared image of ``split`` in a processed ``folder`` (its manifest's images, at ``size`` px) into
+    the split's store, unless a store of exactly these images is there; resumes an interrupted pack. Returns the
+    store's path."""
     folder = Path(folder)
+    files = StoreFiles(folder, split)
     if manifest is None:
         manifest = pd.read_csv(folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
-    rows = _packable(manifest)
+    rows = _packable(manifest, split)
     key = store_key(rows)
     with locked(folder / ".store.lock", f"the image store of {folder}", wait=True):
-        mark = _read_json(folder / STORE_MARK)
-        if mark.get("key") == key and (folder / STORE).is_file() and (folder / STORE_INDEX).is_file():
-            return folder / STORE
+        mark = _read_json(files.mark)
+        if mark.get("key") == key and files.store.is_file() and files.index.is_file():
+            return files.store
         shape = (len(rows), size, size, 3)
-        partial, partial_mark = folder / PARTIAL, folder / PARTIAL_MARK
+        partial, partial_mark = files.partial, files.partial_mark
         state = _read_json(partial_mark)
         resumable = state.get("key") == key and state.get("shape") == list(shape) and partial.is_file()
         offset = state["offset"] if resumable else _create_partial(partial, shape)
@@ -135,12 +168,12 @@ def pack_store(folder: str | os.PathLike, size: int, workers: int | None = None,
                 write_text(partial_mark, json.dumps({"key": key, "shape": list(shape), "offset": offset,
                                                      "done": start + len(paths)}))
                 bar.update(len(paths))
-        write_csv(rows.assign(row=np.arange(len(rows))), folder / STORE_INDEX)
-        (folder / STORE_MARK).unlink(missing_ok=True)  # never the old mark beside the new store
-        os.replace(partial, folder / STORE)
-        write_text(folder / STORE_MARK, json.dumps({"key": key, "shape": list(shape)}))
+        write_csv(rows.assign(row=np.arange(len(rows))), files.index)
+        files.mark.unlink(missing_ok=True)  # never the old mark beside the new store
+        os.replace(partial, files.store)
+        write_text(files.mark, json.dumps({"key": key, "shape": list(shape)}))
         partial_mark.unlink(missing_ok=True)
-    return folder / STORE
+    return files.store
 
 
 @dataclass
@@ -148,41 +181,43 @@ class ImageStore:
     """A packed store opened for reading: ``images`` (memory-mapped, opened on first use, so a store travels to
     another process as its folder alone) and the row of each prepared image's path."""
 
-    folder: Path
+    files: StoreFiles
     rows: dict[str, int]
     shape: tuple[int, ...]
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> "ImageStore":
-        """The store of ``folder``, refused in one line where it is missing or no longer matches the PNGs."""
-        folder = Path(folder)
-        mark = _read_json(folder / STORE_MARK)
-        if not mark or not (folder / STORE).is_file() or not (folder / STORE_INDEX).is_file():
-            raise UserError(f"{folder}: no packed image store: run retinopathy preprocess with loader=store")
-        manifest = pd.read_csv(folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
-        if mark.get("key") != store_key(_packable(manifest)):
-            raise UserError(f"{folder / STORE}: packed from other images than the folder's manifest lists now: "
+    def open(cls, folder: str | os.PathLike, split: str = "train") -> "ImageStore":
+        """The store of ``split`` in ``folder``, refused in one line where it is missing or no longer matches
+        the PNGs."""
+        files = StoreFiles(Path(folder), split)
+        mark = _read_json(files.mark)
+        if not mark or not files.store.is_file() or not files.index.is_file():
+            raise UserError(f"{folder}: no packed image store of its {split} images: run retinopathy preprocess "
+                            "with loader=store")
+        manifest = pd.read_csv(files.folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
+        if mark.get("key") != store_key(_packable(manifest, split)):
+            raise UserError(f"{files.store}: packed from other images than the folder's manifest lists now: "
                             "run retinopathy preprocess with loader=store to pack it again")
-        index = pd.read_csv(folder / STORE_INDEX, dtype={"id": str, "path": str})
-        return cls(folder, dict(zip(index["path"], index["row"].astype(int))), tuple(mark["shape"]))
+        index = pd.read_csv(files.index, dtype={"id": str, "path": str})
+        return cls(files, dict(zip(index["path"], index["row"].astype(int))), tuple(mark["shape"]))
 
     @property
     def images(self) -> np.ndarray:
         """(N, size, size, 3) uint8, memory-mapped read-only."""
         if getattr(self, "_images", None) is None:
-            self._images = np.load(self.folder / STORE, mmap_mode="r")
+            self._images = np.load(self.files.store, mmap_mode="r")
         return self._images
 
     def read_rows(self, rows, out: np.ndarray) -> np.ndarray:
         """Rows ``rows`` read into ``out`` (len(rows), size, size, 3), one ``pread`` each: twice to three times
         the speed of a gather through the memory map, which takes a page fault per 4 KB."""
         if getattr(self, "_fd", None) is None:
-            self._fd = os.open(self.folder / STORE, os.O_RDONLY)
+            self._fd = os.open(self.files.store, os.O_RDONLY)
         offset, row_bytes = self.images.offset, int(np.prod(self.shape[1:]))
         for j, row in enumerate(rows):
             view = memoryview(out[j]).cast("B")
             if os.preadv(self._fd, [view], offset + int(row) * row_bytes) != row_bytes:
-                raise UserError(f"{self.folder / STORE}: cut short at row {row}: run retinopathy preprocess with "
+                raise UserError(f"{self.files.store}: cut short at row {row}: run retinopathy preprocess with "
                                 "loader=store to pack it again")
         return out
 
@@ -198,12 +233,12 @@ class ImageStore:
         try:
             return self.rows[str(path)]
         except KeyError:
-            raise UserError(f"{path}: not in the packed store {self.folder / STORE}: run retinopathy preprocess "
+            raise UserError(f"{path}: not in the packed store {self.files.store}: run retinopathy preprocess "
                             "with loader=store to pack it again") from None
 
 
-def ensure_store(folder: str | os.PathLike, size: int, workers: int | None = None,
+def ensure_store(folder: str | os.PathLike, size: int, split: str = "train", workers: int | None = None,
                  progress: bool = True) -> ImageStore:
-    """The store of a processed folder, packed first where it is missing or stale."""
-    pack_store(folder, size, workers=workers, progress=progress)
-    return ImageStore.open(folder)
+    """The store of ``split`` in a processed folder, packed first where it is missing or stale."""
+    pack_store(folder, size, split, workers=workers, progress=progress)
+    return ImageStore.open(folder, split)

@@ -112,12 +112,19 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     return dblock.dataloaders(table, **common)
 
 
-def stores_of(table: pd.DataFrame, image_size: int) -> dict:
-    """The packed store of every processed folder the table's images come from (the competition's, an extra
-    set's), packed first where missing or stale."""
+def stores_of(table: pd.DataFrame, image_size: int) -> list:
+    """The packed stores the table's images come from: each processed folder's (the competition's, an extra
+    set's) training store, and its test store where pseudo-labelled test images train too; packed first where
+    missing or stale."""
     from pathlib import Path
 
     from ..preprocessing.store import ensure_store
 
-    folders = dict.fromkeys(str(Path(p).parent) for p in table["path"].astype(str))
-    return {folder: ensure_store(folder, image_size) for folder in folders}
+    stores = []
+    paths = table["path"].astype(str)
+    for folder, mine in paths.groupby(paths.map(lambda p: str(Path(p).parent))):
+        train = ensure_store(folder, image_size, "train")
+        stores.append(train)
+        if not mine.isin(train.rows.keys()).all():
+            stores.append(ensure_store(folder, image_size, "test"))
+    return stores

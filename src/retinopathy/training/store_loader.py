@@ -29,17 +29,16 @@ class StoreRows:
         self.targets, self.categorical, self.split_idx = targets, categorical, split_idx
 
     @classmethod
-    def of(cls, items: pd.DataFrame, stores: dict, categorical: bool, split_idx: int = 0) -> "StoreRows":
-        """Rows of ``items`` located in ``stores`` (processed folder → :class:`ImageStore`)."""
-        from pathlib import Path
-
-        folders = list(stores)
+    def of(cls, items: pd.DataFrame, stores: list[ImageStore], categorical: bool, split_idx: int = 0) -> "StoreRows":
+        """Rows of ``items``, each found in the first of ``stores`` that holds it."""
         where = np.zeros((len(items), 2), np.int64)
         for i, path in enumerate(items["path"].astype(str)):
-            folder = str(Path(path).parent)
-            where[i] = folders.index(folder), stores[folder].row_of(path)
+            s = next((s for s, store in enumerate(stores) if path in store.rows), None)
+            if s is None:
+                stores[0].row_of(path)  # one line naming the image and the store
+            where[i] = s, stores[s].rows[path]
         targets = items["target"].to_numpy(np.int64 if categorical else np.float32)
-        return cls(items, [stores[f] for f in folders], where, targets, categorical, split_idx)
+        return cls(items, list(stores), where, targets, categorical, split_idx)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,7 +122,7 @@ class StoreDL(_tfmd_dl()):
         return super().new(dataset, cls, **kwargs)
 
 
-def store_dataloaders(table: pd.DataFrame, valid_idx: np.ndarray, stores: dict, categorical: bool, bs: int,
+def store_dataloaders(table: pd.DataFrame, valid_idx: np.ndarray, stores: list, categorical: bool, bs: int,
                       after_batch: list, wgts=None, vocab=None):
     """fastai ``DataLoaders`` (train shuffled, its last short batch dropped, drawn by ``wgts`` where given; valid
     in order) over the store; ``wgts`` is per row of ``table``."""
