@@ -16,7 +16,7 @@ loader pass from disk, and projects a fold's wall time.
 
   python benchmarks/throughput.py                                  # demo and aptos_cpu (on ../shared's APTOS)
   python benchmarks/throughput.py --configs debug --steps 4        # what the tests run
-  python benchmarks/throughput.py --configs aptos_gpu --synthetic 400 --steps 10 --eyepacs-scale   # 384 px
+  python benchmarks/throughput.py --configs aptos_gpu --synthetic 400 --train-steps 4 --eyepacs-scale  # 384 px
   python benchmarks/throughput.py --configs aptos_gpu --raw-dir /data/aptos2019   # on a GPU box
 """
 
@@ -320,6 +320,8 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N synthetic photographs instead of the real data, for every config")
     p.add_argument("--steps", type=int, default=40, help="batches timed in each measurement (default 40)")
+    p.add_argument("--train-steps", type=int, help="batches timed for the network alone and the training steps "
+                                                   "(default: --steps)")
     p.add_argument("--workers", type=int, nargs="+", help="PNG loader worker counts (default 0..cores)")
     p.add_argument("--compile", action="store_true", help="also time the network alone under torch.compile")
     p.add_argument("--eyepacs-scale", action="store_true",
@@ -332,6 +334,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
     OUT = args.out
+    train_steps = args.train_steps or args.steps
     import torch
 
     from retinopathy.config import load_config
@@ -358,17 +361,17 @@ def main() -> None:
         print(f"  loader from store:{'':13}{store:8.1f} images/s", flush=True)
         device_tfms = device_transform_rate(experiment, args.steps)
         print(f"  device transforms alone (to float, augmentation, normalisation): {device_tfms:8.1f} images/s")
-        model, how = model_rate(experiment, args.steps)
+        model, how = model_rate(experiment, train_steps)
         print(f"  model alone ({how}): {model:8.1f} images/s", flush=True)
         if not cuda and how.startswith("float32"):
-            other, how2 = model_rate(experiment, args.steps, channels_last="contiguous" in how)
+            other, how2 = model_rate(experiment, train_steps, channels_last="contiguous" in how)
             print(f"  model alone ({how2}): {other:8.1f} images/s ({other / model:.2f}x)", flush=True)
         if args.compile:
-            fast, how3 = model_rate(experiment, args.steps, channels_last="channels-last" in how, compiled=True)
+            fast, how3 = model_rate(experiment, train_steps, channels_last="channels-last" in how, compiled=True)
             print(f"  model alone ({how3}): {fast:8.1f} images/s ({fast / model:.2f}x)", flush=True)
         trains = {}
         for loader in ("png", "store"):
-            trains[loader] = training_rate(with_loader(experiment, loader), args.steps)
+            trains[loader] = training_rate(with_loader(experiment, loader), train_steps)
             print(f"  training steps from {loader}: {trains[loader]:8.1f} images/s", flush=True)
         if c.augment:
             grid = save_augmentation_samples(experiment, OUT / f"augmentation-{Path(name).stem}.png")
@@ -387,17 +390,23 @@ def main() -> None:
                           f"{estimate:.2f} (this host's store loader, {store:.0f} images/s)")
     if args.eyepacs_scale:
         f = eyepacs_scale(c.image_size, c.batch_size)
-        epochs = c.epochs + (c.freeze_epochs if c.starts_trained else 0)
-        valid = f["images"] - f["epoch_images"]
-        rate = min(f["rate"], args.gpu_model_rate)
-        # validation runs forward only, about three times the training step's speed
-        fold_s = epochs * (f["epoch_images"] / rate + valid / min(f["rate"], 3 * args.gpu_model_rate))
         print(f"\nEyePACS scale: {f['images']:,} images at {f['size']} px packed ({f['gb']:.1f} GB) in "
               f"{f['pack_s']:.0f} s; one epoch's loader pass from disk, {f['epoch_images']:,} images: "
               f"{f['epoch_s']:.0f} s, {f['rate']:.0f} images/s")
-        ratios.append(f"projected {name} fold at {f['size']} px ({epochs} epochs) on a GPU whose model alone runs "
-                      f"{args.gpu_model_rate:.0f} images/s: {fold_s / 60:.0f} min (loader from disk at "
-                      f"{f['rate']:.0f} images/s)")
+        recipe = load_config("eyepacs_gpu")
+        epochs = recipe.epochs + (recipe.freeze_epochs if recipe.starts_trained else 0)
+        valid = f["images"] - f["epoch_images"]
+
+        def fold_minutes(loader_rate: float) -> float:
+            # validation runs forward only, about three times the training step's speed
+            return epochs * (f["epoch_images"] / min(loader_rate, args.gpu_model_rate)
+                             + valid / min(loader_rate, 3 * args.gpu_model_rate)) / 60
+
+        ratios.append(f"projected eyepacs_gpu fold at {f['size']} px ({epochs} epochs, {f['epoch_images']:,} "
+                      f"training images) on a GPU whose model alone runs {args.gpu_model_rate:.0f} images/s: "
+                      f"{fold_minutes(f['rate']):.1f} min reading the disk every epoch as here ({f['rate']:.0f} "
+                      f"images/s), {fold_minutes(store):.1f} min once the store sits in the page cache ({store:.0f} "
+                      f"images/s; {f['gb']:.1f} GB of memory)")
     print()
     print("\n".join(ratios))
 

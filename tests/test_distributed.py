@@ -14,13 +14,15 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_two_cpu_processes_train_one_fold(tiny_aptos, tmp_path):
+@pytest.mark.parametrize("loader", ["png", "store"])
+def test_two_cpu_processes_train_one_fold(tiny_aptos, tmp_path, loader):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
     env = {**os.environ, "RETINOPATHY_OUTPUT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     common = ["--config", str(REPO / "configs" / "debug.yaml"), "--data-dir", str(tmp_path / "data"),
               "--raw-dir", str(tiny_aptos)]
-    overrides = ["epochs=2", "batch_size=8", "name=ddp"]
+    overrides = ["epochs=2", "batch_size=8", "name=ddp", f"loader={loader}",
+                 *(["augment_on=batch"] if loader == "store" else [])]
     for stage in ("preprocess.py", "folds.py"):
         done = subprocess.run([sys.executable, str(REPO / "scripts" / stage), *common, *overrides], env=env,
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -85,3 +85,27 @@ def test_eye_blending_uses_the_other_eye():
     assert qwk_at(blended, patient_grade, DEFAULT_THRESHOLDS) > qwk_at(values, patient_grade, DEFAULT_THRESHOLDS)
     lonely = blend_eyes(pd.Series(["5_left"]), np.array([2.0]), 0.5)
     assert lonely.tolist() == [2.0], "an eye without its partner keeps its own value"
+
+
+def test_tuning_says_which_grade_no_threshold_can_reach(monkeypatch, capsys, tmp_path):
+    """A model whose outputs never leave 0-1.2 (one epoch, a rare grade) cannot give grade 4, however tuned: said."""
+    from types import SimpleNamespace
+
+    from retinopathy.inference import tuning
+
+    rng = np.random.default_rng(0)
+    grades = np.repeat(np.arange(5), 40)
+    values = np.clip(grades * 0.3 + rng.normal(0, 0.05, len(grades)), 0, 1.2)
+    values[grades >= 3] = 1.2  # saturated: grades 3 and 4 get the very same output
+    oof = pd.DataFrame({"id": [f"i{k}" for k in range(len(grades))], "grade": grades, "value": values})
+    monkeypatch.setattr(tuning, "load_oof", lambda experiment: oof)
+    experiment = SimpleNamespace(config=SimpleNamespace(head="regression", fingerprint="f"), dir=tmp_path,
+                                 competition=APTOS2019)
+    tuning.tune_experiment(experiment, verbose=True, write=False)
+    said = capsys.readouterr().out
+    assert "stays out of reach" in said and "balance=sampler" in said, said
+    assert not (tmp_path / "tuning.json").exists(), "written by the caller"
+
+    oof["value"] = grades + rng.normal(0, 0.2, len(grades))  # a model that separates every grade
+    tuning.tune_experiment(experiment, verbose=True, write=False)
+    assert "out of reach" not in capsys.readouterr().out

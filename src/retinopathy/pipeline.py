@@ -101,7 +101,7 @@ def report_and_predict(experiment: Experiment, verbose: bool = True,
     experiment.check_exports(any_export=any_export)
     cv = cv_report(experiment)
     print_cv_report(cv)
-    rule = tune_experiment(experiment, verbose)
+    rule = tune_experiment(experiment, verbose, write=False)  # written once, with the screening figures
     screening = oof_screening(experiment, rule)
     print("\n".join(screening.lines()))
     rule = rule.with_extra(**screening.columns())  # beside the rule: what the server's model card shows

@@ -135,6 +135,9 @@ class Grader:
         for f in self.files:
             digest.update(f.read_bytes())
         self.model_id = f"{first.name}-{len(self.files)}x{first.arch}-{self.engine}-{digest.hexdigest()[:10]}"
+        # read once: the card is asked for on every /health
+        self.synthetic = bool((read_provenance(self.paths[0].parent) or {}).get("synthetic")) or \
+            first.synthetic_images > 0
 
     @property
     def card(self) -> dict:
@@ -142,14 +145,12 @@ class Grader:
         size and head, how many folds, its out-of-fold QWK and referable-DR AUC (from ``tuning.json``, where
         ``predict`` recorded them), its fingerprint, and whether it learnt from the synthetic demo competition."""
         config, extra = self.config, self.rule.extra
-        synthetic = bool((read_provenance(self.paths[0].parent) or {}).get("synthetic")) or \
-            config.synthetic_images > 0
         return {"experiment": config.name, "competition": config.competition, "dataset": config.dataset_name,
                 "arch": config.arch, "image_size": config.image_size, "head": config.head, "folds": len(self.files),
                 "engine": self.engine, "tta": self.tta, "fingerprint": config.fingerprint,
                 "cv_qwk": extra.get("oof_qwk_tuned"),
                 "referable_auc": extra.get("referable_auc"), "referable_auc_low": extra.get("referable_auc_low"),
-                "referable_auc_high": extra.get("referable_auc_high"), "synthetic": synthetic}
+                "referable_auc_high": extra.get("referable_auc_high"), "synthetic": self.synthetic}
 
     @classmethod
     def of_experiment(cls, experiment, engine: str = "torch", any_export: bool = False, folds: list[int] | None = None,

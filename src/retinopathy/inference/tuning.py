@@ -108,10 +108,11 @@ def optimize_weights(values: list[np.ndarray], grades, thresholds=DEFAULT_THRESH
     return best if -loss(result.x) >= qwk_at(equal @ stack, grades, thresholds) else equal
 
 
-def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
-    """Fit the post-processing on the OOF predictions and save it as ``models/<exp>/tuning.json``: thresholds on
-    the score of a head whose plain rule cuts it (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the
-    blending of a patient's two eyes, kept only where it raises the OOF QWK. Prints the OOF QWK before and after."""
+def tune_experiment(experiment: Experiment, verbose: bool = True, write: bool = True) -> GradeRule:
+    """Fit the post-processing on the OOF predictions and save it as ``models/<exp>/tuning.json`` (unless not
+    ``write``: the caller adds to it first): thresholds on the score of a head whose plain rule cuts it
+    (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the blending of a patient's two eyes, kept only where it
+    raises the OOF QWK. Prints the OOF QWK before and after, and the grades no threshold could make reachable."""
     oof = load_oof(experiment)
     name = experiment.config.head
     grades, values = oof["grade"].to_numpy(int), oof_values(oof, name)
@@ -135,9 +136,16 @@ def tune_experiment(experiment: Experiment, verbose: bool = True) -> GradeRule:
                 rule = GradeRule(use_values=True, thresholds=tuple(thresholds), eye_blend=weight, head=name)
                 best = blended_qwk
     rule = rule.with_extra(oof_qwk=before, oof_qwk_tuned=best, n=len(oof), fingerprint=experiment.config.fingerprint)
-    write_rule(experiment.dir, rule)
+    if write:
+        write_rule(experiment.dir, rule)
     if verbose and (cuts or rule.eye_blend > 0):
         blend = f", eye blend {rule.eye_blend:.2f}" if rule.eye_blend > 0 else ""
         print(f"tuned on OOF: thresholds {', '.join(f'{t:.3f}' for t in rule.thresholds)}{blend}; "
               f"pooled OOF QWK {before:.4f} → {best:.4f} ({experiment.dir / TUNING})")
+    left = unreachable_grades(blend_eyes(oof["id"], values, rule.eye_blend) if rule.eye_blend > 0 else values,
+                              grades, rule.thresholds) if cuts else []
+    if verbose and left:
+        print(f"warning: grade {', '.join(map(str, left))} stays out of reach: the model's outputs give it to fewer "
+              f"than {MIN_SHARE:.0%} of the images labelled with it, whatever the thresholds; train longer or "
+              "balance the grades (balance=sampler)")
     return rule

@@ -224,16 +224,11 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
 
 def load_bundle(experiment: Experiment, engine: str, folds: list[int]):
     """The folds as the kernel will run them, loaded here first: a broken or missing model file is refused in one
-    line before anything is copied."""
+    line (the grader's own) before anything is copied."""
     from ..inference.grader import Grader
 
-    for fold in folds:
-        model = experiment.fold_dir(fold) / get_engine(engine).model_file
-        if not model.is_file():
-            raise UserError(f"{model} not found: make it with retinopathy export-onnx --config "
-                            f"{experiment.dir / 'config.yaml'} (or build the kernel with --engine torch)")
-    return Grader([experiment.fold_dir(k) / get_engine(engine).model_file for k in folds], engine=engine,
-                  any_export=True, tta=experiment.config.tta)  # their provenance was checked by check_bundle
+    return Grader([experiment.fold_dir(k) / "export.pkl" for k in folds], engine=engine, any_export=True,
+                  tta=experiment.config.tta)  # their provenance was checked by check_bundle
 
 
 def measure_speed(experiment: Experiment, grader, n_images: int = 16) -> float | None:

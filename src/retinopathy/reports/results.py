@@ -14,6 +14,7 @@ import pandas as pd
 from ..experiment import Experiment
 from ..files import locked, write_csv, write_text
 from ..metrics import GRADES, GradeRule
+from ..screening import Interval
 
 
 def print_cv_report(cv: dict) -> None:
@@ -89,9 +90,8 @@ def write_comparison(table: pd.DataFrame, path: Path) -> Path:
             return "–"
         low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
         if column.startswith("referable_") and low is not None and not pd.isna(low):
-            scale, unit = (100, " %") if column != "referable_auc" else (1, "")
-            digits = 1 if scale == 100 else 3
-            return f"{scale * value:.{digits}f}{unit} ({scale * low:.{digits}f}–{scale * high:.{digits}f})"
+            interval = Interval(float(value), float(low), float(high))
+            return interval.plain() if column == "referable_auc" else interval.percent()
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     ranked = table.sort_values("oof_qwk_tuned", ascending=False, na_position="last")
