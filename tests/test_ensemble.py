@@ -109,3 +109,17 @@ def test_tuning_says_which_grade_no_threshold_can_reach(monkeypatch, capsys, tmp
     oof["value"] = grades + rng.normal(0, 0.2, len(grades))  # a model that separates every grade
     tuning.tune_experiment(experiment, verbose=True, write=False)
     assert "out of reach" not in capsys.readouterr().out
+
+
+def test_the_quick_kappa_is_scikit_learns():
+    from sklearn.metrics import cohen_kappa_score
+
+    from retinopathy.metrics import quadratic_kappa
+
+    rng = np.random.default_rng(1)
+    for n in (7, 50, 3000):
+        targets, grades = rng.integers(0, 5, n), rng.integers(0, 5, n)
+        grades[: n // 2] = targets[: n // 2]  # some agreement
+        for a, b in ((grades, targets), (np.minimum(grades, 2), targets), (targets, targets)):
+            assert quadratic_kappa(a, b) == pytest.approx(
+                cohen_kappa_score(b, a, weights="quadratic", labels=[0, 1, 2, 3, 4]), abs=1e-12)
