@@ -114,6 +114,7 @@ def test_folds_trained_before_the_labels_were_cleaned_are_not_current(one_fold):
     assert one_fold.fold_is_current(0)
 
 
+@pytest.mark.slow  # script runs over several broken files
 def test_predict_over_a_broken_export_is_one_line(one_fold):
     export = one_fold.fold_dir(0) / "export.pkl"
     export.write_bytes(export.read_bytes()[:1000])  # last in this file: the fold is not used after it

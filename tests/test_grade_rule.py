@@ -43,12 +43,13 @@ def test_rule_round_trips_through_tuning_json(tmp_path):
     assert GradeRule.read(tmp_path / "none", "regression") == GradeRule.plain("regression")
 
 
-# two heads and both competitions in the quick suite; every other pair in the slow one
+# regression (thresholds, and eye blending on EyePACS) on both competitions in the quick suite; every other
+# pair in the slow one
 @pytest.mark.parametrize("competition, head", [
     pytest.param("aptos", "classification", marks=pytest.mark.slow), ("aptos", "regression"),
     pytest.param("aptos", "ordinal", marks=pytest.mark.slow),
     pytest.param("aptos", "multitask pool=gem", marks=pytest.mark.slow),
-    ("eyepacs", "classification"), pytest.param("eyepacs", "regression", marks=pytest.mark.slow)])
+    pytest.param("eyepacs", "classification", marks=pytest.mark.slow), ("eyepacs", "regression")])
 def test_every_path_grades_the_same_images_alike(request, tmp_path, competition, head):
     from starlette.testclient import TestClient
 

@@ -289,6 +289,7 @@ def test_folds_side_by_side_train_as_one_after_another(finished, tiny_aptos, tmp
     assert result.cv["pooled"] == pytest.approx(first.cv["pooled"], abs=0.02)
 
 
+@pytest.mark.slow  # two training processes
 def test_a_fold_failing_beside_the_others_is_one_line_naming_its_log(tiny_aptos, tmp_path, capsys):
     """A fold's process that stops (here: a weights file that is not there) ends the pipeline in one line."""
     missing = tmp_path / "no-such-weights.pth"

@@ -71,6 +71,7 @@ def test_runtime_settings_never_retrain(trained, capsys):
     assert {k: p.stat().st_mtime_ns for k, p in exports.items()} == before
 
 
+@pytest.mark.slow  # three script runs
 def test_predict_refuses_folds_trained_otherwise(trained):
     experiment, work, env = trained
     config = str(experiment.dir / "config.yaml")
@@ -273,6 +274,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a killed and a resumed preprocessing process
 def test_preprocessing_survives_sigkill(tmp_path):
     from retinopathy.data.synthetic import make_competition
 

@@ -124,6 +124,7 @@ class _RunsCode:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow  # two pipelines and a predict run
 def test_pseudo_labels_train_every_fold_and_validate_none(tiny_aptos, tmp_path):
     from retinopathy.data.folds import pseudo_label_rows
 
