@@ -85,7 +85,8 @@ def _tiny_experiment(raw, tmp_path, *overrides):
     return experiment
 
 
-def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
+@pytest.mark.parametrize("loader", ["png", "store"])
+def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path, loader):
     from fastai.callback.core import Callback
 
     class CtrlC(Callback):
@@ -102,7 +103,8 @@ def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
         def before_epoch(self):
             self.epochs.append(self.epoch)
 
-    experiment = _tiny_experiment(tiny_aptos, tmp_path, "epochs=3")
+    loading = [f"loader={loader}", *(["augment_on=batch"] if loader == "store" else [])]
+    experiment = _tiny_experiment(tiny_aptos, tmp_path, "epochs=3", *loading)
     with pytest.raises(KeyboardInterrupt):
         train_fold(experiment, 0, verbose=False, callbacks=[CtrlC()])
     fold_dir = experiment.fold_dir(0)
@@ -117,7 +119,7 @@ def test_resume_carries_on_from_the_last_epoch(tiny_aptos, tmp_path):
     assert (result.dir / "export.pkl").is_file() and not (result.dir / "checkpoints").exists()
 
     # ... to exactly what an uninterrupted run gives: the same batches, augmentations and dropout in each epoch
-    whole = train_fold(_tiny_experiment(tiny_aptos, tmp_path / "whole", "epochs=3"), 0, verbose=False)
+    whole = train_fold(_tiny_experiment(tiny_aptos, tmp_path / "whole", "epochs=3", *loading), 0, verbose=False)
     uninterrupted = pd.read_csv(whole.dir / "history.csv")
     pd.testing.assert_frame_equal(history.drop(columns="time"), uninterrupted.drop(columns="time"))
     pd.testing.assert_frame_equal(pd.read_csv(result.dir / "oof.csv"), pd.read_csv(whole.dir / "oof.csv"))
