@@ -1,6 +1,6 @@
 """The runtimes users have (`runtimes/*.txt`, one pinned list each, Python version on its second line), tried as a
 user would: the runtime's packages installed first, then the project (`pip install -e ".[train]"`), then a check that
-pip kept every pinned release, the tiny pipeline at 64 px, `export-onnx` (ONNX float32 and int8, each graded beside
+pip kept every pinned release, the tiny pipeline at 64 px (and a fold trained from the packed store), `export-onnx` (ONNX float32 and int8, each graded beside
 PyTorch), and the offline kernel built on that stack and run there with no network. With ``--trainer``, also a kernel whose
 folds were trained on a newer stack runs offline on this one (as on Kaggle).
 
@@ -139,10 +139,17 @@ def check_inside(runtime: Path, trainer: Path | None) -> None:
             # differences that small, so its outputs are compared, not its grades
             if not (report_file.parent / "model-int8.onnx").is_file() or report["int8"]["max_abs_diff"] > 0.05:
                 sys.exit(f"{runtime.stem}: {report_file}: int8 disagrees with PyTorch: {report.get('int8')}")
+        # the GPU configs' loader: the packed store, batches augmented by fastai's batch transforms
+        store = [*debug, "loader=store", "augment_on=batch", "name=debug-store"]
+        run([here / "retinopathy", "preprocess", *store], work)
+        run([here / "retinopathy", "train", *store, "--fold", "0"], work)
+        if not Path(work, "models", "debug-store", "fold0", "oof.csv").is_file():
+            sys.exit(f"{runtime.stem}: a fold trained from the packed store wrote no out-of-fold predictions")
     with tempfile.TemporaryDirectory() as work:
         rows = kernel_offline(here, Path(work), sys.executable)
     lines = [f"{runtime.stem} ({' '.join(pins)}): kept by the install; pipeline, export-onnx (ONNX and int8 agree "
-             f"with PyTorch: largest output difference {worst:.2g}) and the offline kernel ({rows} rows) passed"]
+             f"with PyTorch: largest output difference {worst:.2g}), a fold trained from the packed store and the "
+             f"offline kernel ({rows} rows) passed"]
     if trainer:
         with tempfile.TemporaryDirectory() as work:
             rows = kernel_offline(trainer.parent, Path(work), sys.executable)
