@@ -97,8 +97,10 @@ def screening_report(ids, outputs: np.ndarray, true_grades, rule: GradeRule, com
     return ScreeningReport(where, results, chosen, calibrated)
 
 
-def oof_screening(experiment: Experiment, rule: GradeRule, resamples: int = RESAMPLES) -> ScreeningReport:
-    """:func:`screening_report` of the out-of-fold outputs, by the tuned rule."""
-    oof = load_oof(experiment)
+def oof_screening(experiment: Experiment, rule: GradeRule, resamples: int = RESAMPLES,
+                  oof: pd.DataFrame | None = None) -> ScreeningReport:
+    """:func:`screening_report` of the out-of-fold outputs (``oof``, where the caller has read them), by the tuned
+    rule."""
+    oof = load_oof(experiment) if oof is None else oof
     return screening_report(oof["id"], oof_outputs(oof, rule.head), oof["grade"], rule, experiment.competition,
                             "out of fold", resamples=resamples)

@@ -331,9 +331,9 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, he
     out = experiment.paths.reports / config.name
     out.mkdir(parents=True, exist_ok=True)
     step("out-of-fold losses and screening figures")
-    oof = oof_with_losses(experiment)
+    oof = every_fold = oof_with_losses(experiment)  # read once: the screening figures and the ROC take every fold
     rule = read_rule(experiment)
-    screening = oof_screening(experiment, rule)
+    screening = oof_screening(experiment, rule, oof=every_fold)
     if fold is not None:
         oof = oof[oof["fold"] == fold]
         if oof.empty:
@@ -350,7 +350,7 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, he
             overlays = oof_overlays(experiment, shown, bar.update)
     step("confusion matrix, ROC curve and calibration")
     table, qwk = confusion_report(oof, out)
-    roc_figure(experiment, oof_with_losses(experiment) if fold is not None else oof, rule, screening, out)
+    roc_figure(experiment, every_fold, rule, screening, out)
     if screening.calibration is not None:
         plot_reliability(screening.calibration.table, screening.calibration.ece, out / "reliability.png",
                          f"{config.name}: out of fold")
