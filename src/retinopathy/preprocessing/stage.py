@@ -157,12 +157,12 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
 
 def _pack(folder: Path, size: int, split: str, workers: int | None, manifest: pd.DataFrame) -> None:
     """A split's packed image store (``loader=store``), and a line saying what it holds and takes."""
-    from .store import pack_store, store_bytes
+    from .store import ensure_store, store_bytes
 
-    store = pack_store(folder, size, split, workers=workers, manifest=manifest)
-    n = int(((manifest["path"].fillna("").astype(str) != "") & (manifest["split"] == split)).sum())
+    store = ensure_store(folder, size, split, workers=workers, manifest=manifest)
+    n = store.shape[0]
     print(f"preprocess: packed store of {n} {split} images at {size} px ({store_bytes(n, size) / 1e9:.2f} GB) "
-          f"→ {store}")
+          f"→ {store.files.store}")
 
 
 def ungradable_line(manifest: pd.DataFrame) -> str:

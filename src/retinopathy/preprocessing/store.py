@@ -198,6 +198,12 @@ class ImageStore:
         if mark.get("key") != store_key(_packable(manifest, split)):
             raise UserError(f"{files.store}: packed from other images than the folder's manifest lists now: "
                             "run retinopathy preprocess with loader=store to pack it again")
+        return cls._read(files, mark)
+
+    @classmethod
+    def _read(cls, files: StoreFiles, mark: dict | None = None) -> "ImageStore":
+        """A store already known to match its PNGs: its index and shape."""
+        mark = mark or _read_json(files.mark)
         index = pd.read_csv(files.index, dtype={"id": str, "path": str})
         return cls(files, dict(zip(index["path"], index["row"].astype(int))), tuple(mark["shape"]))
 
@@ -238,7 +244,8 @@ class ImageStore:
 
 
 def ensure_store(folder: str | os.PathLike, size: int, split: str = "train", workers: int | None = None,
-                 progress: bool = True) -> ImageStore:
-    """The store of ``split`` in a processed folder, packed first where it is missing or stale."""
-    pack_store(folder, size, split, workers=workers, progress=progress)
-    return ImageStore.open(folder, split)
+                 progress: bool = True, manifest: pd.DataFrame | None = None) -> ImageStore:
+    """The store of ``split`` in a processed folder, packed first where it is missing or stale (``manifest``: the
+    folder's, where the caller has it)."""
+    pack_store(folder, size, split, workers=workers, progress=progress, manifest=manifest)
+    return ImageStore._read(StoreFiles(Path(folder), split))  # pack_store has just checked it against the PNGs
