@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
+from fastai.data.core import TfmdDL
 
 from ..preprocessing.store import ImageStore
 
@@ -70,12 +71,7 @@ class StoreRows:
         return x, (TensorCategory(y) if self.categorical else y)
 
 
-def _tfmd_dl():
-    from fastai.data.core import TfmdDL
-    return TfmdDL
-
-
-class StoreDL(_tfmd_dl()):
+class StoreDL(TfmdDL):
     """fastai's ``TfmdDL`` over :class:`StoreRows`: ``create_batches`` gathers whole batches (the next one on a
     thread) instead of collating items; ``wgts`` draws the training order as fastai's ``WeightedDL`` does."""
 
