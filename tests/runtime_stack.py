@@ -1,8 +1,9 @@
 """The runtimes users have (`runtimes/*.txt`, one pinned list each, Python version on its second line), tried as a
 user would: the runtime's packages installed first, then the project (`pip install -e ".[train]"`), then a check that
 pip kept every pinned release, the tiny pipeline at 64 px (and a fold trained from the packed store), `export-onnx` (ONNX float32 and int8, each graded beside
-PyTorch), and the offline kernel built on that stack and run there with no network. With ``--trainer``, also a kernel whose
-folds were trained on a newer stack runs offline on this one (as on Kaggle).
+PyTorch), and the offline kernel built on that stack and run there with no network (on Kaggle's, also a kernel built
+with --pseudo-label, which fine-tunes its folds there). With ``--trainer``, also a kernel whose folds were trained on
+a newer stack runs offline on this one (as on Kaggle).
 
   python tests/runtime_stack.py runtimes/kaggle.txt --trainer .venv/bin/python      # makes .venv-runtimes/kaggle
 
@@ -87,27 +88,38 @@ def make_env(runtime: Path, cache: bool = True) -> Path:
     return venv
 
 
-def kernel_offline(trainer_bin: Path, work: Path, runner_python: str) -> int:
+def kernel_offline(trainer_bin: Path, work: Path, runner_python: str, pseudo: bool = False) -> int:
     """Train the debug folds with ``trainer_bin``'s environment, build the kernel there, run it offline in a fresh
-    environment that sees ``runner_python``'s packages but not the library; the submission's row count."""
-    from runtimes import offline_env, runtime_without_library
+    environment that sees ``runner_python``'s packages but not the library; the submission's row count. ``pseudo``:
+    a regression head and a kernel built with --pseudo-label, run beside the training images it was trained on
+    (as Kaggle mounts them on a rerun), which must fine-tune every fold there."""
+    from runtimes import offline_env, rerun_competition, runtime_without_library
 
     from retinopathy.data.synthetic import make_competition
 
-    run([trainer_bin / "retinopathy", "pipeline", "--config", "debug"], work)
-    run([trainer_bin / "retinopathy", "kernel", "--config", "debug", "--dataset", "you/debug-folds", "--kernel",
-         "you/debug-kernel", "--no-push"], work)
+    debug = ["--config", "debug", *(["head=regression"] if pseudo else [])]
+    run([trainer_bin / "retinopathy", "pipeline", *debug], work)
+    run([trainer_bin / "retinopathy", "kernel", *debug, "--dataset", "you/debug-folds", "--kernel",
+         "you/debug-kernel", "--no-push", *(["--pseudo-label", "--pseudo-epochs", "1"] if pseudo else [])], work)
     root = work / "input"
     root.mkdir()
     (root / "debug-folds").symlink_to(work / "kaggle" / "debug" / "dataset", target_is_directory=True)
-    make_competition(root / "aptos2019-blindness-detection", "aptos2019", n_train=8, n_test=12, seed=7,
-                     max_side=160, workers=1, progress=False)
+    competition = root / "aptos2019-blindness-detection"
+    if pseudo:
+        rerun_competition(work / "data" / "raw" / "synthetic-debug", competition, n_test=12, seed=7)
+    else:
+        make_competition(competition, "aptos2019", n_train=8, n_test=12, seed=7, max_side=160, workers=1,
+                         progress=False)
     venv = runtime_without_library(work / "image", runner_python)
     out = work / "working"
     out.mkdir()
     env = offline_env(RETINOPATHY_KERNEL_INPUT=str(root), RETINOPATHY_KERNEL_OUTPUT=str(out))
     script = next((work / "kaggle" / "debug" / "kernel").glob("*.py"))
     run([venv / "bin" / "python", script], work, env)
+    if pseudo:
+        tuned = sorted((out / "retinopathy-work" / "models" / "debug-pseudo").glob("fold*/export.pkl"))
+        if len(tuned) != 2:
+            sys.exit(f"the pseudo-label kernel fine-tuned {len(tuned)} of the 2 folds")
     return len((out / "submission.csv").read_text().splitlines()) - 1
 
 
@@ -150,6 +162,10 @@ def check_inside(runtime: Path, trainer: Path | None) -> None:
     lines = [f"{runtime.stem} ({' '.join(pins)}): kept by the install; pipeline, export-onnx (ONNX and int8 agree "
              f"with PyTorch: largest output difference {worst:.2g}), a fold trained from the packed store and the "
              f"offline kernel ({rows} rows) passed"]
+    if runtime.stem == "kaggle":  # the runtime the kernel runs in: its second stage trains there too
+        with tempfile.TemporaryDirectory() as work:
+            rows = kernel_offline(here, Path(work), sys.executable, pseudo=True)
+        lines.append(f"{runtime.stem}: the pseudo-label kernel fine-tuned both folds offline here: {rows} rows")
     if trainer:
         with tempfile.TemporaryDirectory() as work:
             rows = kernel_offline(trainer.parent, Path(work), sys.executable)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_script, runtime_without_library, tiny_pipeline
-from runtimes import offline_env
+from runtimes import offline_env, rerun_competition
 from fake_kaggle import FakeCompetition, FakeKaggle
 from retinopathy.data.synthetic import make_competition
 
@@ -233,3 +233,100 @@ def test_a_killed_build_leaves_nothing_outside_the_folder_it_builds(built, tmp_p
     build.wait()
     assert building.is_dir() and not (out / "kernel-demo" / "dataset").exists(), "killed mid-build"
     assert list(scratch.iterdir()) == [], "the build wrote temporary files outside the folder it builds"
+
+
+@pytest.fixture(scope="module")
+def built_pseudo(tiny_aptos, tmp_path_factory):
+    """A tiny regression experiment (the shipped recipes' head: soft pseudo-labels) and its kernel's folders with
+    the in-kernel second stage (no push)."""
+    work = tmp_path_factory.mktemp("kernel-pseudo-work")
+    experiment, _ = tiny_pipeline(tiny_aptos, work, "kernel-pl", "head=regression")
+    out = tmp_path_factory.mktemp("kaggle-pseudo")
+    done = kernel_command(work, experiment, None, "--no-push", "--pseudo-label", "--pseudo-epochs", "1",
+                          "--pseudo-minutes", "60", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "second stage: every fold fine-tuned for 1 epoch(s)" in done.stdout
+    return out / "kernel-pl", experiment
+
+
+@pytest.mark.slow
+def test_the_pseudo_label_kernel_fine_tunes_every_fold_offline(built_pseudo, tiny_aptos, tmp_path):
+    """The kernel built with --pseudo-label, run for real offline in a fresh environment on a test set no model
+    saw: it grades, fine-tunes both folds on their training parts plus those test images (never validating on
+    one), and writes a valid submission."""
+    base, experiment = built_pseudo
+    dataset = base / "dataset"
+    mark = json.loads((dataset / "retinopathy-bundle.json").read_text())
+    assert mark["pseudo_label"] == {"epochs": 1, "minutes": 60.0}
+    bundled = dataset / "models" / "kernel-pl"
+    assert {f"fold{k}/weights.pth" for k in (0, 1)} | {"folds.csv"} <= \
+        {str(p.relative_to(bundled)) for p in bundled.rglob("*")}
+    root = tmp_path / "input"
+    root.mkdir()
+    (root / "kernel-demo-folds").symlink_to(dataset, target_is_directory=True)
+    rerun = rerun_competition(tiny_aptos, root / APTOS, n_test=12, seed=98)
+    test_ids = set(pd.read_csv(rerun / "sample_submission.csv", dtype=str)["id_code"])
+    venv = runtime_without_library(tmp_path)
+    out = tmp_path / "working"
+    out.mkdir()
+    done = subprocess.run([str(venv / "bin" / "python"), str(next((base / "kernel").glob("*.py")))], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env=offline_env(RETINOPATHY_KERNEL_INPUT=str(root), RETINOPATHY_KERNEL_OUTPUT=str(out)))
+    log = done.stdout
+    assert done.returncode == 0, log[-3000:] + done.stderr[-3000:]
+    assert "pseudo-labels: fine-tuning 2 folds for 1 epoch(s)" in log, log[-3000:]
+    assert "fold 0: 12 pseudo-labelled test images added to training (never validation)" in log, log[-3000:]
+    assert ("submission from the fine-tuned folds" in log) != ("the first stage's submission stays" in log)
+    folds = pd.read_csv(bundled / "folds.csv", dtype={"id": str})
+    second = out / "retinopathy-work" / "models" / "kernel-pl-pseudo"
+    import torch
+
+    for k in (0, 1):
+        oof = pd.read_csv(second / f"fold{k}" / "oof.csv", dtype={"id": str})
+        assert not set(oof["id"]) & test_ids, "a test image in a validation part"
+        assert set(oof["id"]) == set(folds.loc[folds["fold"] == k, "id"]), "each fold validates on its own rows"
+        before = torch.load(bundled / f"fold{k}" / "weights.pth", weights_only=True)
+        after = torch.load(second / f"fold{k}" / "weights.pth", weights_only=True)
+        assert before.keys() == after.keys()
+        assert any(not torch.equal(before[n], after[n]) for n in before), f"fold {k} was not fine-tuned"
+    for csv in (out / "submission.csv", out / "retinopathy-work" / "submissions" / "kernel-pl-pseudo.csv"):
+        submission = pd.read_csv(csv, dtype=str)
+        assert submission["id_code"].tolist() == pd.read_csv(rerun / "sample_submission.csv", dtype=str)[
+            "id_code"].tolist()
+        assert submission["diagnosis"].isin(list("01234")).all()
+
+
+@pytest.mark.parametrize("case", ["out of time", "other training images"])
+def test_the_second_stage_keeps_the_first_submission_when_it_cannot_finish(built_pseudo, tiny_aptos, tmp_path,
+                                                                          case, capsys):
+    from retinopathy.inference.offline import pseudo_label_offline
+
+    base, _ = built_pseudo
+    if case == "out of time":
+        competition = rerun_competition(tiny_aptos, tmp_path / APTOS, n_test=6, seed=97)
+    else:  # Kaggle attached another competition's (or version's) training images
+        competition = make_competition(tmp_path / APTOS, "aptos2019", n_train=8, n_test=6, seed=96, max_side=160,
+                                       workers=1, progress=False)
+    out = tmp_path / "working"
+    submission = pseudo_label_offline(base / "dataset" / "models", competition, out, epochs=1,
+                                      minutes=0.001 if case == "out of time" else 60, workers=1)
+    log = capsys.readouterr().out
+    expected = "would end about" if case == "out of time" else "of the 40 training images the folds were trained on"
+    assert expected in log and "the first stage's submission stays" in log, log[-2000:]
+    assert not (out / "retinopathy-work" / "models" / "kernel-pl-pseudo" / "fold0" / "export.pkl").exists()
+    rows = pd.read_csv(submission, dtype=str)
+    assert len(rows) == 6 and rows["diagnosis"].isin(list("01234")).all()
+
+
+def test_pseudo_label_settings_are_checked_before_anything_is_built(built, tmp_path):
+    from retinopathy.errors import UserError
+    from retinopathy.kernel.build import PseudoLabels, build_kernel
+
+    work, experiment, _ = built
+    for pseudo, engine, message in ((PseudoLabels(0), "torch", "--pseudo-epochs 0"),
+                                    (PseudoLabels(2, 600), "torch", "Kaggle stops the kernel at 9 h"),
+                                    (PseudoLabels(), "onnx", "use --engine torch")):
+        with pytest.raises(UserError, match=message):
+            build_kernel(experiment, DATASET, KERNEL, engine=engine, root=tmp_path / "kaggle", measure=False,
+                         pseudo=pseudo)
+    assert not (tmp_path / "kaggle").exists()

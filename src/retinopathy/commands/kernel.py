@@ -8,13 +8,21 @@ validates its submission.csv, and with --submit submits that kernel version and 
   retinopathy kernel --config aptos_cpu --dataset you/aptos-folds \\
       --kernel you/aptos-kernel --submit -m "resnet18 5 folds"
   retinopathy kernel --config debug --dataset you/debug-folds --kernel you/debug-kernel --no-push  # folders only
+  retinopathy kernel --config aptos_gpu --dataset you/aptos-folds --kernel you/aptos-pl --gpu --pseudo-label
+
+--pseudo-label: the kernel grades the test set it is given (the private one when Kaggle reruns it), writes that
+submission, then fine-tunes every fold from its own weights for --pseudo-epochs on its training part plus the graded
+test images (soft scores for regression heads, confident grades for classifiers; never validation), tunes the
+thresholds on the new out-of-fold outputs and grades again; that submission replaces the first only where every
+fold finished within --pseudo-minutes of the kernel's start and the out-of-fold QWK did not drop. Kaggle stops the
+kernel at 9 hours (CPU or GPU, internet off).
 """
 
 from pathlib import Path
 
 from .. import cli
 from ..inference.engines import ENGINE_HELP, ENGINES
-from ..kernel.build import DEFAULT_GPU, GPU_SHAPES
+from ..kernel.build import DEFAULT_GPU, GPU_SHAPES, PseudoLabels
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("kaggle"), help="where to write the folders (default kaggle/)")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between status checks (default 30)")
     p.add_argument("--timeout", type=float, default=9 * 3600.0, help="stop waiting after this many s (default 9 h)")
+    p.add_argument("--pseudo-label", action="store_true",
+                   help="the kernel also fine-tunes the folds on the test images it graded, then grades again")
+    p.add_argument("--pseudo-epochs", type=int, default=PseudoLabels.epochs,
+                   help=f"epochs of that fine-tuning per fold (default {PseudoLabels.epochs})")
+    p.add_argument("--pseudo-minutes", type=float, default=PseudoLabels.minutes,
+                   help=f"the kernel's time budget: no fold is fine-tuned past this many minutes from its start "
+                        f"(default {PseudoLabels.minutes:.0f}; Kaggle stops it at 9 h)")
     p.add_argument("--any-export", action="store_true",
                    help="bundle folds even where they were not trained with the given config's model settings")
     args = p.parse_args(argv)
@@ -47,12 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_build:
         build = existing_build(experiment, args.dataset, args.kernel, args.out)
     else:
+        pseudo = PseudoLabels(args.pseudo_epochs, args.pseudo_minutes) if args.pseudo_label else None
         build = build_kernel(experiment, args.dataset, args.kernel, args.engine, args.gpu, args.out,
-                             any_export=args.any_export)
+                             any_export=args.any_export, pseudo=pseudo)
     print(f"dataset folder: {build.dataset_dir} (installs {' '.join(build.packages)})")
     print(f"kernel folder:  {build.kernel_dir}")
     if build.seconds_per_image is not None:
         print(f"kernel speed: {describe_speed(build.seconds_per_image, gpu=args.gpu)}")
+    if build.pseudo:
+        print(f"second stage: every fold fine-tuned for {build.pseudo.epochs} epoch(s) on its training part and the "
+              f"graded test images, within {build.pseudo.minutes:.0f} min of the kernel's start (the first stage's "
+              "submission stays if it cannot finish)")
     if args.no_push:
         print("not pushed (--no-push): kaggle datasets create -p <dataset folder> --dir-mode zip, then "
               "kaggle kernels push -p <kernel folder>, or run this again without --no-push")

@@ -1,6 +1,7 @@
 """The two folders a code-competition submission is made of: a Kaggle dataset (the library's wheel, any wheel the
-kernel's image lacks, the trained folds, their tuning and config) and a script kernel that installs from it offline
-and writes submission.csv (generated from :mod:`retinopathy.kernel.template`)."""
+kernel's image lacks, the trained folds, their tuning and config; for pseudo-labels also each fold's weights and the
+folds themselves) and a script kernel that installs from it offline and writes submission.csv (generated from
+:mod:`retinopathy.kernel.template`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..config import file_digest
-from ..experiment import FINGERPRINT, Experiment
+from ..experiment import FINGERPRINT, WEIGHTS, Experiment
 from ..files import write_text
 from ..inference.engines import get_engine
+from ..inference.offline import BUNDLED_FOLDS
 from ..metrics import TUNING
 from ..progress import steps
 
@@ -40,6 +42,26 @@ BUNDLE_MARK = "retinopathy-bundle.json"
 TEMPLATE = Path(__file__).with_name("template.py")
 #: a Kaggle reference: owner/slug
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{2,49}$")
+#: Kaggle stops a code competition's kernel (CPU or GPU) after this many hours
+KAGGLE_HOURS = 9
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """The kernel's second stage: fine-tune every fold for ``epochs`` on its training part and the test images as
+    the first stage graded them, within ``minutes`` of the kernel's start."""
+
+    epochs: int = 2
+    minutes: float = 360.0
+
+    def check(self) -> "PseudoLabels":
+        """Itself, or one line saying which setting is out of range."""
+        if not 1 <= self.epochs <= 50:
+            raise UserError(f"--pseudo-epochs {self.epochs}: give 1 to 50 epochs of fine-tuning")
+        if not 10 <= self.minutes <= KAGGLE_HOURS * 60 - 30:
+            raise UserError(f"--pseudo-minutes {self.minutes:g}: give 10 to {KAGGLE_HOURS * 60 - 30} (Kaggle stops "
+                            f"the kernel at {KAGGLE_HOURS} h; keep half an hour for installing and writing)")
+        return self
 
 
 @dataclass
@@ -52,6 +74,8 @@ class KernelBuild:
     kernel: str
     packages: list[str]
     seconds_per_image: float | None
+    #: the second stage the kernel runs, if any
+    pseudo: "PseudoLabels | None" = None
 
 
 def check_ref(ref: str, what: str) -> str:
@@ -107,33 +131,42 @@ def build_wheels(dest: Path, engine: str) -> list[str]:
     return ["retinopathy", *extra]
 
 
-def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[int]) -> None:
-    """The trained folds' model files (for ``engine``), configs, fingerprints and the tuning, as laid out in
-    ``models/<exp>/``."""
-    out = dest / experiment.config.name
-    for fold in folds:
-        source = experiment.fold_dir(fold)
-        model = source / get_engine(engine).model_file  # there and loadable: load_bundle said so
-        (out / f"fold{fold}").mkdir(parents=True)
-        for name in (model.name, "config.yaml", FINGERPRINT):
-            shutil.copy2(source / name, out / f"fold{fold}" / name)
-    shutil.copy2(experiment.dir / TUNING, out / TUNING)  # checked to be there before the build
-    experiment.config.save(out / "config.yaml")  # this build's config: the kernel grades as it says (tta)
-
-
-def bundled_models(experiment: Experiment, engine: str, folds: list[int]) -> dict[str, str]:
-    """The digest of every model file and tuning a bundle of ``folds`` holds, by its path in the bundle."""
-    name = experiment.config.name
-    files = {f"models/{name}/fold{k}/{get_engine(engine).model_file}": experiment.fold_dir(k) /
-             get_engine(engine).model_file for k in folds}
+def bundle_files(experiment: Experiment, engine: str, folds: list[int], pseudo: bool = False) -> dict[str, Path]:
+    """Every file a bundle of ``folds`` holds from the experiment, by its path in the bundle: each fold's model file
+    (for ``engine``), config and fingerprint, and the tuning; with ``pseudo`` also each fold's weights and the
+    folds CSV the second stage trains on again."""
+    name, model = experiment.config.name, get_engine(engine).model_file
+    fold_files = (model, "config.yaml", FINGERPRINT) + ((WEIGHTS,) if pseudo else ())
+    files = {f"models/{name}/fold{k}/{f}": experiment.fold_dir(k) / f for k in folds for f in fold_files}
     files[f"models/{name}/{TUNING}"] = experiment.dir / TUNING
-    return {where: file_digest(path) for where, path in files.items()}
+    if pseudo:
+        files[f"models/{name}/{BUNDLED_FOLDS}"] = experiment.folds_csv
+    return files
 
 
-def check_bundle(experiment: Experiment, any_export: bool = False) -> list[int]:
+def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[int], pseudo: bool) -> None:
+    """The files of :func:`bundle_files` (there and loadable: check_bundle and load_bundle said so), as laid out in
+    ``models/<exp>/``, and this build's config."""
+    for where, source in bundle_files(experiment, engine, folds, pseudo).items():
+        target = dest.parent / where
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    experiment.config.save(dest / experiment.config.name / "config.yaml")  # the kernel grades as it says (tta)
+
+
+def bundled_models(experiment: Experiment, engine: str, folds: list[int], pseudo: bool = False) -> dict[str, str]:
+    """The digest of every model file, weights file, folds CSV and tuning a bundle of ``folds`` holds, by its path
+    in the bundle."""
+    files = bundle_files(experiment, engine, folds, pseudo)
+    return {where: file_digest(path) for where, path in files.items()
+            if path.name not in ("config.yaml", FINGERPRINT)}
+
+
+def check_bundle(experiment: Experiment, any_export: bool = False, pseudo: bool = False) -> list[int]:
     """What a kernel needs before anything is copied: every fold of the config trained (and current, unless
-    ``any_export``), and the grade rule tuned on their out-of-fold outputs for these settings; the folds, or one
-    line saying what is missing and how to make it."""
+    ``any_export``), and the grade rule tuned on their out-of-fold outputs for these settings; with ``pseudo``,
+    each fold's weights and the folds CSV they were trained on. The folds, or one line saying what is missing and
+    how to make it."""
     config, trained = experiment.config, experiment.trained_folds()
     missing = [k for k in range(config.n_folds) if k not in trained]
     if missing:
@@ -153,10 +186,19 @@ def check_bundle(experiment: Experiment, any_export: bool = False) -> list[int]:
     if tuned_for != config.fingerprint and not any_export:
         raise UserError(f"kernel: {tuning} was tuned on the outputs of other settings than this config's: run "
                         f"retinopathy predict --config {experiment.dir / 'config.yaml'} again")
+    if pseudo:
+        for fold in folds:
+            if not (experiment.fold_dir(fold) / WEIGHTS).is_file():
+                raise UserError(f"kernel --pseudo-label: {experiment.fold_dir(fold) / WEIGHTS} missing (trained by an "
+                                f"earlier version): train fold {fold} again (retinopathy train --fold {fold})")
+        if not experiment.folds_csv.is_file():
+            raise UserError(f"kernel --pseudo-label: {experiment.folds_csv} missing: the second stage trains each "
+                            "fold on its own rows again; run retinopathy folds with this config")
     return folds
 
 
-def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path, folds: list[int]) -> list[str]:
+def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path, folds: list[int],
+                  pseudo: PseudoLabels | None = None) -> list[str]:
     """The dataset folder: metadata, wheels, models and the bundle's mark. Built beside ``dest`` and swapped in
     whole, so an interrupted build never leaves half a dataset to push."""
     building = dest.with_name(dest.name + ".building")
@@ -170,11 +212,12 @@ def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path,
                         "install the library offline; made by `retinopathy kernel`."}, indent=1))
     packages = build_wheels(building / "wheels", engine)
     shutil.rmtree(building / ".scratch")
-    _copy_models(experiment, building / "models", engine, folds)
+    _copy_models(experiment, building / "models", engine, folds, pseudo is not None)
     write_text(building / BUNDLE_MARK, json.dumps(
         {"experiment": experiment.config.name, "competition": experiment.competition.slug, "engine": engine,
          "folds": folds, "fingerprint": experiment.config.fingerprint, "packages": packages,
-         "files": bundled_models(experiment, engine, folds),
+         "pseudo_label": pseudo and {"epochs": pseudo.epochs, "minutes": pseudo.minutes},
+         "files": bundled_models(experiment, engine, folds, pseudo is not None),
          "library": metadata.version("retinopathy"), "dataset": slug,
          "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     if dest.exists():
@@ -248,9 +291,9 @@ def measure_speed(experiment: Experiment, grader, n_images: int = 16) -> float |
 
 def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str = "torch", gpu: str | None = None,
                  root: Path = Path("kaggle"), measure: bool = True, any_export: bool = False,
-                 show: bool = True) -> KernelBuild:
+                 show: bool = True, pseudo: PseudoLabels | None = None) -> KernelBuild:
     """Write ``<root>/<exp>/dataset/`` and ``<root>/<exp>/kernel/`` for a code competition, saying each step
-    (``show``)."""
+    (``show``); with ``pseudo``, a kernel that also fine-tunes the folds on the test images it grades."""
     check_ref(dataset, "dataset")
     check_ref(kernel, "kernel")
     gpu = check_gpu(gpu)
@@ -258,19 +301,24 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
         raise UserError(f"{experiment.competition.slug} takes CSV submissions: use retinopathy submit with the "
                         "CSV that retinopathy predict writes")
     get_engine(engine)
-    folds = check_bundle(experiment, any_export)  # before anything is built
+    if pseudo is not None:
+        pseudo.check()
+        if engine != "torch":
+            raise UserError(f"kernel --pseudo-label trains the folds again with PyTorch inside the kernel: use "
+                            f"--engine torch (not {engine})")
+    folds = check_bundle(experiment, any_export, pseudo is not None)  # before anything is built
     step = steps("kernel", 3 + measure, show)
     step(f"loading the {len(folds)} fold(s) as the kernel will run them ({engine})")
     grader = load_bundle(experiment, engine, folds)
     base = root / experiment.config.name
     step("building the library's wheel and the dataset folder")
-    packages = write_dataset(experiment, dataset, engine, base / "dataset", folds)
+    packages = write_dataset(experiment, dataset, engine, base / "dataset", folds, pseudo)
     step("writing the kernel's script")
     write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
     if measure:
         step("timing the kernel's work on this machine's CPU")
     per_image = measure_speed(experiment, grader) if measure else None
-    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image)
+    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image, pseudo)
 
 
 def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path = Path("kaggle")) -> KernelBuild:
@@ -288,11 +336,14 @@ def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path
         if copied != digest:
             raise UserError(f"{base / 'dataset' / where}: {'missing' if copied.startswith('missing') else 'changed'}"
                             " since the build: run without --no-build to build the bundle again")
-    if bundle.get("files") != bundled_models(experiment, bundle["engine"], bundle["folds"]):
+    if bundle.get("files") != bundled_models(experiment, bundle["engine"], bundle["folds"],
+                                             bool(bundle.get("pseudo_label"))):
         raise UserError(f"{base / 'dataset'}: holds other models than {experiment.dir} now (trained or tuned "
                         "since the build): run without --no-build")
     dataset_meta = json.loads((base / "dataset" / "dataset-metadata.json").read_text())
     if (dataset_meta["id"], kernel_meta["id"]) != (dataset, kernel):
         raise UserError(f"{base}: built for --dataset {dataset_meta['id']} --kernel {kernel_meta['id']}: run "
                         "without --no-build to build for these names")
-    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, bundle["packages"], None)
+    pseudo = bundle.get("pseudo_label")
+    return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, bundle["packages"], None,
+                       PseudoLabels(**pseudo) if pseudo else None)
