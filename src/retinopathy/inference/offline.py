@@ -23,7 +23,7 @@ from ..files import atomic_path, write_csv
 from ..metrics import GradeRule
 from ..paths import Paths
 from ..preprocessing.image_io import examine_file
-from ..preprocessing.stage import preprocess, preprocess_dataset, ungradable_line
+from ..preprocessing.stage import preprocess_dataset, ungradable_line
 from .engines import get_engine
 from .grader import Grader, models_in_folder
 from .predict import predict_test, write_test_outputs
@@ -134,7 +134,7 @@ def pseudo_label_offline(models_dir: Path, competition_dir: Path, output_dir: Pa
         say(f"pseudo-labels: second stage skipped: {missing}; the first stage's submission stays", flush=True)
         return first.submission
     try:
-        seconds = train_within(experiment, train_until, verbose)
+        seconds = train_within(experiment, train_until, workers, verbose)
     except OutOfTime as e:
         say(f"pseudo-labels: second stage stopped: {e}; the first stage's submission stays", flush=True)
         return first.submission
@@ -182,7 +182,8 @@ def missing_training_images(experiment: Experiment, folds_csv: Path) -> str | No
     return None
 
 
-def train_within(experiment: Experiment, until: float, verbose: bool = True) -> list[float]:
+def train_within(experiment: Experiment, until: float, workers: int | None = None,
+                 verbose: bool = True) -> list[float]:
     """Prepare the training and test images, then train every fold; a fold whose projected time (the mean of those
     before it) would end past ``until`` is not started, and an epoch that ends past it stops the fold (both raise
     :class:`OutOfTime`). The seconds each fold took."""
@@ -197,7 +198,10 @@ def train_within(experiment: Experiment, until: float, verbose: bool = True) -> 
             if time.time() > until:
                 raise OutOfTime(f"fold {fold} passed the time budget after epoch {self.epoch + 1}")
 
-    preprocess(experiment)
+    config = experiment.config
+    # no hashes: they only find copies to keep in one fold, and the folds are the bundled ones
+    preprocess_dataset(experiment.raw_dir, experiment.processed_dir, config.preprocess, config.image_size,
+                       workers=workers, progress=verbose, splits=("train", "test"), hashed=False)
     seconds: list[float] = []
     for fold in range(experiment.config.n_folds):
         projected = float(np.mean(seconds)) if seconds else 0.0
