@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retinopathy.inference.offline import PSEUDO_LR_SCALE
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "recipe"
 APTOS = REPO.parent / "shared" / "data" / "aptos2019-224"
@@ -98,6 +100,20 @@ ROWS = {
     "progressive: then 224 px from the 128-px model, 3 epochs": [
         "config=aptos_cpu_pretrained", "image_size=224", "epochs=3", "freeze_epochs=0",
         "init_from=@progressive: Lite0 at 128 px first"],
+    # the kernel's second stage (retinopathy kernel --pseudo-label) on the held-out images: the Lite0 row's model
+    # fine-tuned from its own weights on its training part plus the held-out images as it graded them, at a quarter
+    # of its rates with no frozen epoch; and the same epochs without them, to tell the pseudo-labels' share from
+    # the extra epochs'
+    "pseudo-labels: Lite0 fine-tuned 2 epochs with the held-out images as it graded them": [
+        "config=aptos_cpu_pretrained", "init_from=@pretrained EfficientNet-Lite0", "epochs=2", "freeze_epochs=0",
+        f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}",
+        "pseudo_labels=@pretrained EfficientNet-Lite0"],
+    "pseudo-labels' control: Lite0 fine-tuned 2 epochs on its training part alone": [
+        "config=aptos_cpu_pretrained", "init_from=@pretrained EfficientNet-Lite0", "epochs=2", "freeze_epochs=0",
+        f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}"],
+    # grade 4 (proliferative): the regression sends most of them to 2-3; rare grades drawn more often
+    "grade 4: Lite0 with the rare grades oversampled (balance=sampler)": ["config=aptos_cpu_pretrained",
+                                                                          "balance=sampler"],
     "pretrained EfficientNet-Lite1 at its 240 px (aptos_cpu_pretrained's recipe)": ["config=aptos_cpu_pretrained",
                                                                                    *LITE1_FILE],
     "pretrained EfficientNet-Lite2 at its 260 px (aptos_cpu_pretrained's recipe)": ["config=aptos_cpu_pretrained",
