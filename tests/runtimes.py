@@ -48,18 +48,3 @@ def rerun_competition(train_from: Path, dest: Path, n_test: int, seed: int) -> P
     (folder / "train_images").symlink_to(Path(train_from, "train_images").resolve(), target_is_directory=True)
     shutil.copyfile(Path(train_from, "train.csv"), folder / "train.csv")
     return folder
-
-
-def rerun_competition(train_from: Path, dest: Path, n_test: int, seed: int) -> Path:
-    """A competition folder as Kaggle mounts it when it reruns a kernel: ``train_from``'s labelled training images
-    (links) beside a test set of ``n_test`` images no model saw (synthetic, ``seed``)."""
-    import shutil
-
-    from retinopathy.data.synthetic import make_competition
-
-    folder = make_competition(dest, "aptos2019", n_train=4, n_test=n_test, seed=seed, max_side=160, workers=1,
-                              progress=False)
-    shutil.rmtree(folder / "train_images")
-    (folder / "train_images").symlink_to(Path(train_from, "train_images").resolve(), target_is_directory=True)
-    shutil.copyfile(Path(train_from, "train.csv"), folder / "train.csv")
-    return folder
