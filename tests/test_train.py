@@ -168,8 +168,16 @@ def test_a_resumed_run_trains_at_the_rate_lr_find_picked(tiny_aptos, tmp_path):
             raise KeyboardInterrupt
 
     class PeakRate(Callback):
+        # the rates each batch trains at, once the scheduler has set them (fastai's fit first sets its default
+        # rate, which no batch trains at)
+        order = 70
+
         def before_fit(self):
-            self.rates = [h["lr"] for h in self.opt.hypers]
+            self.rates = []
+
+        def before_batch(self):
+            if self.training:
+                self.rates += [h["lr"] for h in self.opt.hypers]
 
     experiment = _tiny_experiment(tiny_aptos, tmp_path, "lr_find=pick", "epochs=3")
     with pytest.raises(KeyboardInterrupt):
