@@ -262,6 +262,11 @@ def resolve_rows(overrides: list[str], whole: bool) -> list[str]:
 MINUTES = OUT / "minutes.json"
 
 
+def spent_minutes() -> dict[str, float]:
+    """The minutes each row's experiment took to train, by its name (:data:`MINUTES`)."""
+    return json.loads(MINUTES.read_text()) if MINUTES.is_file() else {}
+
+
 def blend(rows: list[str], test: pd.DataFrame, whole: bool) -> dict:
     """The named rows' trained models blended as ``retinopathy predict --experiments`` blends them (weights and
     thresholds tuned on their pooled out-of-fold outputs), scored on the held-out images."""
@@ -290,7 +295,7 @@ def blend(rows: list[str], test: pd.DataFrame, whole: bool) -> dict:
 
     weights = np.array(rule.extra["weights"])
     plain = cut(weights @ np.vstack([scores(m) for m in members]), DEFAULT_THRESHOLDS)  # what tuning adds
-    spent = json.loads(MINUTES.read_text()) if MINUTES.is_file() else {}
+    spent = spent_minutes()
     return {"qwk": quadratic_kappa(plain, truth), "tuned": quadratic_kappa(tuned, truth),
             "grade4": f"{int(((tuned == 4) & (truth == 4)).sum())}/{int((truth == 4).sum())}",
             "weights": ", ".join(f"{w:.2f}" for w in weights), "cv_tuned": rule.extra["oof_qwk_tuned"],
@@ -344,8 +349,7 @@ def main() -> None:
             result = our_pipeline(root, test, args.size, args.epochs, args.arch,
                                   resolve_rows(ROWS[row], whole) + (args.whole or []), slug, whole, args.tta, args.log)
             if not trained_before:  # what training it took, for the blends that use it
-                spent = json.loads(MINUTES.read_text()) if MINUTES.is_file() else {}
-                MINUTES.write_text(json.dumps({**spent, slug: result["seconds"] / 60}, indent=1))
+                MINUTES.write_text(json.dumps({**spent_minutes(), slug: result["seconds"] / 60}, indent=1))
         minutes = result.get("seconds", time.time() - start) / 60
         cv = "" if not whole else (f" | {result['cv']:.3f} / {result['cv_tuned']:.3f} on {result['n']}; "
                                             f"each fold alone {', '.join(f'{q:.3f}' for q in result['folds'])}"

@@ -5,6 +5,7 @@ folds themselves) and a script kernel that installs from it offline and writes s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -216,7 +217,7 @@ def write_dataset(experiment: Experiment, dataset: str, engine: str, dest: Path,
     write_text(building / BUNDLE_MARK, json.dumps(
         {"experiment": experiment.config.name, "competition": experiment.competition.slug, "engine": engine,
          "folds": folds, "fingerprint": experiment.config.fingerprint, "packages": packages,
-         "pseudo_label": pseudo and {"epochs": pseudo.epochs, "minutes": pseudo.minutes},
+         "pseudo_label": dataclasses.asdict(pseudo) if pseudo else None,
          "files": bundled_models(experiment, engine, folds, pseudo is not None),
          "library": metadata.version("retinopathy"), "dataset": slug,
          "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
