@@ -114,6 +114,8 @@ def test_the_readme_commands_run_and_the_demo_prints_what_the_readme_says(workdi
     assert (f"{float(printed_cv):.3f}", f"{float(printed_test):.3f}") == (cv, test), "the README's demo figures"
     table = re.search(r"^\| `demo` \|.*$", readme, re.M).group(0)
     assert f"| {cv} (synthetic) | {test} (synthetic) |" in table
+    quoted = re.search(r"What `make demo` prints.*?```text\n(.*?)```", readme, re.S).group(1).splitlines()
+    assert quoted and all(line in demo.stdout.splitlines() for line in quoted), "the demo's lines the README quotes"
     ran = []
     for command in readme_commands():
         if why_not_here(command):
