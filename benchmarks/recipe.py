@@ -116,6 +116,8 @@ ROWS = {
     # rows above and below keep the recipe as it was measured before aptos_cpu_pretrained took the sampler)
     "grade 4: Lite0 with the rare grades oversampled (aptos_cpu_pretrained, balance=sampler)": [
         "config=aptos_cpu_pretrained"],
+    "grade 4, ordinal head: the same with P(grade >= k) outputs in place of the regression": [
+        "config=aptos_cpu_pretrained", "head=ordinal"],
     "pretrained EfficientNet-Lite1 at its 240 px (aptos_cpu_pretrained's recipe, no sampler)": [
         "config=aptos_cpu_pretrained", "balance=none", *LITE1_FILE],
     "pretrained EfficientNet-Lite2 at its 260 px (aptos_cpu_pretrained's recipe, no sampler)": [
