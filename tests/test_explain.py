@@ -42,7 +42,8 @@ def quadrant_competition(root: Path, n: int = 80, size: int = 128, seed: int = 0
 
 @pytest.mark.slow  # 4 epochs at 128 px
 def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
-    from retinopathy.experiment import load_learner_quietly
+    from retinopathy.data.manifest import read_manifest_file
+from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.explain import heat_map, quadrant_mass
     from retinopathy.training.serving_model import serving_model
     from retinopathy.preprocessing.image_io import read_prepared
@@ -55,7 +56,7 @@ def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
     oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})
     assert (oof["pred"] == oof["grade"]).mean() >= 0.75, "the model learnt the lesions (else its map means nothing)"
     model = serving_model(load_learner_quietly(experiment.fold_dir(0) / "export.pkl"), "classification")
-    paths = pd.read_csv(experiment.manifest_csv, dtype={"id": str}).set_index("id")["path"]
+    paths = read_manifest_file(experiment.processed_dir).set_index("id")["path"]
     sick = oof.loc[oof["grade"] == 4, "id"]
     masses = np.mean([quadrant_mass(heat_map([model], read_prepared([paths[i]])[0], 4)) for i in sick], axis=0)
     top_left, top_right, bottom_left, bottom_right = masses

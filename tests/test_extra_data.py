@@ -72,3 +72,38 @@ def test_a_set_is_a_folder_or_a_competition_under_the_data_root(tiny_eyepacs, tm
     assert extra_folder(str(tiny_eyepacs), paths) == tiny_eyepacs.resolve()
     with pytest.raises(UserError, match="extra_data: idrid: no such folder, nor a competition's name"):
         extra_folder("idrid", paths)
+
+
+def test_the_target_itself_or_its_folder_name_is_refused(tiny_aptos, tiny_eyepacs, tmp_path):
+    from retinopathy.experiment import Experiment
+    from retinopathy.paths import Paths
+
+    paths = Paths(data=tmp_path / "data", output=tmp_path)
+    itself = Experiment(debug_config(tiny_aptos, "extra", f"extra_data={tiny_aptos}"), paths)
+    with pytest.raises(UserError, match="is this experiment's own data"):
+        itself.extra_sets()
+    namesake = tmp_path / "other" / itself.config.dataset_name  # another set, filed under the target's name
+    shutil.copytree(tiny_eyepacs, namesake)
+    with pytest.raises(UserError, match="has the folder name .* their prepared images would share one folder"):
+        Experiment(debug_config(tiny_aptos, "extra", f"extra_data={namesake}"), paths).extra_sets()
+    manifest = tmp_path / "data" / "processed" / itself.config.dataset_name
+    assert not manifest.exists(), "nothing was prepared, so nothing was overwritten"
+
+
+def test_a_copy_of_a_validation_photograph_never_trains_that_fold(tiny_aptos, tmp_path, capsys):
+    from retinopathy.data.folds import extra_data_rows, make_folds
+    from retinopathy.experiment import Experiment
+    from retinopathy.paths import Paths
+    from retinopathy.preprocessing.stage import preprocess
+
+    copy = tmp_path / "sets" / "a-copy"  # the target under another name
+    shutil.copytree(tiny_aptos, copy)
+    experiment = Experiment(debug_config(tiny_aptos, "extra", f"extra_data={copy}"),
+                            Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    folds = make_folds(experiment, verbose=False)
+    for fold in (0, 1):
+        extra = extra_data_rows(experiment, fold)
+        validation = set(folds.loc[folds["fold"] == fold, "id"])
+        assert validation and not validation & set(extra["id"]), "no copy of a validation photograph trains"
+        assert extra.attrs["copies"]["a-copy"] >= len(validation)

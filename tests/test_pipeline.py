@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from retinopathy.data.manifest import read_manifest_file
 from retinopathy.config import load_config
 from retinopathy.errors import UserError
 from retinopathy.metrics import quadratic_kappa
@@ -68,7 +69,7 @@ def test_exported_learner_reproduces_the_oof_predictions_on_cpu(finished):
 
     grader = Grader([experiment.fold_dir(0) / "export.pkl"], tta=False)
     oof = pd.read_csv(experiment.fold_dir(0) / "oof.csv", dtype={"id": str})
-    manifest = pd.read_csv(experiment.processed_dir / "manifest.csv", dtype={"id": str})
+    manifest = read_manifest_file(experiment.processed_dir)
     items = oof[["id"]].merge(manifest[["id", "path"]], on="id")
     probs = grader.outputs_of_files(items["path"].tolist())
     assert np.allclose(probs, oof[[f"prob_{g}" for g in range(5)]].to_numpy(), atol=1e-4)

@@ -331,7 +331,7 @@ def test_dry_run_says_nothing_was_moved(tiny_aptos, tmp_path):
     victim = sorted((raw / "train_images").glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
     result = run_script("verify.py", "--raw-dir", str(raw), "--dry-run", cwd=tmp_path)
-    assert "left in place (dry run: nothing moved)" in result.stdout and "moved to" not in result.stdout
+    assert "left in place (dry run: nothing recorded)" in result.stdout and "recorded in" not in result.stdout
     assert victim.is_file() and not (raw / "quarantine").exists()
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from retinopathy.data.manifest import read_manifest_file
 from retinopathy.data.folds import make_folds, training_table
 from retinopathy.errors import UserError
 from retinopathy.experiment import Experiment
@@ -34,7 +35,7 @@ def _experiment(raw, tmp_path, name, *overrides):
 
 
 def _pngs(folder):
-    manifest = pd.read_csv(folder / "manifest.csv", dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(folder)
     return manifest[manifest["path"] != ""]
 
 
@@ -99,7 +100,7 @@ def test_a_disk_too_small_for_the_store_is_one_line(tiny_aptos, tmp_path, monkey
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(store_module.os, "posix_fallocate", no_space)
-    with pytest.raises(UserError, match=r"the image store needs 0\.0 GB and the disk has .* GB free .*loader=png"):
+    with pytest.raises(UserError, match=r"the image store needs 123\.0 kB and the disk has [\d.]+ [kMG]?B free .*loader=png"):
         pack_store(experiment.processed_dir, 32, progress=False)
     files = StoreFiles(experiment.processed_dir)
     assert not files.store.exists() and not files.mark.exists()
@@ -201,3 +202,65 @@ def test_pseudo_labelled_test_images_come_from_the_test_store(tiny_aptos, tmp_pa
     x, _ = found.gather(np.arange(len(table) - 3, len(table)))
     assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)
                                                                    for p in test["path"]]))
+
+
+def test_a_shifted_index_is_refused_and_packed_again(tiny_aptos, tmp_path):
+    experiment = _experiment(tiny_aptos, tmp_path, "s", "loader=store", "augment_on=batch")
+    files = StoreFiles(experiment.processed_dir)
+    index = pd.read_csv(files.index, dtype={"id": str})
+    index["row"] = np.roll(index["row"].to_numpy(), 1)  # every image now points at its neighbour's pixels
+    index.to_csv(files.index, index=False)
+    with pytest.raises(UserError, match="index .* does not match the images it was packed from"):
+        ImageStore.open(experiment.processed_dir)
+    store = ensure_store(experiment.processed_dir, 32, progress=False)  # preprocess packs it again
+    path = _pngs(experiment.processed_dir)["path"].iloc[5]
+    assert np.array_equal(store.images[store.row_of(path)], cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB))
+
+
+def test_a_raw_photo_replaced_in_place_is_prepared_and_packed_again(tiny_aptos, tmp_path):
+    """The new PNG is keyed by its content: even with the old PNG's time forged back, the store is packed again."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_aptos, raw)
+    experiment = _experiment(raw, tmp_path, "s", "loader=store", "augment_on=batch")
+    folder = experiment.processed_dir
+    rows = _pngs(folder)
+    first, second = rows["id"].iloc[0], rows["id"].iloc[1]
+    png = folder / f"{first}.png"
+    before = os.stat(png)
+    old_pixels = cv2.imread(str(png))
+    photo = raw / "train_images" / f"{first}.png"
+    photo.write_bytes((raw / "train_images" / f"{second}.png").read_bytes())  # replaced in place
+    preprocess(experiment)
+    assert not np.array_equal(cv2.imread(str(png)), old_pixels), "the replaced photograph is prepared again"
+    os.utime(png, ns=(before.st_atime_ns, before.st_mtime_ns))
+    store = ensure_store(folder, 32, progress=False)
+    assert np.array_equal(store.images[store.row_of(str(png))], cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB))
+
+
+def test_a_truncated_partial_store_is_packed_from_the_start(tiny_aptos, tmp_path, monkeypatch):
+    experiment = _experiment(tiny_aptos, tmp_path, "s")
+    folder = experiment.processed_dir
+    monkeypatch.setattr(store_module, "CHUNK", 8)
+    real_write = store_module.write_text
+    calls = []
+
+    def die_after_two_chunks(path, text):
+        real_write(path, text)
+        if "partial" in str(path):
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "write_text", die_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        pack_store(folder, 32, progress=False)
+    monkeypatch.setattr(store_module, "write_text", real_write)
+    files = StoreFiles(folder)
+    with open(files.partial, "r+b") as f:  # the disk lost the file's tail
+        f.truncate(files.partial.stat().st_size // 2)
+    store = ensure_store(folder, 32, progress=False)
+    rows = _pngs(folder)
+    for path in rows[rows["split"] == "train"]["path"]:
+        assert np.array_equal(store.images[store.row_of(path)], cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB))

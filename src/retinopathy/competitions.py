@@ -139,7 +139,25 @@ def read_labels(raw_dir: Path, competition: Competition) -> pd.DataFrame:
         row = int(dup.idxmax())
         raise UserError(f"{path}, row {row + 2}: duplicate id '{df[competition.id_column][row]}'; "
                         "keep one row per image")
+    check_ids(df[competition.id_column], path, competition.id_column)
     return pd.DataFrame({"id": df[competition.id_column], "grade": grades.astype(int)})
+
+
+def id_problem(image_id: str) -> str:
+    """Why an image id cannot name a file ('' when it can): ids become file names under the raw and processed
+    folders, so one holding a path (``/``, ``\\``, ``..``, an absolute path) would read or write outside them."""
+    if image_id in (".", "..") or any(c in image_id for c in "/\\\0"):
+        return "holds a path (/, \\ or ..), not a plain image name"
+    return ""
+
+
+def check_ids(ids: pd.Series, path: Path, column: str) -> None:
+    """Refuse, in one line naming the row, an id that is a path rather than an image's name."""
+    problems = ids.astype(str).map(id_problem)
+    if (problems != "").any():
+        row = int((problems != "").to_numpy().argmax())
+        raise UserError(f"{path}, row {row + 2}: {column} '{str(ids.iloc[row])[:80]}' {problems.iloc[row]}; fix or "
+                        "remove that row")
 
 
 def read_test_ids(raw_dir: Path, competition: Competition) -> list[str] | None:
@@ -147,4 +165,10 @@ def read_test_ids(raw_dir: Path, competition: Competition) -> list[str] | None:
     path = Path(raw_dir) / competition.sample_submission
     if not path.is_file():
         return None
-    return _read_csv(path, [competition.id_column, competition.label_column])[competition.id_column].tolist()
+    ids = _read_csv(path, [competition.id_column, competition.label_column])[competition.id_column]
+    check_ids(ids, path, competition.id_column)
+    dup = ids.duplicated()
+    if dup.any():
+        row = int(dup.to_numpy().argmax())
+        raise UserError(f"{path}, row {row + 2}: duplicate id '{ids.iloc[row]}'; keep one row per image")
+    return ids.tolist()

@@ -62,11 +62,18 @@ class Experiment:
     def extra_sets(self) -> list[tuple[Path, Competition, Path, float]]:
         """Each ``extra_data`` set: its folder, the competition layout it has, where its training images are
         prepared (this config's method and size) and its sampling share."""
-        sets = []
+        sets, names = [], {self.config.dataset_name: self.raw_dir}
         for where, share in self.config.extra_sources:
             raw = Path(where)
             if not raw.is_absolute():
                 raw = self.paths.raw(raw.name) if not raw.exists() else raw.resolve()
+            if raw.resolve() == self.raw_dir.resolve():
+                raise UserError(f"extra_data: {raw} is this experiment's own data: its images are already in the "
+                                "folds (extra data is another labelled set)")
+            if raw.name in names:  # prepared images are filed by folder name: two sets would share one folder
+                raise UserError(f"extra_data: {raw} has the folder name '{raw.name}' of {names[raw.name]}, so their "
+                                "prepared images would share one folder: rename one of the folders")
+            names[raw.name] = raw
             sets.append((raw, detect_competition(raw), self.paths.processed(raw.name, self.config.preprocess,
                                                                            self.config.image_size), share))
         return sets

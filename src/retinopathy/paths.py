@@ -62,6 +62,10 @@ class Paths:
         """The table of copies of one photograph among a dataset's images."""
         return self.data / "cleaning" / f"{dataset}-duplicates.csv"
 
+    def quarantine(self, dataset: str) -> Path:
+        """The table of a dataset's images that do not decode (verify's record; the files stay in raw/)."""
+        return self.data / "cleaning" / f"{dataset}-quarantine.csv"
+
     def experiment(self, name: str) -> Path:
         """An experiment's folder of trained folds."""
         return self.models / name

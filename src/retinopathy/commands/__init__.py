@@ -10,7 +10,7 @@ import sys
 #: subcommand → (module in this package, what it does); in pipeline order
 COMMANDS = {
     "download": ("download", "download a competition with the official Kaggle client (resumable), then verify"),
-    "verify": ("verify", "check every image decodes; quarantine the bad ones and report them"),
+    "verify": ("verify", "check every image decodes; record the bad ones (the raw folder is never changed)"),
     "synthesize": ("synthesize", "make a small synthetic competition in Kaggle's layout (for demos and tests)"),
     "preprocess": ("preprocess", "crop, Ben-normalise and resize every image once, into data/processed/"),
     "contact-sheet": ("contact_sheet", "a grid of raw vs preprocessed images, to look at before training"),

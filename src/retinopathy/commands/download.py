@@ -31,11 +31,13 @@ def main(argv: list[str] | None = None) -> None:
         for name, size in list_files(competition):
             print(f"{size / 2**20:12.1f} MB  {name}")
         return
-    raw_dir = cli.experiment(args).raw_dir  # data/raw/<slug>, or --raw-dir
+    experiment = cli.experiment(args)
+    raw_dir = experiment.raw_dir  # data/raw/<slug>, or --raw-dir
     fetched = download(competition, raw_dir, args.files, force=args.force)
     print(f"{competition.slug}: {'downloaded and unpacked' if fetched else 'up to date'} in {raw_dir}")
     if not args.no_verify and fetched and (raw_dir / competition.labels_csv).is_file():
-        report = verify_dataset(raw_dir, competition)
+        report = verify_dataset(raw_dir, competition,
+                                record=experiment.paths.quarantine(experiment.config.dataset_name))
         for line in report.lines():
             print(f"verify: {line}")
 

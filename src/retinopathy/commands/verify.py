@@ -1,12 +1,12 @@
 """Decode every image of a competition folder in full (a truncated JPEG is caught), cross-check the label CSV
-against the images, and move bad images to <folder>/quarantine/ with quarantine/report.csv saying why. Nothing is
-deleted. Then examine every photograph for copies of one another (perceptual hashes; across competitions too when
+against the images, and record bad images in data/cleaning/<dataset>-quarantine.csv saying why (the raw folder is
+never modified: nothing is moved or deleted). Then examine every photograph for copies of one another (perceptual hashes; across competitions too when
 both are under data/raw/) and for whether it can be graded, and write what was found under data/cleaning/:
 <dataset>-duplicates.csv (and .png, a contact sheet of the groups), <dataset>-ungradable.csv. Exit status 1 when
 the decoding or the labels found anything, so it can gate a script.
 
   retinopathy verify --competition aptos2019
-  retinopathy verify --config debug --dry-run              # report only, move nothing
+  retinopathy verify --config debug --dry-run              # report only, record nothing
 """
 
 import sys
@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__)
     p.add_argument("--workers", type=int, help="processes (default: one per core)")
-    p.add_argument("--dry-run", action="store_true", help="report bad images without moving them")
+    p.add_argument("--dry-run", action="store_true", help="report bad images without recording them")
     args = p.parse_args(argv)
     experiment = cli.experiment(args)
     raw_dir, paths, dataset = experiment.raw_dir, experiment.paths, experiment.config.dataset_name
-    report = verify_dataset(raw_dir, None, workers=args.workers, move_bad=not args.dry_run)
+    record = None if args.dry_run else paths.quarantine(dataset)
+    report = verify_dataset(raw_dir, None, workers=args.workers, record=record)
     for line in report.lines():
         print(f"verify: {line}")
 

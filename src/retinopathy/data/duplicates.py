@@ -60,6 +60,26 @@ def copy_groups(hashes: pd.Series, max_distance: int = MAX_DISTANCE, block: int 
     return order[labels]
 
 
+def copies_of(hashes: pd.Series, others: pd.Series, max_distance: int = MAX_DISTANCE, block: int = 2048) -> np.ndarray:
+    """Per photograph of ``hashes``: whether it is a copy (within ``max_distance`` bits) of any of ``others``
+    (photographs without a hash are never copies)."""
+    hashes = pd.Series(hashes).fillna("").astype(str).reset_index(drop=True)
+    others = pd.Series(others).fillna("").astype(str)
+    others = others[others.str.len() > 0].reset_index(drop=True)
+    found = np.zeros(len(hashes), bool)
+    valid = np.flatnonzero(hashes.str.len() > 0)
+    if not len(valid) or others.empty:
+        return found
+    mine, theirs = hash_bits(hashes[valid]), hash_bits(others)
+    for start in range(0, len(valid), block):
+        chunk = mine[start:start + block]
+        distance = np.zeros((len(chunk), len(theirs)), np.int32)
+        for byte in range(theirs.shape[1]):
+            distance += np.bitwise_count(chunk[:, byte, None] ^ theirs[None, :, byte])
+        found[valid[start:start + block]] = (distance <= max_distance).any(axis=1)
+    return found
+
+
 def duplicates_table(images: pd.DataFrame, max_distance: int = MAX_DISTANCE) -> pd.DataFrame:
     """From ``images`` (id, split, phash, grade; more datasets may be stacked with a ``dataset`` column): the images
     in groups of two or more, as ``group, image_id, split, grade, distance`` (and ``dataset`` where given)."""

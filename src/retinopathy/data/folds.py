@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import apply_decisions, decisions_path
-from .duplicates import apply_policy, copy_groups, duplicates_table, summary
+from .duplicates import apply_policy, copies_of, copy_groups, duplicates_table, summary
+from .manifest import read_manifest_file
 from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
@@ -87,7 +88,7 @@ def read_manifest(experiment: Experiment) -> pd.DataFrame:
     if not experiment.manifest_csv.is_file():
         raise UserError(f"{experiment.manifest_csv} not found: run retinopathy preprocess with this config first "
                         "(the folds keep copies of a photograph together, found from what it records)")
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(experiment.processed_dir)
     if "phash" not in manifest:
         raise UserError(f"{experiment.manifest_csv} was written by an earlier release: run retinopathy preprocess "
                         "with this config again (it examines each photograph once more)")
@@ -143,7 +144,7 @@ def training_table(experiment: Experiment) -> pd.DataFrame:
         if not path.is_file():
             raise UserError(f"{path} not found: run retinopathy {stage} with this config first")
     folds = pd.read_csv(experiment.folds_csv, dtype={"id": str})
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(experiment.processed_dir)
     usable = manifest[manifest["path"] != ""][["id", "path"]]
     table = folds.merge(usable, on="id", how="inner")
     dropped = len(folds) - len(table)
@@ -172,27 +173,41 @@ def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
         grade, keep = grader.plain_grades(served), grader.confidence(served) >= config.pseudo_confidence
     else:
         grade, keep = grader.scores(served), np.ones(len(outputs), bool)
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(experiment.processed_dir)
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")][["id", "path"]]
     rows = pd.DataFrame({"id": outputs["id"], "grade": grade, "fold": -1})[keep]
     return rows.merge(test, on="id", how="inner").reset_index(drop=True)
 
 
-def extra_data_rows(experiment: Experiment) -> pd.DataFrame:
+def extra_data_rows(experiment: Experiment, fold: int | None = None) -> pd.DataFrame:
     """The training images of every ``extra_data`` set as training rows with fold -1 (no fold validates on them,
     so CV and the thresholds stay on the target competition), with their set's sampling ``share``; photographs
-    preprocessing found ungradable or could not read are left out."""
-    frames = []
+    preprocessing found ungradable or could not read are left out, and so (given a ``fold``) is every copy of one
+    of that fold's validation photographs, found by its perceptual hash: a model never trains on a photograph it
+    is validated on. Each row's ``source`` names its set, and ``copies`` counts the copies left out."""
+    validation = _validation_hashes(experiment, fold) if fold is not None else pd.Series(dtype=str)
+    frames, copies = [], {}
     for raw, competition, processed, share in experiment.extra_sets():
-        manifest_csv = processed / MANIFEST
-        if not manifest_csv.is_file():
-            raise UserError(f"extra_data: {manifest_csv} not found: run retinopathy preprocess with this config "
-                            "first (it prepares the extra sets' images too)")
-        manifest = pd.read_csv(manifest_csv, dtype={"id": str}, keep_default_na=False)
+        if not (processed / MANIFEST).is_file():
+            raise UserError(f"extra_data: {processed / MANIFEST} not found: run retinopathy preprocess with this "
+                            "config first (it prepares the extra sets' images too)")
+        manifest = read_manifest_file(processed)
         usable = manifest[(manifest["split"] == "train") & (manifest["path"] != "") & gradable_mask(manifest)]
         labels = read_labels(raw, competition)
-        rows = labels.merge(usable[["id", "path"]], on="id", how="inner")
-        frames.append(rows.assign(fold=-1, share=share, source=raw.name)[["id", "grade", "fold", "path", "share",
-                                                                           "source"]])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        rows = labels.merge(usable[["id", "path", "phash"]], on="id", how="inner")
+        copy = copies_of(rows["phash"], validation)
+        copies[raw.name] = int(copy.sum())
+        frames.append(rows[~copy].assign(fold=-1, share=share, source=raw.name)[
+            ["id", "grade", "fold", "path", "share", "source"]])
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["id", "grade", "fold", "path", "share", "source"])
+    table.attrs["copies"] = copies
+    return table
+
+
+def _validation_hashes(experiment: Experiment, fold: int) -> pd.Series:
+    """The perceptual hashes of one fold's validation photographs."""
+    folds = pd.read_csv(experiment.folds_csv, dtype={"id": str})
+    manifest = read_manifest_file(experiment.processed_dir)
+    valid = set(folds.loc[folds["fold"] == fold, "id"])
+    return manifest.loc[manifest["id"].isin(valid), "phash"] if "phash" in manifest else pd.Series(dtype=str)

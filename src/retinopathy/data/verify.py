@@ -1,5 +1,6 @@
-"""Verify a competition folder: decode every image in full, cross-check the labels against the images, and move
-bad images to ``quarantine/`` with a CSV saying why. Nothing is deleted; the labels file is never edited.
+"""Verify a competition folder: decode every image in full, cross-check the labels against the images, and record
+the bad images in a quarantine CSV outside the raw folder saying why. Raw data is never modified: nothing is moved
+or deleted, and the labels file is never edited (preprocessing records a bad image as unreadable by itself).
 
 A header check (PIL's ``verify()``) misses a JPEG cut short in transfer, so each image is decoded completely, with
 truncated data treated as an error rather than padded with grey.
@@ -18,8 +19,6 @@ from ..competitions import Competition, detect_competition
 from ..files import process_pool, write_csv
 from ..progress import progress_bar
 
-QUARANTINE = "quarantine"
-QUARANTINE_REPORT = "report.csv"
 IMAGE_SUFFIXES = {".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"}
 
 
@@ -47,15 +46,16 @@ def check_image(path: str) -> str:
 
 @dataclass
 class VerifyReport:
-    """What verification found: bad images (quarantined) and mismatches between labels and images."""
+    """What verification found: bad images (recorded in the quarantine CSV) and mismatches between labels and
+    images."""
     checked: int = 0
     bad: dict[str, str] = field(default_factory=dict)  # path relative to the folder → reason
     labels_without_image: list[str] = field(default_factory=list)
     images_without_label: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
     bad_grades: list[tuple[int, str]] = field(default_factory=list)  # (CSV row, value)
-    #: whether bad images were moved to quarantine/ (not on a dry run)
-    moved: bool = True
+    #: where the bad images were recorded ('' on a dry run)
+    record: str = ""
 
     @property
     def clean(self) -> bool:
@@ -68,9 +68,9 @@ class VerifyReport:
         def sample(items):
             return f" (e.g. {', '.join(map(str, items[:3]))})" if items else ""
         return [
-            f"images: {self.checked} decoded, {len(self.bad)} bad" + (
-                (f", moved to {QUARANTINE}/ (see {QUARANTINE}/{QUARANTINE_REPORT})" if self.moved else
-                 f"{sample(sorted(self.bad))}, left in place (dry run: nothing moved)") if self.bad else ""),
+            f"images: {self.checked} decoded, {len(self.bad)} bad{sample(sorted(self.bad))}" + (
+                (f", recorded in {self.record} (the files stay where they are)" if self.record else
+                 ", left in place (dry run: nothing recorded)") if self.bad else ""),
             f"labels without an image: {len(self.labels_without_image)}{sample(self.labels_without_image)}",
             f"training images without a label: {len(self.images_without_label)}{sample(self.images_without_label)}",
             f"duplicate ids in the labels: {len(self.duplicate_ids)}{sample(self.duplicate_ids)}",
@@ -89,27 +89,20 @@ def image_files(raw_dir: Path, competition: Competition) -> list[Path]:
     return files
 
 
-def quarantine(raw_dir: Path, bad: dict[str, str]) -> Path:
-    """Move bad files under ``quarantine/`` (same relative path) and add them to its report CSV."""
-    qdir = raw_dir / QUARANTINE
-    for rel in bad:
-        target = qdir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(raw_dir / rel, target)
-    report = qdir / QUARANTINE_REPORT
+def quarantine(record: Path, bad: dict[str, str]) -> Path:
+    """Write the bad files (paths relative to their competition folder) and why to the quarantine CSV ``record``,
+    outside the raw folder; the files themselves stay where they are."""
     rows = pd.DataFrame({"file": list(bad), "reason": list(bad.values())})
-    if report.is_file():
-        rows = pd.concat([pd.read_csv(report), rows]).drop_duplicates("file", keep="last")
-    write_csv(rows, report)
-    return report
+    return write_csv(rows, record)
 
 
 def verify_dataset(raw_dir: Path, competition: Competition | None = None, workers: int | None = None,
-                   progress: bool = True, move_bad: bool = True) -> VerifyReport:
-    """Decode every image (in parallel), quarantine bad ones, and cross-check the label CSV against the images."""
+                   progress: bool = True, record: Path | None = None) -> VerifyReport:
+    """Decode every image (in parallel), record the bad ones in the quarantine CSV ``record`` (None: a dry run),
+    and cross-check the label CSV against the images."""
     raw_dir = Path(raw_dir)
     competition = competition or detect_competition(raw_dir)
-    report = VerifyReport(moved=move_bad)
+    report = VerifyReport(record=str(record or ""))
     files = image_files(raw_dir, competition)
     workers = workers or os.cpu_count() or 1
     paths = [str(p) for p in files]
@@ -125,8 +118,8 @@ def verify_dataset(raw_dir: Path, competition: Competition | None = None, worker
             reason = f"unexpected file type '{path.suffix}'"
         if reason:
             report.bad[str(path.relative_to(raw_dir))] = reason
-    if report.bad and move_bad:
-        quarantine(raw_dir, report.bad)
+    if record is not None:  # written every pass, so a mended file leaves the record
+        quarantine(record, report.bad)
 
     labels_path = raw_dir / competition.labels_csv
     if labels_path.is_file():

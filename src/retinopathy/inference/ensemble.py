@@ -4,12 +4,13 @@ predictions."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..config import load_config
+from ..config import NAME_PATTERN, load_config
 from ..errors import UserError
 from ..experiment import Experiment
 from ..heads import get_head
@@ -30,6 +31,17 @@ def load_experiment(name: str, paths) -> Experiment:
     return Experiment(load_config(saved).replace(name=name), paths)
 
 
+def check_ensemble_name(name: str, paths) -> None:
+    """Refuse an ensemble name that is a path (it names models/<name>/ and submissions/<name>.csv) or that of a
+    trained experiment, whose tuning and submission it would overwrite."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name '{name[:60]}' must be a plain folder name: letters, digits and . _ + = -, 1 to 100 "
+                        "of them, starting with a letter or digit (no / or ..)")
+    if (paths.experiment(name) / "config.yaml").is_file():
+        raise UserError(f"--name '{name}' is a trained experiment ({paths.experiment(name)}): its tuning and "
+                        "submission would be overwritten; choose another name")
+
+
 def ensemble_experiments(experiments: list[Experiment], name: str | None = None, verbose: bool = True) -> Path | None:
     """Average several experiments' predictions with weights (and thresholds) tuned on their OOF predictions.
 
@@ -45,6 +57,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
                         "experiment; name different ones")
     first = experiments[0]
     name = name or "ensemble-" + "+".join(e.config.name for e in experiments)
+    check_ensemble_name(name, first.paths)
     oofs = [load_oof(e).set_index("id") for e in experiments]
     ids = oofs[0].index
     for e, oof in zip(experiments[1:], oofs[1:]):

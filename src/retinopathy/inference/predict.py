@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..competitions import read_test_ids
 from ..data.folds import TEST_OUTPUTS
+from ..data.manifest import read_manifest_file
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import write_csv
@@ -28,9 +29,12 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True, any_expor
         if verbose:
             print(f"no {competition.sample_submission} in {experiment.raw_dir}: no test set, no submission written")
         return None
-    if not experiment.manifest_csv.is_file():
-        raise UserError(f"{experiment.manifest_csv} not found: run retinopathy preprocess with this config first")
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(experiment.processed_dir)
+    unprepared = sorted(set(sample_ids) - set(manifest.loc[manifest["split"] == "test", "id"]))
+    if unprepared:  # "could not be read" must mean an unreadable file, never one that was not prepared yet
+        raise UserError(f"{len(unprepared)} test image(s) of {competition.sample_submission} were never prepared "
+                        f"(e.g. '{unprepared[0]}', added after preprocessing?): run retinopathy preprocess with "
+                        "this config again, then predict")
     test = manifest[(manifest["split"] == "test") & (manifest["path"] != "")]
     test = test.set_index("id").reindex([i for i in sample_ids if i in set(test["id"])]).reset_index()
     grader = Grader.of_experiment(experiment, any_export=any_export, tta=experiment.config.tta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 from concurrent.futures.process import BrokenProcessPool
@@ -14,6 +15,7 @@ import pandas as pd
 
 from ..competitions import detect_competition, read_labels, read_test_ids
 from ..data.folds import gradable_mask
+from ..data.manifest import COLUMNS, absolute_paths, read_manifest_file, relative_paths
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import atomic_path, process_pool, remove_stale_temporaries, write_csv
@@ -22,8 +24,17 @@ from .fundus import METHODS
 from .image_io import encode_png, examine_file
 from ..progress import progress_bar
 
-MANIFEST_COLUMNS = ["id", "split", "source", "width", "height", "eye_x", "eye_y", "eye_radius", "status", "path",
-                    "gradable", "ungradable_reason", "brightness", "contrast", "focus", "phash"]
+MANIFEST_COLUMNS = COLUMNS
+
+
+def source_stamp(source: str | os.PathLike) -> tuple[int, int] | None:
+    """A raw photograph's size and modification time (None where it is missing): a file replaced in place since
+    it was prepared is prepared again."""
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def resource_fault(error: BaseException) -> bool:
@@ -32,11 +43,14 @@ def resource_fault(error: BaseException) -> bool:
         "Insufficient memory" in str(error)  # OpenCV's cv2.error when an allocation fails
 
 
-def _process_one(job: tuple[str, str, str, str, str, int, bool]) -> dict:
-    image_id, split, source, out_path, method, size, hashed = job
-    row = {"id": image_id, "split": split, "source": source, "width": None, "height": None,
-           "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok", "path": out_path, "gradable": False,
-           "ungradable_reason": "", "brightness": None, "contrast": None, "focus": None, "phash": ""}
+def _process_one(job: tuple[str, str, str, str, str, int, bool, str]) -> dict:
+    image_id, split, source, out_path, method, size, hashed, raw_dir = job
+    stamp = source_stamp(source)
+    row = {"id": image_id, "split": split, "source": os.path.relpath(source, raw_dir),
+           "source_size": stamp[0] if stamp else None, "source_mtime": stamp[1] if stamp else None,
+           "width": None, "height": None, "eye_x": None, "eye_y": None, "eye_radius": None, "status": "ok",
+           "path": Path(out_path).name, "digest": "", "gradable": False, "ungradable_reason": "", "brightness": None,
+           "contrast": None, "focus": None, "phash": ""}
     try:
         examined = examine_file(source, method, size, hashed)
     except FileNotFoundError:
@@ -54,8 +68,10 @@ def _process_one(job: tuple[str, str, str, str, str, int, bool]) -> dict:
         row["status"] = "no_eye" if method != "none" else "ok"
     else:
         row.update(eye_x=round(eye.cx, 1), eye_y=round(eye.cy, 1), eye_radius=round(eye.radius, 1))
+    png = encode_png(out)
+    row["digest"] = hashlib.sha256(png).hexdigest()[:16]  # what the packed store is keyed on
     with atomic_path(out_path) as tmp:
-        tmp.write_bytes(encode_png(out))
+        tmp.write_bytes(png)
     return row
 
 
@@ -92,23 +108,30 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
         raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
     competition = detect_competition(raw_dir)
     items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]] if "train" in splits else []
-    items += [(i, "test") for i in (read_test_ids(raw_dir, competition) or [])] if "test" in splits else []
+    test_ids = (read_test_ids(raw_dir, competition) or []) if "test" in splits else []
+    both = sorted(set(test_ids) & {i for i, _ in items})
+    if both:  # one prepared file would stand for two photographs
+        raise UserError(f"{raw_dir}: id '{both[0]}' is in both {competition.labels_csv} and "
+                        f"{competition.sample_submission} ({len(both)} such): an image is either a training or a test "
+                        "image; remove it from one of them")
+    items += [(i, "test") for i in test_ids]
     manifest_path, journal_path = out_dir / MANIFEST, out_dir / JOURNAL
     previous = {}
     if manifest_path.is_file():
-        old = pd.read_csv(manifest_path, dtype={"id": str}, keep_default_na=False)
+        old = relative_paths(read_manifest_file(out_dir))
         previous = {r["id"]: r for r in old.to_dict("records")}
     previous.update(_read_journal(journal_path))
-    # rows of an older release lack the gradability and the hash: those images are examined again
-    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye") and "phash" in r}
+    # rows of an older release lack the gradability, the hash or the source's stamp: examined again
+    previous = {i: r for i, r in previous.items() if r.get("status") in ("ok", "no_eye") and "digest" in r}
     done, jobs = {}, []
     for image_id, split in items:
         out_path = out_dir / f"{image_id}.png"
-        if image_id in previous and out_path.is_file():
-            done[image_id] = previous[image_id]
+        source = competition.image_path(raw_dir, split, image_id)
+        row = previous.get(image_id)
+        if row and row.get("split") == split and out_path.is_file() and _same_source(row, source):
+            done[image_id] = row
         else:
-            source = competition.image_path(raw_dir, split, image_id)
-            jobs.append((image_id, split, str(source), str(out_path), method, size, hashed))
+            jobs.append((image_id, split, str(source), str(out_path), method, size, hashed, str(raw_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
@@ -131,7 +154,16 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
     manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=MANIFEST_COLUMNS)
     write_csv(manifest, manifest_path)
     journal_path.unlink(missing_ok=True)
-    return manifest
+    return absolute_paths(manifest, out_dir)
+
+
+def _same_source(row: dict, source: Path) -> bool:
+    """Whether the raw photograph is the one the row was prepared from (same size and modification time)."""
+    stamp = source_stamp(source)
+    try:
+        return stamp is not None and (int(float(row["source_size"])), int(float(row["source_mtime"]))) == stamp
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFrame:
@@ -157,11 +189,11 @@ def preprocess(experiment: Experiment, workers: int | None = None) -> pd.DataFra
 
 def _pack(folder: Path, size: int, split: str, workers: int | None, manifest: pd.DataFrame) -> None:
     """A split's packed image store (``loader=store``), and a line saying what it holds and takes."""
-    from .store import ensure_store, store_bytes
+    from .store import ensure_store, human_bytes, store_bytes
 
     store = ensure_store(folder, size, split, workers=workers, manifest=manifest)
     n = store.shape[0]
-    print(f"preprocess: packed store of {n} {split} images at {size} px ({store_bytes(n, size) / 1e9:.2f} GB) "
+    print(f"preprocess: packed store of {n} {split} images at {size} px ({human_bytes(store_bytes(n, size))}) "
           f"→ {store.files.store}")
 
 

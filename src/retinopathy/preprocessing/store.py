@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..files import locked, write_csv, write_faults_named, write_text
-from ..paths import MANIFEST
+from ..data.manifest import read_manifest_file, relative_paths
 from ..progress import progress_bar
 
 
@@ -76,23 +76,34 @@ def store_bytes(n_images: int, size: int) -> int:
 
 
 def _packable(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
-    """The manifest's rows of ``split`` that have a prepared image."""
+    """The manifest's rows of ``split`` that have a prepared image (``path`` absolute, ``digest`` its content)."""
     path = manifest["path"].fillna("").astype(str)
     keep = (path != "") & (manifest["split"].astype(str) == split if "split" in manifest else True)
-    return manifest.loc[keep, ["id", "path"]].astype(str).reset_index(drop=True)
+    if "digest" not in manifest:
+        manifest = manifest.assign(digest="")
+    return manifest.loc[keep, ["id", "path", "digest"]].astype(str).reset_index(drop=True)
 
 
 def store_key(rows: pd.DataFrame) -> str:
-    """What a store is packed from: each image's id, path, and file size and time (a rerun of preprocessing that
-    rewrote a PNG changes it)."""
+    """What a store is packed from: each image's id, file name, content digest (recorded by preprocessing as it
+    wrote the PNG) and file size and time (a PNG changed since, by preprocessing or anything else, changes it).
+    Paths count by file name alone, so a moved data folder keeps its store."""
     digest = hashlib.sha256()
-    for image_id, path in zip(rows["id"], rows["path"]):
+    for image_id, path, content in zip(rows["id"], rows["path"], rows["digest"]):
         try:
             stat = os.stat(path)
         except OSError:
             raise UserError(f"{path}: prepared image missing: run retinopathy preprocess again") from None
-        digest.update(f"{image_id}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{image_id}\0{Path(path).name}\0{content}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def human_bytes(n: int) -> str:
+    """A size in the unit that shows it best: 512 B, 3.4 MB, 1.6 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _read_json(path: Path) -> dict:
@@ -128,8 +139,8 @@ def _create_partial(path: Path, shape: tuple[int, ...]) -> int:
         except OSError as e:
             path.unlink(missing_ok=True)
             free = os.statvfs(path.parent)
-            raise UserError(f"{path.parent}: the image store needs {needed / 1e9:.1f} GB and the disk has "
-                            f"{free.f_bavail * free.f_frsize / 1e9:.1f} GB free ({os.strerror(e.errno)}): free "
+            raise UserError(f"{path.parent}: the image store needs {human_bytes(needed)} and the disk has "
+                            f"{human_bytes(free.f_bavail * free.f_frsize)} free ({os.strerror(e.errno)}): free "
                             "space, or train with loader=png") from None
     return offset
 
@@ -142,17 +153,19 @@ def pack_store(folder: str | os.PathLike, size: int, split: str = "train", worke
     folder = Path(folder)
     files = StoreFiles(folder, split)
     if manifest is None:
-        manifest = pd.read_csv(folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
+        manifest = read_manifest_file(folder)
     rows = _packable(manifest, split)
     key = store_key(rows)
     with locked(folder / ".store.lock", f"the image store of {folder}", wait=True):
         mark = _read_json(files.mark)
-        if mark.get("key") == key and files.store.is_file() and files.index.is_file():
+        if mark.get("key") == key and files.store.is_file() and files.index.is_file() and \
+                _index_matches(files, rows, mark):
             return files.store
         shape = (len(rows), size, size, 3)
         partial, partial_mark = files.partial, files.partial_mark
         state = _read_json(partial_mark)
-        resumable = state.get("key") == key and state.get("shape") == list(shape) and partial.is_file()
+        resumable = state.get("key") == key and state.get("shape") == list(shape) and partial.is_file() and \
+            partial.stat().st_size == int(state.get("offset", -1)) + store_bytes(len(rows), size)  # not cut short
         offset = state["offset"] if resumable else _create_partial(partial, shape)
         done = int(state.get("done", 0)) if resumable else 0
         row_bytes = size * size * 3
@@ -168,12 +181,21 @@ def pack_store(folder: str | os.PathLike, size: int, split: str = "train", worke
                 write_text(partial_mark, json.dumps({"key": key, "shape": list(shape), "offset": offset,
                                                      "done": start + len(paths)}))
                 bar.update(len(paths))
-        write_csv(rows.assign(row=np.arange(len(rows))), files.index)
+        write_csv(relative_paths(rows[["id", "path"]]).assign(row=np.arange(len(rows))), files.index)
         files.mark.unlink(missing_ok=True)  # never the old mark beside the new store
         os.replace(partial, files.store)
         write_text(files.mark, json.dumps({"key": key, "shape": list(shape)}))
         partial_mark.unlink(missing_ok=True)
     return files.store
+
+
+def _index_matches(files: StoreFiles, rows: pd.DataFrame, mark: dict) -> bool:
+    """Whether a store's index and size agree with the images it was packed from (else it is packed again)."""
+    try:
+        ImageStore._read(files, rows, mark)
+    except UserError:
+        return False
+    return True
 
 
 @dataclass
@@ -194,18 +216,32 @@ class ImageStore:
         if not mark or not files.store.is_file() or not files.index.is_file():
             raise UserError(f"{folder}: no packed image store of its {split} images: run retinopathy preprocess "
                             "with loader=store")
-        manifest = pd.read_csv(files.folder / MANIFEST, dtype={"id": str}, keep_default_na=False)
-        if mark.get("key") != store_key(_packable(manifest, split)):
+        rows = _packable(read_manifest_file(files.folder), split)
+        if mark.get("key") != store_key(rows):
             raise UserError(f"{files.store}: packed from other images than the folder's manifest lists now: "
                             "run retinopathy preprocess with loader=store to pack it again")
-        return cls._read(files, mark)
+        return cls._read(files, rows, mark)
 
     @classmethod
-    def _read(cls, files: StoreFiles, mark: dict | None = None) -> "ImageStore":
-        """A store already known to match its PNGs: its index and shape."""
+    def _read(cls, files: StoreFiles, rows: pd.DataFrame, mark: dict | None = None) -> "ImageStore":
+        """A store whose key matches ``rows`` (its manifest's images): its index, checked to list exactly those
+        images in packing order (a shifted row would train on its neighbour's pixels), and its size checked
+        against its shape."""
         mark = mark or _read_json(files.mark)
-        index = pd.read_csv(files.index, dtype={"id": str, "path": str})
-        return cls(files, dict(zip(index["path"], index["row"].astype(int))), tuple(mark["shape"]))
+        shape = tuple(mark.get("shape", ()))
+        try:
+            index = pd.read_csv(files.index, dtype={"id": str, "path": str})
+            listed = (index["id"].tolist(), index["path"].tolist(), index["row"].astype(int).tolist())
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            listed = None
+        expected = (rows["id"].tolist(), [Path(p).name for p in rows["path"]], list(range(len(rows))))
+        data_bytes = store_bytes(shape[0], shape[1]) if len(shape) == 4 else -1
+        if listed != expected or len(shape) != 4 or shape[0] != len(rows) or \
+                files.store.stat().st_size < data_bytes or files.store.stat().st_size > data_bytes + 4096:
+            raise UserError(f"{files.store}: its index ({files.index.name}) or size does not match the images it "
+                            "was packed from: run retinopathy preprocess with loader=store to pack it again")
+        paths = [str(files.folder / name) for name in expected[1]]
+        return cls(files, dict(zip(paths, expected[2])), shape)
 
     @property
     def images(self) -> np.ndarray:
@@ -247,5 +283,7 @@ def ensure_store(folder: str | os.PathLike, size: int, split: str = "train", wor
                  progress: bool = True, manifest: pd.DataFrame | None = None) -> ImageStore:
     """The store of ``split`` in a processed folder, packed first where it is missing or stale (``manifest``: the
     folder's, where the caller has it)."""
+    if manifest is None:
+        manifest = read_manifest_file(folder)
     pack_store(folder, size, split, workers=workers, progress=progress, manifest=manifest)
-    return ImageStore._read(StoreFiles(Path(folder), split))  # pack_store has just checked it against the PNGs
+    return ImageStore._read(StoreFiles(Path(folder), split), _packable(manifest, split))  # key just checked

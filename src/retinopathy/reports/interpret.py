@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.manifest import read_manifest_file
 from ..errors import UserError
 from ..experiment import Experiment
 from ..inference.oof import load_oof, oof_outputs
@@ -50,7 +51,7 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
         oof["loss"] = -np.log(np.clip(outputs[np.arange(len(oof)), grades], 1e-7, 1))
         oof["sureness"] = outputs.max(1)
         oof["shown"] = [f"p {p:.2f}" for p in outputs[np.arange(len(oof)), oof["pred"]]]
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False)
+    manifest = read_manifest_file(experiment.processed_dir)
     return oof.merge(manifest[["id", "path"]], on="id", how="left")
 
 

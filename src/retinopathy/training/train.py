@@ -206,9 +206,12 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
             print(f"fold {fold}: {len(pseudo)} pseudo-labelled test images added to training (never validation)")
         table = pd.concat([table, pseudo], ignore_index=True)
     if config.extra_data:
-        extra = extra_data_rows(experiment)
+        extra = extra_data_rows(experiment, fold)
         if verbose and main_process:
-            counts = ", ".join(f"{n} from {source}" for source, n in extra["source"].value_counts().items())
+            given = extra["source"].value_counts()
+            counts = ", ".join(f"{given.get(source, 0)} from {source}" + (
+                f" ({n} copies of this fold's validation photographs left out)" if n else "")
+                for source, n in extra.attrs["copies"].items())
             print(f"fold {fold}: extra_data: {len(extra)} images added to training (never validation): {counts}")
         table = pd.concat([table, extra.drop(columns=["source"])], ignore_index=True)
     dls = build_dataloaders(table, experiment, fold)
