@@ -148,7 +148,7 @@ from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
 experiment = Experiment(load_config('configs/debug.yaml', ['raw_dir={tiny_aptos}', 'synthetic_images=0']),
                         Paths(data=Path('{tmp_path}'), output=Path('{tmp_path}')))
-assert verify_dataset(experiment.raw_dir, workers=1, progress=False, move_bad=False).clean
+assert verify_dataset(experiment.raw_dir, workers=1, progress=False).clean
 preprocess(experiment, workers=1)
 make_folds(experiment, verbose=False)
 """

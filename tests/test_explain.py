@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import debug_config, tiny_pipeline
+from retinopathy.data.manifest import read_manifest_file
 
 #: chance is a quarter of the mass in each quadrant; the lesions' quadrant must hold this much more
 MARGIN = 0.10
@@ -42,8 +43,7 @@ def quadrant_competition(root: Path, n: int = 80, size: int = 128, seed: int = 0
 
 @pytest.mark.slow  # 4 epochs at 128 px
 def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
-    from retinopathy.data.manifest import read_manifest_file
-from retinopathy.experiment import load_learner_quietly
+    from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.explain import heat_map, quadrant_mass
     from retinopathy.training.serving_model import serving_model
     from retinopathy.preprocessing.image_io import read_prepared

@@ -71,6 +71,10 @@ def test_ordinal_soft_targets_and_its_own_rule():
     outputs = np.array([[0.9, 0.6, 0.4, 0.1], [0.9, 0.2, 0.7, 0.1]])  # the second is not monotone
     assert head.plain_grades(outputs).tolist() == [2, 2], "grade = how many steps are more likely than not"
     assert head.scores(outputs).tolist() == pytest.approx([2.0, 1.9])
+    probabilities = head.grade_probabilities(outputs)
+    assert probabilities.sum(1) == pytest.approx([1, 1]) and (probabilities >= 0).all()
+    assert probabilities[1].tolist() == pytest.approx([0.1, 0.2, 0.5, 0.1, 0.1]), "from the sorted steps"
+    assert (probabilities.argmax(1) >= 0).all()
     loss = head.loss("mse", None)
     soft = torch.tensor([2.5])
     at_half = torch.logit(torch.tensor([[0.999, 0.999, 0.5, 0.001]]))
@@ -153,3 +157,43 @@ print(head.plain_grades(np.array([[0.5, 0, 0, 0, 0.5], [0, 0, 0, 0, 1.0]])).toli
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[2,", "4]"], "graded by the expected grade, not the most probable"
+
+
+def test_the_ordinal_grade_score_and_probabilities_agree():
+    """One grade, one score and one set of probabilities: the score's cut at 0.5, 1.5, ... is the grade, the
+    grade is the probabilities' median, and a close call is never between two grades other than the answer."""
+    from retinopathy.grades import DEFAULT_THRESHOLDS, cut
+
+    head = get_head("ordinal")
+    rng = np.random.default_rng(0)
+    outputs = rng.uniform(0, 1, (2000, 4))
+    grades, scores, probabilities = head.plain_grades(outputs), head.scores(outputs), head.grade_probabilities(outputs)
+    assert (cut(scores, DEFAULT_THRESHOLDS) == grades).all()
+    median = (np.cumsum(probabilities, 1) >= 0.5).argmax(1)
+    assert (median == grades).all()
+    assert probabilities.sum(1) == pytest.approx(np.ones(len(outputs)))
+    assert head.valid_outputs(outputs).all() and not head.valid_outputs(np.array([[1e10, 0, 0, 0]])).any()
+
+
+@pytest.mark.parametrize("name", ["classification", "regression", "ordinal", "multitask"])
+def test_a_close_call_always_starts_with_the_answer(name):
+    from types import SimpleNamespace
+
+    from retinopathy.inference.serve import close_call
+    from retinopathy.metrics import GradeRule
+
+    head = get_head(name)
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0, 1, (500, len(head.columns)))
+    if head.grade_probabilities(raw) is not None and name != "ordinal":
+        raw[:, :5] /= raw[:, :5].sum(1, keepdims=True)
+    if name in ("regression", "multitask"):
+        raw[:, -1] *= 4
+    grader = SimpleNamespace(head=head, rule=GradeRule.plain(name))
+    calls = 0
+    for row in raw:
+        call = close_call(grader, row[None])
+        if call is not None:
+            calls += 1
+            assert call[0] == int(grader.rule.grades(row[None])[0]) and abs(call[0] - call[1]) >= 1
+    assert calls > 0

@@ -457,6 +457,14 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "grade").text.startswith("Not gradable"))
         assert "no eye found" in driver.find_element(By.ID, "grade").text
         assert not driver.find_elements(By.CSS_SELECTOR, "#bars .bar"), "no grade's bars for a blank picture"
+        # a close call, then a photograph that cannot be graded: the note goes with the answer it was about
+        driver.execute_script("show({gradable: true, grade: 1, grade_name: 'Mild', value: 0.8, close_call: [1, 0], "
+                              "probabilities: [0.4, 0.45, 0.1, 0.03, 0.02], preprocessed: '', model_id: 'm', ms: 1},"
+                              " 'a.jpeg')")
+        assert driver.find_element(By.ID, "tie").is_displayed()
+        driver.execute_script("show({gradable: false, reason: 'no eye found', preprocessed: '', model_id: 'm', "
+                              "ms: 1}, 'b.jpeg')")
+        assert not driver.find_element(By.ID, "tie").is_displayed(), "no close-call note on a 'Not gradable' answer"
 
 
 def start_server(command: list[str], env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:

@@ -110,3 +110,71 @@ def test_an_ensemble_may_not_take_a_path_or_an_experiments_name(trained):
         assert done.returncode == 2 and message in done.stderr, done.stderr
     assert (experiment.dir / "tuning.json").read_bytes() == before
     assert not (work.parent.parent / "x").exists()
+
+
+def test_a_kill_during_the_oof_leaves_no_fold_that_says_up_to_date(tiny_aptos, tmp_path, monkeypatch):
+    """Ctrl-C while the new model grades its validation images: the old OOF never stands beside the new export."""
+    import retinopathy.training.train as train
+    from retinopathy.data.folds import make_folds
+
+    experiment = Experiment(debug_config(tiny_aptos, "oof-kill"), Paths(data=tmp_path / "data", output=tmp_path))
+    preprocess(experiment)
+    make_folds(experiment, verbose=False)
+    train.train_fold(experiment, 0, verbose=False)
+    assert train.fold_is_done(experiment, 0)
+    retrained = Experiment(experiment.config.replace(epochs=2), experiment.paths)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run_on_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_fold(retrained, 0, verbose=False)
+    assert not train.fold_is_done(retrained, 0) and not train.fold_is_done(experiment, 0)
+    assert not (experiment.fold_dir(0) / "oof.csv").exists()
+
+
+def test_train_again_skips_a_finished_fold_and_restart_trains_it(trained):
+    experiment, work, env = trained
+    export = experiment.fold_dir(0) / "export.pkl"
+    before = export.stat().st_mtime_ns
+    config = str(experiment.dir / "config.yaml")
+    done = run_script("train.py", "--config", config, "--fold", "0", cwd=work, env=env)
+    assert done.returncode == 0 and "fold 0: up to date" in done.stdout and export.stat().st_mtime_ns == before
+    done = run_script("train.py", "--config", config, "--fold", "0", "--resume", "--restart", cwd=work, env=env)
+    assert done.returncode == 2 and "contradict" in done.stderr
+
+
+def test_an_incomplete_ensemble_is_refused_everywhere_unless_named(trained, tmp_path):
+    experiment, work, env = trained
+    partial = work / "models" / "trust-one"
+    if not partial.exists():
+        shutil.copytree(experiment.dir, partial)
+        shutil.rmtree(partial / "fold1")
+    config = str(partial / "config.yaml")
+    for script in ("predict.py", "interpret.py", "serve.py"):
+        done = run_script(script, "--config", config, "name=trust-one", *(["--port", "0"] if script == "serve.py"
+                                                                          else []), cwd=work, env=env)
+        assert done.returncode == 2 and "fold 1 of" in done.stderr and "--folds 0" in done.stderr, (script,
+                                                                                                     done.stderr)
+    done = run_script("predict.py", "--config", config, "name=trust-one", "--folds", "0", cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "from 1 model(s)" in done.stdout
+
+
+@pytest.mark.parametrize("bad", ["nan", "-3", "1e10"])
+def test_pseudo_labels_outside_the_grade_scale_are_refused(trained, tmp_path, bad):
+    from retinopathy.data.folds import pseudo_label_rows
+
+    experiment, work, _ = trained
+    source = tmp_path / "grader"
+    source.mkdir()
+    outputs = pd.read_csv(experiment.dir / "test_outputs.csv", dtype={"id": str})
+    column = [c for c in outputs.columns if c != "id"][-1]
+    outputs[column] = outputs[column].astype(object)
+    outputs.loc[2, column] = bad
+    outputs.to_csv(source / "test_outputs.csv", index=False)
+    for head in ("classification", "regression"):
+        learner = Experiment(experiment.config.replace(pseudo_labels=str(source), head=head), experiment.paths)
+        with pytest.raises(UserError, match=r"test_outputs\.csv, row 4: outputs .* are not a grader's"):
+            pseudo_label_rows(learner)

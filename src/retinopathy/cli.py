@@ -102,8 +102,19 @@ def extra_folder(where: str, paths: Paths) -> Path:
 
 
 def experiment(args: argparse.Namespace, **changes) -> Experiment:
-    """The experiment the script's arguments describe."""
-    return Experiment(*resolve(args, **changes))
+    """The experiment the script's arguments describe (with ``--folds``, where the stage has it, the folds it
+    grades with)."""
+    config, paths = resolve(args, **changes)
+    spec = getattr(args, "folds", None)
+    only = tuple(parse_fold_spec(spec, config.n_folds)) if spec and str(spec).lower() != "all" else None
+    return Experiment(config, paths, only)
+
+
+def add_folds(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--folds: grade with some folds only (by default every fold of the config, all of which must be trained)."""
+    p.add_argument("--folds", help="grade with these folds only, e.g. 0,2 (default: every fold, all of which must be "
+                                   "trained: an incomplete ensemble is refused unless named here)")
+    return p
 
 
 #: what to do about a file-system fault, by errno; the message names the path

@@ -27,6 +27,9 @@ class Experiment:
 
     config: Config
     paths: Paths
+    #: the folds a grading stage (predict, serve, interpret) uses where the user named them (``--folds``); by
+    #: default every fold of the config, all of which must be trained
+    only_folds: tuple[int, ...] | None = None
 
     @property
     def raw_dir(self) -> Path:
@@ -102,11 +105,19 @@ class Experiment:
         return [k for k in range(self.config.n_folds) if (self.fold_dir(k) / "export.pkl").is_file()]
 
     def require_trained_folds(self) -> list[int]:
-        """:meth:`trained_folds`, or a UserError saying to train one first."""
+        """The folds a grading stage ensembles: every fold of the config (or those named in ``only_folds``), each
+        trained; else a UserError naming the first missing one. An incomplete ensemble is never used silently."""
         folds = self.trained_folds()
         if not folds:
             raise UserError(f"no trained fold in {self.dir}: run retinopathy train first")
-        return folds
+        wanted = list(self.only_folds) if self.only_folds is not None else list(range(self.config.n_folds))
+        missing = [k for k in wanted if k not in folds]
+        if missing:
+            trained = ",".join(map(str, folds))
+            hint = "" if self.only_folds is not None else f", or use only the trained ones: --folds {trained}"
+            raise UserError(f"fold {missing[0]} of {self.dir} is not trained ({len(missing)} of {len(wanted)} "
+                            f"missing): train it (retinopathy train --fold {missing[0]}){hint}")
+        return wanted
 
     def fold_provenance(self, fold: int) -> dict | None:
         """What made a fold's export: its ``fingerprint.json`` (None where there is none)."""

@@ -56,7 +56,7 @@ def ensure_raw_data(experiment: Experiment) -> Path:
 def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -> PipelineResult:
     """Run every stage; stages whose outputs are up to date are skipped, so an interrupted run resumes."""
     start = time.time()
-    experiment = Experiment(config, paths)
+    experiment = Experiment(config, paths, tuple(folds) if folds is not None else None)
     ensure_raw_data(experiment)
     print(f"experiment '{config.name}': {experiment.competition.slug} data in {experiment.raw_dir}")
     preprocess(experiment)

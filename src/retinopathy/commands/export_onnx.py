@@ -13,6 +13,7 @@ export.pkl files.
 import shlex
 
 from .. import cli
+from ..errors import UserError
 from ..inference.engines import ENGINES, EXPORTED
 
 
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     from ..inference.export import engine_agrees, export_fold
 
     experiment = cli.experiment(args)
-    trained = experiment.require_trained_folds()
+    trained = experiment.trained_folds()
+    if not trained:
+        raise UserError(f"no trained fold in {experiment.dir}: run retinopathy train first")
     folds = trained if args.folds == "all" else cli.parse_fold_spec(args.folds, experiment.config.n_folds)
     experiment.check_exports([f for f in folds if f in trained], any_export=args.any_export)
     reports = [export_fold(experiment, fold, engines=tuple(args.engines), calibration_images=args.calibration_images,

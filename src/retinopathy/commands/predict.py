@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--experiments", nargs="+", metavar="NAME",
                    help="trained experiments (models/<NAME>/) to ensemble instead of one config")
     p.add_argument("--name", help="the ensemble's name (default: ensemble-<a>+<b>...)")
+    cli.add_folds(p)
     p.add_argument("--any-export", action="store_true",
                    help="use trained folds even where they were not trained with this config's model settings")
     args = p.parse_args(argv)

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-megapixels", type=cli.number_in(0.001, 10_000, float), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest image, megapixels (default 40)")
     p.add_argument("--engine", choices=list(ENGINES), default="torch", help=ENGINE_HELP + " (default torch)")
+    cli.add_folds(p)
     p.add_argument("--any-export", action="store_true",
                    help="serve models even where they were not trained with the given config's model settings")
     args = p.parse_args(argv)

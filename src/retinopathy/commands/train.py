@@ -3,7 +3,8 @@ config.yaml). Run one process per fold on a multi-GPU box, or --fold all one aft
 
   retinopathy train --config debug --fold 0
   retinopathy train --config debug --fold all name=debug-r18 arch=resnet18 epochs=2   # another experiment
-  retinopathy train --config debug --fold 0 --resume      # after an interruption: carries on
+  retinopathy train --config debug --fold 0              # again: up to date is skipped, interrupted carries on
+  retinopathy train --config debug --fold 0 --restart    # from the start, whatever is there
   torchrun --nproc_per_node 4 scripts/train_fold.py --config x.yaml --fold 0   # one fold on 4 GPUs
 """
 
@@ -15,11 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
     p.add_argument("--fold", required=True, help="fold number, or 'all'")
     p.add_argument("--resume", action="store_true",
-                   help="carry on from the last finished epoch of an interrupted run with the same config")
+                   help="carry on from the last finished epoch of an interrupted run (what train does anyway)")
+    p.add_argument("--restart", action="store_true",
+                   help="train from the start, discarding a finished fold or an interrupted run's checkpoint")
     args = p.parse_args(argv)
+    if args.resume and args.restart:
+        p.error("--resume and --restart contradict each other: give one")
     experiment = cli.experiment(args)
     folds = cli.parse_fold_spec(args.fold, experiment.config.n_folds)
     from ..training.train import train_folds
 
-    train_folds(experiment, folds, resume=args.resume)
+    train_folds(experiment, folds, restart=args.restart)
 

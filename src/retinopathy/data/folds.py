@@ -166,9 +166,19 @@ def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
     source = Path(config.pseudo_labels) / TEST_OUTPUTS
     if not source.is_file():
         raise UserError(f"pseudo_labels: {source} not found: run predict with that experiment's config first")
-    outputs = pd.read_csv(source, dtype={"id": str})
-    grader = head_of_columns(outputs.columns)
-    served = grader.outputs_of(outputs)
+    try:
+        outputs = pd.read_csv(source, dtype={"id": str})
+        grader = head_of_columns(outputs.columns)
+        served = np.asarray(grader.outputs_of(outputs), dtype=float)
+    except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"pseudo_labels: {source}: not a predict run's test outputs ({str(e).splitlines()[0][:80]}):"
+                        " run predict with that experiment's config again") from None
+    bad = ~grader.valid_outputs(served) if len(served) else np.zeros(0, bool)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"pseudo_labels: {source}, row {row + 2}: outputs {np.round(served[row], 3).tolist()} are "
+                        "not a grader's (scores lie in 0-4, probabilities in 0-1): run predict with that "
+                        "experiment's config again")
     if get_head(config.head).categorical_targets:
         grade, keep = grader.plain_grades(served), grader.confidence(served) >= config.pseudo_confidence
     else:

@@ -24,7 +24,8 @@ def read_manifest_file(folder: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path} not found: run retinopathy preprocess with this config first")
     try:
-        manifest = pd.read_csv(path, dtype={"id": str, "path": str, "source": str}, keep_default_na=False)
+        manifest = pd.read_csv(path, dtype={"id": str, "path": str, "source": str, "source_size": str,
+                                                 "source_mtime": str}, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{path}: not a readable manifest ({str(e).splitlines()[0][:80]}): run retinopathy "
                         "preprocess again") from None

@@ -29,6 +29,9 @@ class Head:
     categorical_targets: bool = False
     #: the untuned rule cuts the continuous score at the default thresholds (rather than the head's own rule)
     cuts_scores: bool = True
+    #: the untuned grade is the most probable of :meth:`grade_probabilities` (a near tie is between the top two);
+    #: else it follows the score (a near tie is a score near a threshold)
+    argmax_grade: bool = False
 
     # ------------------------------------------------------------------------------------- numpy side
     def scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -47,6 +50,19 @@ class Head:
     def grade_probabilities(self, outputs: np.ndarray) -> np.ndarray | None:
         """The per-grade probabilities among the served outputs (n x 5), or None for a head that serves none."""
         return None
+
+    def valid_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        """Per image, whether its outputs are a grader's: finite, the score within 0-4 and any grade probabilities
+        within 0-1 (what ``pseudo_labels`` accepts from another experiment's test outputs)."""
+        outputs = self.check(outputs)
+        finite = np.isfinite(outputs).all(1)
+        safe = np.where(finite[:, None], outputs, 0.0)
+        scores = self.scores(safe)
+        ok = finite & (scores >= 0) & (scores <= len(GRADES) - 1)
+        probabilities = self.grade_probabilities(safe)
+        if probabilities is not None:
+            ok &= ((probabilities >= -1e-6) & (probabilities <= 1 + 1e-6)).all(1)
+        return ok
 
     def confidence(self, outputs: np.ndarray) -> np.ndarray:
         """How sure the head is of its plain grade, 0 (a coin toss) to 1: what ``pseudo_confidence`` compares."""

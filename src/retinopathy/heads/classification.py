@@ -16,6 +16,7 @@ class Classification(Head):
     columns = tuple(f"prob_{g}" for g in GRADES)
     categorical_targets = True
     cuts_scores = False
+    argmax_grade = True
 
     def scores(self, outputs):
         return expected_grade(self.check(outputs))

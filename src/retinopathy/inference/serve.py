@@ -73,7 +73,7 @@ def close_call(grader: Grader, outputs: np.ndarray) -> list[int] | None:
     """The two grades one served answer falls between, where it is a near tie (the chosen grade first)."""
     probabilities = grader.head.grade_probabilities(outputs)
     rule = grader.rule
-    if rule.use_values or probabilities is None:  # graded by cutting a score: near a threshold?
+    if rule.use_values or probabilities is None or not grader.head.argmax_grade:  # a cut score: near a threshold?
         value = float(rule.values(outputs)[0])
         thresholds = np.asarray(rule.thresholds, float)
         k = int(np.argmin(np.abs(thresholds - value)))

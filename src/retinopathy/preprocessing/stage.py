@@ -161,7 +161,8 @@ def _same_source(row: dict, source: Path) -> bool:
     """Whether the raw photograph is the one the row was prepared from (same size and modification time)."""
     stamp = source_stamp(source)
     try:
-        return stamp is not None and (int(float(row["source_size"])), int(float(row["source_mtime"]))) == stamp
+        recorded = tuple(int(str(row[k]).split(".")[0]) for k in ("source_size", "source_mtime"))  # exact integers
+        return stamp is not None and recorded == stamp
     except (KeyError, TypeError, ValueError):
         return False
 

@@ -41,7 +41,7 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
     grades = oof["grade"].to_numpy(int)
     outputs = oof_outputs(oof, head.name)
     oof["pred"] = rule.grades(outputs, oof["id"])
-    if rule.use_values or head.cuts_scores or head.grade_probabilities(outputs) is None:  # graded by its score
+    if rule.use_values or not head.argmax_grade or head.grade_probabilities(outputs) is None:  # graded by a score
         values = rule.values(outputs, oof["id"])
         thresholds = np.asarray(rule.thresholds, float)
         oof["loss"] = np.abs(values - grades)

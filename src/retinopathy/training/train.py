@@ -312,14 +312,15 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     learn = remove_speed_callbacks(learn)  # float32, contiguous: what predicts the same on any CPU
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, PlainTable)])
     learn.dls.train.num_workers = learn.dls.valid.num_workers = 0
+    # Never an export beside the fingerprint or the OOF of another: the old ones go before the new export lands,
+    # and the fingerprint is written last, once the OOF is (a kill in between leaves a fold of unknown origin,
+    # which is trained again, never one that says "up to date" over the old model's outputs).
+    (out / FINGERPRINT).unlink(missing_ok=True)
+    (out / "oof.csv").unlink(missing_ok=True)
     with atomic_path(out / "export.pkl") as tmp:
         learn.export(tmp)
-        # Never an export beside the fingerprint of another: the old one goes before the new export lands, and the
-        # new one is written after it (a kill in between leaves an export of unknown origin, which is refused).
-        (out / FINGERPRINT).unlink(missing_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:  # what init_from reads: tensors only, no pickled code
         torch.save(learn.model.state_dict(), tmp)
-    write_provenance(out, config, folds_digest, synthetic=(experiment.raw_dir / SOLUTION).is_file())
     config.save(out / "config.yaml")
 
     # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
@@ -332,6 +333,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy(),
                         **head.frame_columns(outputs), "pred": head.plain_grades(outputs)})
     write_csv(oof, out / "oof.csv")
+    write_provenance(out, config, folds_digest, synthetic=(experiment.raw_dir / SOLUTION).is_file())
     qwk = quadratic_kappa(oof["pred"], oof["grade"])
     best_epoch = int(history["qwk"].to_numpy().argmax())
     # The export is the fold's product; the checkpoints (model and optimizer, several times the model's size) are
@@ -344,6 +346,13 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     return FoldResult(fold, qwk, best_epoch, time.time() - start, out, float(lr))
 
 
-def train_folds(experiment: Experiment, folds: list[int], resume: bool = False) -> list[FoldResult]:
-    """Train ``folds`` one after another."""
-    return [train_fold(experiment, k, resume=resume) for k in folds]
+def train_folds(experiment: Experiment, folds: list[int], restart: bool = False) -> list[FoldResult]:
+    """Train ``folds`` one after another as the pipeline does: a fold that is up to date is skipped, an interrupted
+    one carries on from its last finished epoch; ``restart`` trains every one of them from the start."""
+    results = []
+    for fold in folds:
+        if not restart and fold_is_done(experiment, fold):
+            print(f"fold {fold}: up to date in {experiment.fold_dir(fold)}, skipped (--restart trains it again)")
+            continue
+        results.append(train_fold(experiment, fold, resume=not restart))
+    return results
