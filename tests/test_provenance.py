@@ -249,6 +249,21 @@ def test_a_full_disk_is_one_line_and_outputs_stay_whole(tmp_path, tiny_disk):
             im.load()  # every output that exists is whole
 
 
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_truncated_checkpoint(tiny_aptos, tmp_path, tiny_disk):
+    data = tmp_path / "data"
+    for stage in ("preprocess.py", "folds.py"):
+        prepared = run_script(stage, "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",
+                              str(tiny_aptos), "--data-dir", str(data), cwd=tmp_path)
+        assert prepared.returncode == 0, prepared.stderr
+    result = run_script("train.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir", str(tiny_aptos),
+                        "--data-dir", str(data), "--fold", "0", "arch=resnet18", cwd=tmp_path,
+                        env={"RETINOPATHY_OUTPUT_DIR": str(tiny_disk)})
+    _one_line(result, "no space left on the device")
+    for checkpoint in tiny_disk.rglob("*.pth"):
+        import torch
+        torch.load(checkpoint, weights_only=False)  # whatever stands there is whole
+
+
 def test_a_read_only_file_system_is_one_line(tiny_aptos, tmp_path, tiny_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
     result = run_script("preprocess.py", "--config", str(REPO / "configs" / "debug.yaml"), "--raw-dir",

@@ -178,3 +178,44 @@ def test_pseudo_labels_outside_the_grade_scale_are_refused(trained, tmp_path, ba
         learner = Experiment(experiment.config.replace(pseudo_labels=str(source), head=head), experiment.paths)
         with pytest.raises(UserError, match=r"test_outputs\.csv, row 4: outputs .* are not a grader's"):
             pseudo_label_rows(learner)
+
+
+def test_one_image_per_grade_is_one_line(tmp_path):
+    from retinopathy.data.folds import assign_folds
+
+    labels = pd.DataFrame({"id": [f"i{g}" for g in range(5)], "grade": range(5)})
+    with pytest.raises(UserError, match="every grade has fewer labelled images than the 2 folds"):
+        assign_folds(labels, 2, 0, APTOS2019)
+
+
+@pytest.mark.parametrize("text, why", [("{not json", "not a grade rule"), ('{"thresholds": ["a", "b"]}', "not a grade rule"),
+                                       ('[1, 2]', "not a mapping"), ('{"thresholds": [0.5]}', "thresholds")])
+def test_a_broken_tuning_file_is_one_line(tmp_path, text, why):
+    from retinopathy.metrics import GradeRule
+
+    (tmp_path / "tuning.json").write_text(text)
+    with pytest.raises(UserError, match=why) as refused:
+        GradeRule.read(tmp_path, "regression")
+    assert "tuning.json" in str(refused.value) and "predict again" in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["date,experiment\n2026,a,b,c,d,e\n\"unclosed\n", "date,other\n1,2\n"])
+def test_a_broken_results_table_is_one_line(tmp_path, text):
+    from retinopathy.reports.results import read_results
+
+    (tmp_path / "results.csv").write_text(text)
+    with pytest.raises(UserError, match=r"results\.csv: not a results table .* move it aside"):
+        read_results(tmp_path / "results.csv")
+
+
+def test_init_from_a_model_that_saw_this_folds_validation_images_is_refused(trained):
+    from retinopathy.data.folds import make_folds
+    from retinopathy.training.train import train_fold
+
+    experiment, work, _ = trained
+    other_seed = Experiment(experiment.config.replace(name="trust-init", seed=7, init_from=str(experiment.dir)),
+                            experiment.paths)
+    make_folds(other_seed, verbose=False)
+    with pytest.raises(UserError, match=r"init_from: fold 0 of .* trained on \d+ of this fold's \d+ validation "
+                                        r"images .* use its n_folds=2 and seed=42"):
+        train_fold(other_seed, 0, verbose=False)

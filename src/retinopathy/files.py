@@ -66,9 +66,21 @@ def write_faults_named(path: str | os.PathLike) -> Iterator[None]:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     except RuntimeError as e:
-        if "write failed" in str(e) or "No space left" in str(e):
+        # torch.save's zip writer says a full disk as "file write failed", or as "[enforce fail at
+        # inline_container.cc] unexpected pos" where the disk filled between two of its writes
+        said = str(e)
+        if "write failed" in said or "No space left" in said or (
+                "inline_container" in said and _nearly_full(Path(path))):
             raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
         raise
+
+
+def _nearly_full(path: Path, margin: int = 64 * 2**20) -> bool:
+    """Whether the disk holding ``path`` (or its nearest existing folder) has less than ``margin`` bytes free."""
+    import shutil
+
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free < margin
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .competitions import EYEPACS2015
+from .errors import UserError
 from .grades import DEFAULT_THRESHOLDS, GRADE_NAMES, GRADES, cut
 from .heads import get_head
 
@@ -71,7 +72,21 @@ class GradeRule:
     def read(cls, experiment_dir: str | Path, head: str) -> "GradeRule":
         """The experiment's tuned rule (``tuning.json`` in ``experiment_dir``), else the plain rule for its head."""
         path = Path(experiment_dir) / TUNING
-        return cls.from_dict(json.loads(path.read_text()), head) if path.is_file() else cls.plain(head)
+        if not path.is_file():
+            return cls.plain(head)
+        try:
+            tuning = json.loads(path.read_text())
+            if not isinstance(tuning, dict):
+                raise ValueError(f"a {type(tuning).__name__}, not a mapping")
+            rule = cls.from_dict(tuning, head)
+            get_head(rule.head)
+            if not all(np.isfinite(rule.thresholds)) or len(rule.thresholds) != len(DEFAULT_THRESHOLDS):
+                raise ValueError(f"thresholds {list(rule.thresholds)}")
+        except (ValueError, TypeError, UserError, UnicodeDecodeError) as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+            raise UserError(f"{path}: not a grade rule ({why}): delete it and run retinopathy predict again (it "
+                            "tunes the rule anew)") from None
+        return rule
 
     def to_dict(self) -> dict:
         """The mapping written to ``tuning.json``."""

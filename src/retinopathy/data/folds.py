@@ -43,6 +43,9 @@ def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Com
                         f"{n_folds} folds; lower n_folds")
     folds = np.full(len(labels), -1)
     grades = labels["grade"].round().astype(int)
+    if (counts < n_folds).all():  # scikit-learn cannot stratify when every grade is rarer than the folds
+        raise UserError(f"every grade has fewer labelled images than the {n_folds} folds (" + ", ".join(
+            f"grade {g}: {c}" for g, c in counts.sort_index().items()) + "): label more images or lower n_folds")
     if len(np.unique(groups)) == len(labels):  # nothing to keep together: plain stratified folds balance best
         splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, grades)
     else:
@@ -221,3 +224,27 @@ def _validation_hashes(experiment: Experiment, fold: int) -> pd.Series:
     manifest = read_manifest_file(experiment.processed_dir)
     valid = set(folds.loc[folds["fold"] == fold, "id"])
     return manifest.loc[manifest["id"].isin(valid), "phash"] if "phash" in manifest else pd.Series(dtype=str)
+
+
+def check_init_overlap(experiment: Experiment, fold: int) -> None:
+    """Refuse to start a fold from ``init_from``'s fold of the same number where that one trained on any of this
+    fold's validation images (the two experiments split the same images otherwise: another seed or fold count), so
+    CV is never read off a model that saw its validation images."""
+    from ..config import load_config
+
+    source = Path(experiment.config.init_from)
+    saved = source / "config.yaml"
+    if not saved.is_file() or not experiment.folds_csv.is_file():
+        return
+    theirs = Experiment(load_config(saved).replace(name=source.name), experiment.paths)
+    if not theirs.folds_csv.is_file():
+        return
+    their_folds = pd.read_csv(theirs.folds_csv, dtype={"id": str})
+    mine = pd.read_csv(experiment.folds_csv, dtype={"id": str})
+    validating = set(mine.loc[mine["fold"] == fold, "id"])
+    seen = validating & set(their_folds.loc[their_folds["fold"] != fold, "id"])
+    if seen:
+        raise UserError(f"init_from: fold {fold} of {source} trained on {len(seen)} of this fold's {len(validating)} "
+                        f"validation images (it split them into {theirs.folds_csv.name}, this experiment into "
+                        f"{experiment.folds_csv.name}): use its n_folds={theirs.config.n_folds} and "
+                        f"seed={theirs.config.seed}, or start from an experiment trained on other images")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from ..experiment import Experiment
 from ..files import locked, write_csv, write_text
 from ..metrics import GRADES, GradeRule
@@ -59,7 +60,7 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
            "commit": git_commit()}
     csv_path = experiment.paths.reports / "results.csv"
     with locked(csv_path.with_name(".results.lock"), "reports/results.csv", wait=True):  # no row lost to a race
-        table = pd.read_csv(csv_path, dtype={"fingerprint": str}) if csv_path.is_file() else pd.DataFrame()
+        table = read_results(csv_path)
         if len(table):  # a rerun of the same experiment and config replaces its row
             same = (table["experiment"] == row["experiment"]) & (table["fingerprint"] == row["fingerprint"])
             table = table[~same]
@@ -73,6 +74,24 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
                    "config paths; `reports/index.html` compares them).\n\n" + "\n".join(lines) + "\n")
         write_comparison(table, experiment.paths.reports / "index.html")
     return csv_path
+
+
+def read_results(csv_path: Path) -> pd.DataFrame:
+    """The results table so far (empty where there is none), or one line saying it is not one."""
+    if not csv_path.is_file():
+        return pd.DataFrame()
+    try:
+        table = pd.read_csv(csv_path, dtype={"fingerprint": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        why = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        table = None
+    else:
+        missing = [c for c in ("experiment", "fingerprint", "config") if c not in table.columns]
+        why = f"no {', '.join(missing)} column" if missing else ""
+    if table is None or why:
+        raise UserError(f"{csv_path}: not a results table ({why}): move it aside (a new one is started) and run "
+                        "predict again; the submission and tuning are already written")
+    return table
 
 
 #: the comparison page's columns: (column of results.csv, heading)

@@ -37,6 +37,19 @@ class CPUBFloat16(Callback):
         self.autocast.__exit__(None, None, None)
 
 
+def save_whole(learn, name: str, with_opt: bool) -> Path:
+    """``learn.save(name)`` written beside and renamed into place, so ``<name>.pth`` is whole or absent; a failed
+    write (a full disk) leaves no partial file either."""
+    model_dir = Path(learn.path) / learn.model_dir
+    partial = model_dir / f"{name}-partial.pth"
+    try:
+        learn.save(partial.stem, with_opt=with_opt)
+        os.replace(partial, model_dir / f"{name}.pth")
+    finally:
+        partial.unlink(missing_ok=True)
+    return model_dir / f"{name}.pth"
+
+
 class ResumeCheckpoint(Callback):
     """After every epoch: the model and the optimizer (``checkpoints/last.pth``) and where training stands (phase,
     epoch, best QWK so far) in ``state_file``, so an interrupted run can carry on. Written by process 0 only, file
@@ -51,9 +64,7 @@ class ResumeCheckpoint(Callback):
     def after_epoch(self):
         if rank_distrib():
             return
-        model_dir = self.learn.path / self.learn.model_dir
-        self.learn.save("last-partial", with_opt=True)
-        os.replace(model_dir / "last-partial.pth", model_dir / "last.pth")
+        save_whole(self.learn, "last", with_opt=True)
         smooth = self.learn.recorder.smooth_loss  # the table's train_loss: a running average across epochs
         state = {"phase": self.phase, "epoch": self.offset + self.epoch, "best": float(self.tracker.best),
                  "fingerprint": self.fingerprint, "smooth_loss": [float(smooth.val), int(smooth.count)]}
@@ -110,8 +121,13 @@ class KeepBest(SaveModelCallback):
     def after_epoch(self):
         TrackerCallback.after_epoch(self)
         if self.new_best:
-            print(f"better {self.monitor} at epoch {self.epoch + self.offset + 1}: {self.best:.4f}", flush=True)
+            print(f"best {self.monitor} so far, on the validation fold at epoch {self.epoch + self.offset + 1}: "
+                  f"{self.best:.4f}", flush=True)
             self._save(self.fname)
+
+    def _save(self, name):
+        """Saved whole or not at all: a full disk never leaves a truncated best.pth to be reloaded."""
+        self.last_saved_path = save_whole(self.learn, name, self.with_opt)
 
 
 class PlainTable(Callback):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.folds import extra_data_rows, pseudo_label_rows, training_table
+from ..data.folds import check_init_overlap, extra_data_rows, pseudo_label_rows, training_table
 from ..data.synthetic import SOLUTION
 from ..device import cuda_available
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
@@ -222,6 +222,8 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     if config.init_from:
         from .weights import init_from_experiment
 
+        check_init_overlap(experiment, fold)
+
         copied = init_from_experiment(learn.model, Path(config.init_from), fold)
         if verbose and main_process:
             print(f"fold {fold}: {copied}")
@@ -341,8 +343,9 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     (out / RESUME_STATE).unlink(missing_ok=True)
     if verbose:
-        print(f"fold {fold}: QWK {qwk:.4f} (best epoch {best_epoch + 1}/{len(history)}) in {time.time() - start:.0f}s"
-              f" → {out}")
+        print(f"fold {fold}: QWK {qwk:.4f} of the exported model (best epoch {best_epoch + 1}/{len(history)}) on its "
+              f"validation images, graded in float32 as predict grades them (the epoch table's qwk is the training "
+              f"loop's own figure) in {time.time() - start:.0f}s → {out}")
     return FoldResult(fold, qwk, best_epoch, time.time() - start, out, float(lr))
 
 
