@@ -15,8 +15,9 @@ RUN pip install ".[serve]" && rm -rf /app/src /root/.cache \
 
 USER grader
 EXPOSE 8000
-# The experiment's folder (fold*/model-int8.onnx, fold*/config.yaml, tuning.json); ENGINE=onnx for float32.
-ENV ENGINE=int8 WORKERS=2
+# The experiment's folder (fold*/model.onnx, onnx.json, config.yaml, tuning.json); ENGINE=int8 serves 8-bit
+# files only where their export found them grading as PyTorch does.
+ENV ENGINE=onnx WORKERS=2
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"
 CMD ["sh", "-c", "exec retinopathy serve --models-dir /models --engine \"$ENGINE\" --workers \"$WORKERS\" --host 0.0.0.0 --port 8000"]

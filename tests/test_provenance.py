@@ -119,6 +119,27 @@ def test_a_stale_onnx_file_is_refused(trained, tmp_path):
     assert Grader([fold / "model.onnx"], any_export=True).engine == "onnx"
 
 
+def test_an_onnx_file_of_an_earlier_training_with_the_same_settings_is_refused(trained, tmp_path):
+    from retinopathy.config import file_digest
+    from retinopathy.errors import UserError
+    from retinopathy.inference.export import export_fold
+    from retinopathy.inference.grader import Grader
+
+    experiment, _, _ = trained
+    export_fold(experiment, 0, engines=("onnx",), verbose=False)
+    fold = tmp_path / "exp" / "fold0"
+    fold.mkdir(parents=True)
+    for name in ("model.onnx", "config.yaml", "export.pkl", "fingerprint.json"):
+        shutil.copy(experiment.fold_dir(0) / name, fold / name)
+    assert Grader([fold / "model.onnx"]).engine == "onnx"
+    with open(fold / "export.pkl", "ab") as f:  # the fold trained again with the very same config
+        f.write(b"retrained")
+    record = json.loads((fold / "fingerprint.json").read_text())
+    (fold / "fingerprint.json").write_text(json.dumps({**record, "export": file_digest(fold / "export.pkl")}))
+    with pytest.raises(UserError, match="model.onnx: exported from an earlier training of this fold"):
+        Grader([fold / "model.onnx"])
+
+
 # ----------------------------------------------------------------------------------------- resuming
 def _experiment(raw, tmp_path, *overrides):
     experiment = Experiment(debug_config(raw, "r", *overrides), Paths(data=tmp_path / "data", output=tmp_path))

@@ -226,6 +226,25 @@ def test_export_onnx_checks_each_fold_against_pytorch(exported):
     assert not engine_agrees(worse, "int8") and engine_agrees(reports[0], "onnx")
 
 
+def test_an_engine_that_grades_unlike_pytorch_is_refused_unless_accepted(exported, tmp_path):
+    experiment, _, _, _ = exported
+    copy = tmp_path / "exp"
+    shutil.copytree(experiment.dir, copy)
+    report = json.loads((copy / "fold0" / "onnx.json").read_text())
+    report["int8"]["grade_agreement"] = 0.409
+    (copy / "fold0" / "onnx.json").write_text(json.dumps(report))
+    refused = run_script("serve.py", "--models-dir", str(copy), "--engine", "int8", "--port", "0", cwd=tmp_path)
+    assert refused.returncode == 2 and "gave PyTorch's grade on 40.9 % of its fold's validation images" in \
+        refused.stderr and "--accept-disagreement" in refused.stderr and "Traceback" not in refused.stderr
+    (copy / "fold1" / "onnx.json").unlink()
+    refused = run_script("serve.py", "--models-dir", str(copy), "--engine", "onnx", "--port", "0", cwd=tmp_path)
+    assert refused.returncode == 2 and "fold1/model.onnx: how often it grades as PyTorch does is not recorded" in \
+        refused.stderr
+    from retinopathy.inference.engines import check_agreement
+
+    check_agreement(sorted(copy.glob("fold*/model-int8.onnx")), accept=True)  # said explicitly: served
+
+
 def test_a_killed_export_leaves_no_temporary_behind(exported):
     """What a killed export leaves (the float32 file's and the quantiser's temporaries) is removed by the next
     export of the fold, even one that finds the fold up to date."""

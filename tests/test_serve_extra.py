@@ -42,7 +42,7 @@ def test_serve_extra_alone_serves_onnx_with_workers(serve_only, tiny_aptos, tmp_
     assert exported.returncode == 0, exported.stderr
     start = time.time()
     proc, url = start_server([str(serve_only / "bin" / "retinopathy"), "serve", "--models-dir", str(experiment.dir),
-                              "--engine", "int8", "--workers", "2"])
+                              "--engine", "onnx", "--workers", "2"])
     try:
         print(f"torch-free server up in {time.time() - start:.1f}s")
         assert len(children(proc.pid)) >= 2
@@ -51,7 +51,7 @@ def test_serve_extra_alone_serves_onnx_with_workers(serve_only, tiny_aptos, tmp_
         answer = post(client, photo.read_bytes(), photo.name)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert body["grade"] in range(5) and "int8" in body["model_id"]
+        assert body["grade"] in range(5) and "onnx" in body["model_id"]
         assert json.loads(client.get("/health").text)["models"] == 2
     finally:
         proc.terminate()

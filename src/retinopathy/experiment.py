@@ -156,10 +156,13 @@ class Experiment:
 
 def write_provenance(fold_dir: Path, config: Config, folds: str = "", synthetic: bool = False) -> Path:
     """Record beside a fold's export which settings made it, on which folds (``folds``: the folds CSV's digest when
-    training read it), and whether from a synthetic competition (``fingerprint.json``); write it after the
-    export."""
+    training read it), whether from a synthetic competition, and the digest of this very export (an ONNX file
+    exported from an earlier training of the fold, even with the same settings, carries another) in
+    ``fingerprint.json``; write it after the export."""
+    export = Path(fold_dir) / "export.pkl"
     return write_text(Path(fold_dir) / FINGERPRINT, json.dumps(
         {"fingerprint": config.fingerprint, "folds": folds, "synthetic": synthetic,
+         "export": file_digest(export) if export.is_file() else "",
          "settings": config.model_settings()}, indent=1, default=str))
 
 

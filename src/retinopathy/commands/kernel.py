@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"(default {PseudoLabels.minutes:.0f}; Kaggle stops it at 9 h)")
     p.add_argument("--any-export", action="store_true",
                    help="bundle folds even where they were not trained with the given config's model settings")
+    p.add_argument("--accept-disagreement", action="store_true",
+                   help="bundle an exported engine even where its export found it grading unlike PyTorch on more "
+                        "than 1 % of the validation images")
     args = p.parse_args(argv)
     if args.submit and not args.message:
         p.error("--submit needs -m/--message, the submission's description")
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_build:
         build = existing_build(experiment, args.dataset, args.kernel, args.out)
     else:
+        from ..inference.engines import check_agreement
+
+        check_agreement([experiment.fold_dir(k) / ENGINES[args.engine].model_file for k in experiment.trained_folds()],
+                        args.accept_disagreement)
         pseudo = PseudoLabels(args.pseudo_epochs, args.pseudo_minutes) if args.pseudo_label else None
         build = build_kernel(experiment, args.dataset, args.kernel, args.engine, args.gpu, args.out,
                              any_export=args.any_export, pseudo=pseudo)

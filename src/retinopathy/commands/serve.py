@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import cli
 from ..errors import UserError
-from ..inference.engines import ENGINE_HELP, ENGINES
+from ..inference.engines import ENGINE_HELP, ENGINES, check_agreement
 from ..inference.grader import Grader, check_model_paths, engine_file, models_in_folder
 from ..inference.serve import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SETTINGS_ENV, create_app, models_of_experiment
 
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_folds(p)
     p.add_argument("--any-export", action="store_true",
                    help="serve models even where they were not trained with the given config's model settings")
+    p.add_argument("--accept-disagreement", action="store_true",
+                   help="serve an exported engine even where its export found it grading unlike PyTorch on more "
+                        "than 1 % of the validation images")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
@@ -76,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         models, tta = models_of_experiment(experiment), experiment.config.tta
     # A missing file is one line here, not a traceback from the server's start-up.
     check_model_paths(models)
-    for path in models:
-        engine_file(Path(path), args.engine)
+    check_agreement([engine_file(Path(path), args.engine) for path in models], args.accept_disagreement)
     # The port is bound and the models are loaded before anything is announced: either failing is one line.
     sock = listening_socket(args.host, args.port)
     grader = Grader(models, args.threads, args.engine, args.any_export, tta=tta)

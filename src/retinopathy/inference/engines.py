@@ -17,6 +17,13 @@ from ..errors import UserError
 
 #: the ONNX files' metadata key holding the fingerprint of the config that trained the fold they were exported from
 FINGERPRINT_KEY = "retinopathy_fingerprint"
+#: the ONNX files' metadata key holding the digest of the very export.pkl they were exported from
+EXPORT_KEY = "retinopathy_export"
+#: the export's measurements, beside the fold's ONNX files (``retinopathy export-onnx``)
+ONNX_REPORT = "onnx.json"
+#: an exported engine is served or bundled only where it gave PyTorch's grade on at least this share of its fold's
+#: validation images (``--accept-disagreement`` overrides)
+MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape  # [1, size, size, 3] as exported
         self.image_size = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
-        self.fingerprint = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.fingerprint, self.export = metadata.get(FINGERPRINT_KEY), metadata.get(EXPORT_KEY)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -110,3 +118,35 @@ def tta_views(images: np.ndarray, tta: bool) -> list[np.ndarray]:
     upside-down. The one definition of test-time augmentation: every caller grades through the Grader."""
     return [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
 
+
+
+def disagreement(model_file: Path) -> str:
+    """Why an exported engine's file may not stand in for PyTorch ('' where it may): its fold's export report
+    (``onnx.json`` beside it) says how often it gave PyTorch's grade, and that must be at least
+    :data:`MIN_AGREEMENT`. PyTorch's own ``export.pkl`` always may."""
+    import json
+
+    model_file = Path(model_file)
+    engine = next((e for e in ENGINES.values() if e.exported and e.model_file == model_file.name), None)
+    if engine is None:
+        return ""
+    report = model_file.parent / ONNX_REPORT
+    try:
+        agreed = float(json.loads(report.read_text())[engine.name]["grade_agreement"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (f"{model_file}: how often it grades as PyTorch does is not recorded ({report} missing or without "
+                f"{engine.name}): export it again (retinopathy export-onnx), or pass --accept-disagreement")
+    if agreed < MIN_AGREEMENT:
+        return (f"{model_file}: gave PyTorch's grade on {100 * agreed:.1f} % of its fold's validation images "
+                f"({report.name}), below {100 * MIN_AGREEMENT:.0f} %: use --engine onnx or torch, or pass "
+                "--accept-disagreement to use it anyway")
+    return ""
+
+
+def check_agreement(model_files, accept: bool = False) -> None:
+    """Refuse, in one line naming the figure, an exported engine's file that grades unlike PyTorch (unless
+    ``accept``)."""
+    for path in [] if accept else model_files:
+        why = disagreement(path)
+        if why:
+            raise UserError(why)

@@ -24,40 +24,46 @@ from ..progress import steps
 from ..files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
-from .engines import ENGINES, EXPORTED, FINGERPRINT_KEY, OnnxRunner, get_engine
+from .engines import (ENGINES, EXPORT_KEY, EXPORTED, FINGERPRINT_KEY, MIN_AGREEMENT, ONNX_REPORT, OnnxRunner,
+                      get_engine)
 from .grader import Grader
 from ..training.serving_model import ServingModel, serving_model
 
-#: the export's measurements, beside the fold's ONNX files
-ONNX_REPORT = "onnx.json"
 
 
-def export_onnx(model: ServingModel, size: int, path: Path, fingerprint: str | None = None) -> Path:
-    """Write ``model`` as ONNX for one (size × size) image, through PyTorch's exporter (torch.export), with the
-    training config's ``fingerprint`` in its metadata; atomic."""
+def export_onnx(model: ServingModel, size: int, path: Path, stamp: dict | None = None) -> Path:
+    """Write ``model`` as ONNX for one (size × size) image, through PyTorch's exporter (torch.export), with
+    ``stamp`` (the training config's fingerprint, the export's digest: :func:`provenance_stamp`) in its metadata;
+    atomic."""
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
         program = torch.onnx.export(model, (example,), input_names=["image"], output_names=["output"],
                                     dynamo=True, external_data=False, verbose=False)
         program.save(str(tmp))
-        if fingerprint:
-            stamp_fingerprint(tmp, fingerprint)
+        if stamp:
+            stamp_provenance(tmp, stamp)
     return path
 
 
-def stamp_fingerprint(path: Path, fingerprint: str) -> None:
-    """Record the training config's fingerprint in an ONNX file's metadata, so the file says what made it."""
+def provenance_stamp(fold_dir: Path) -> dict:
+    """What an ONNX file of a fold records of its source: the training config's fingerprint and the digest of the
+    fold's ``export.pkl`` (both from its ``fingerprint.json``; empty where there is none)."""
+    record = read_provenance(fold_dir) or {}
+    return {k: v for k, v in ((FINGERPRINT_KEY, record.get("fingerprint")), (EXPORT_KEY, record.get("export"))) if v}
+
+
+def stamp_provenance(path: Path, stamp: dict) -> None:
+    """Record ``stamp`` in an ONNX file's metadata, so the file says what made it."""
     import onnx
 
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        FINGERPRINT_KEY: fingerprint})
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **stamp})
     onnx.save(model, str(path))
 
 
 def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.ndarray],
-                  fingerprint: str | None = None) -> Path:
+                  stamp: dict | None = None) -> Path:
     """Static int8 quantisation with ONNX Runtime: the convolutions (where the time goes) get per-channel int8
     weights and uint8 inputs whose ranges are measured on ``calibration_images`` (the fold's training images, so
     nothing of the validation fold leaks); the head and the outputs stay float32 (probabilities quantised to
@@ -84,8 +90,8 @@ def quantize_int8(onnx_path: Path, out: Path, calibration_images: Iterable[np.nd
             quantize_static(str(pre), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv"])
-            if fingerprint:
-                stamp_fingerprint(tmp, fingerprint)
+            if stamp:
+                stamp_provenance(tmp, stamp)
         finally:
             pre.unlink(missing_ok=True)
     return out
@@ -132,9 +138,12 @@ def save_report(fold_dir: Path, report: dict) -> Path:
     return write_text(fold_dir / ONNX_REPORT, json.dumps(report, indent=2) + "\n")
 
 
-def _up_to_date(files: list[Path], source: Path, report_file: Path, fingerprint: str | None) -> bool:
-    return report_file.is_file() and all(p.is_file() and p.stat().st_mtime >= source.stat().st_mtime
-                                         and OnnxRunner(p, 1).fingerprint == fingerprint for p in files)
+def _up_to_date(files: list[Path], report_file: Path, stamp: dict) -> bool:
+    """Whether every file was exported from this very export.pkl (its digest, not its time, decides)."""
+    def current(p: Path) -> bool:
+        run = OnnxRunner(p, 1)
+        return run.fingerprint == stamp.get(FINGERPRINT_KEY) and run.export == stamp.get(EXPORT_KEY)
+    return report_file.is_file() and all(p.is_file() and current(p) for p in files)
 
 
 def export_fold(experiment, fold: int, engines: tuple[str, ...] = EXPORTED, calibration_images: int = 128,
@@ -159,17 +168,16 @@ def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_im
     source = fold_dir / "export.pkl"
     if not source.is_file():
         raise UserError(f"{source} not found: train fold {fold} first (retinopathy train --fold {fold})")
-    fingerprint = (read_provenance(fold_dir) or {}).get("fingerprint")
+    stamp = provenance_stamp(fold_dir)
     files, report_file = onnx_files(fold_dir), fold_dir / ONNX_REPORT
-    if not force and _up_to_date([files[e] for e in engines], source, report_file, fingerprint):
+    if not force and _up_to_date([files[e] for e in engines], report_file, stamp):
         if verbose:
             print(f"fold {fold}: already exported ({', '.join(files[e].name for e in engines)}); --force redoes it")
         return json.loads(report_file.read_text())
 
     step = steps(f"fold {fold}", 2 + ("int8" in engines), verbose)
     step("exporting to ONNX")
-    export_onnx(serving_model(load_learner_quietly(source), config.head), config.image_size, files["onnx"],
-                fingerprint)
+    export_onnx(serving_model(load_learner_quietly(source), config.head), config.image_size, files["onnx"], stamp)
     try:
         table = training_table(experiment)
     except UserError as e:
@@ -182,7 +190,7 @@ def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_im
         step("calibrating and quantising to int8")
         train = table[table["fold"] != fold]
         picked = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
-        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked), fingerprint)
+        quantize_int8(files["onnx"], files["int8"], (read_prepared([p])[0] for p in picked), stamp)
     if table is not None:
         valid = table[table["fold"] == fold]
         if check_images and len(valid) > check_images:
@@ -209,8 +217,9 @@ def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_im
     return report
 
 
-#: an engine is recommended where it gives PyTorch's grade on this share of the images and costs at most this QWK
-AGREES_ON, QWK_COST = 0.98, 0.01
+#: an engine is recommended where it gives PyTorch's grade on this share of the images (what serving and the kernel
+#: require) and costs at most this QWK
+AGREES_ON, QWK_COST = MIN_AGREEMENT, 0.01
 
 
 def engine_agrees(report: dict, engine: str) -> bool:

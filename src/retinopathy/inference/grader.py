@@ -57,15 +57,20 @@ def check_model_paths(paths: list[Path]) -> list:
     return configs
 
 
-def check_provenance(model_file: Path, config, onnx_fingerprint: str | None = None) -> None:
+def check_provenance(model_file: Path, config, onnx_fingerprint: str | None = None,
+                     onnx_export: str | None = None) -> None:
     """Refuse a model file that was not made by the config beside it: an ``export.pkl`` whose ``fingerprint.json``
-    says otherwise (or is missing), or an ONNX file whose metadata does."""
+    says otherwise (or is missing), or an ONNX file whose metadata does, or that was exported from another
+    training of the fold than the one ``fingerprint.json`` records (a retrain, even with the same settings)."""
     if model_file.suffix == ".onnx":
-        if onnx_fingerprint == config.fingerprint:
+        current = (read_provenance(model_file.parent) or {}).get("export")
+        if onnx_fingerprint == config.fingerprint and (not current or onnx_export == current):
             return
         problem = ("no training fingerprint in its metadata (exported by an older version)" if onnx_fingerprint is None
                    else f"exported from a model trained with other settings (fingerprint {onnx_fingerprint}) than "
-                        f"config.yaml beside it ({config.fingerprint})")
+                        f"config.yaml beside it ({config.fingerprint})" if onnx_fingerprint != config.fingerprint
+                   else "exported from an earlier training of this fold, not the export.pkl that "
+                        f"{model_file.parent.name}/fingerprint.json records now")
         raise UserError(f"{model_file}: {problem}: export it again (retinopathy export-onnx --force), or pass "
                         "--any-export to use it anyway")
     problem = provenance_problem(read_provenance(model_file.parent), config)
@@ -130,7 +135,7 @@ class Grader:
         if not any_export:  # an ONNX file carries its fingerprint in its metadata, read once its session is open
             for f, e, run, config in zip(self.files, engines, self.runners, configs):
                 if e.onnx:
-                    check_provenance(f, config, run.fingerprint)
+                    check_provenance(f, config, run.fingerprint, getattr(run, "export", None))
         digest = hashlib.sha256()
         for f in self.files:
             digest.update(f.read_bytes())
