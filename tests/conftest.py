@@ -67,7 +67,7 @@ def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None)
 
     config = debug_config(raw, name, *overrides)
     paths = Paths.default(data_dir=work / "data", output_dir=work)
-    return Experiment(config, paths), run_pipeline(config, paths, folds=folds)
+    return Experiment(config, paths, tuple(folds) if folds is not None else None), run_pipeline(config, paths, folds=folds)
 
 
 @contextlib.contextmanager

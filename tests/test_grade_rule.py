@@ -81,7 +81,7 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
     ids = read_test_ids(raw, comp)
     photos = [comp.image_path(raw, "test", i).read_bytes() for i in ids]
     for tta in (False, True):
-        experiment = Experiment(trained.config.replace(tta=tta), trained.paths)
+        experiment = Experiment(trained.config.replace(tta=tta), trained.paths, trained.only_folds)
         experiment.config.save(experiment.dir / "config.yaml")  # what the kernel's bundle and the server read
         grader = Grader([experiment.fold_dir(0) / "export.pkl"])
         assert grader.tta is tta, "the grader takes TTA from the experiment's config"

@@ -215,6 +215,44 @@ def test_no_build_refuses_a_bundle_whose_files_changed(built):
         existing_build(experiment, DATASET, KERNEL, work / "kaggle")
 
 
+def test_no_build_refuses_any_tampered_file_and_a_malformed_mark_in_one_line(built):
+    from retinopathy.errors import UserError
+    from retinopathy.kernel.build import existing_build
+
+    work, experiment, _ = built
+    base = work / "kaggle" / "kernel-demo"
+    wheel = next((base / "dataset" / "wheels").glob("retinopathy-*.whl"))
+    script = next((base / "kernel").glob("*.py"))
+    bundled_config = base / "dataset" / "models" / "kernel-demo" / "fold0" / "config.yaml"
+    cases = [(wheel, b"PK\x05\x06" + b"\0" * 18, "changed since the build"),
+             (script, script.read_bytes() + b"\nprint('appended')\n", "changed since the build"),
+             (bundled_config, bundled_config.read_bytes().replace(b"tta: true", b"tta: false"),
+              "changed since the build"),
+             (base / "dataset" / "retinopathy-bundle.json", b"{not json", "changed since the build"),
+             (base / "build.json", b"[1, 2", "build.json: not readable JSON")]
+    for path, content, message in cases:
+        with damaged(path, content), pytest.raises(UserError, match=message) as refused:
+            existing_build(experiment, DATASET, KERNEL, work / "kaggle")
+        assert "\n" not in str(refused.value) and "no-build" in str(refused.value)
+    extra = base / "dataset" / "models" / "kernel-demo" / "fold0" / "extra.pkl"
+    extra.write_bytes(b"anything")
+    try:
+        with pytest.raises(UserError, match="extra.pkl: added since the build"):
+            existing_build(experiment, DATASET, KERNEL, work / "kaggle")
+    finally:
+        extra.unlink()
+    assert existing_build(experiment, DATASET, KERNEL, work / "kaggle").packages
+
+
+def test_a_kaggle_reference_with_a_trailing_newline_is_refused():
+    from retinopathy.errors import UserError
+    from retinopathy.kernel.build import check_ref
+
+    with pytest.raises(UserError, match="give OWNER/SLUG"):
+        check_ref("me/slug\n", "kernel")
+    assert check_ref("me/slug", "kernel") == "me/slug"
+
+
 def test_a_killed_build_leaves_nothing_outside_the_folder_it_builds(built, tmp_path):
     """Every temporary file of a build (the source copy, pip's) lives in the folder being built, which the next
     build removes: killing it mid-wheel leaves nothing in the temporary directory."""
@@ -330,3 +368,15 @@ def test_pseudo_label_settings_are_checked_before_anything_is_built(built, tmp_p
             build_kernel(experiment, DATASET, KERNEL, engine=engine, root=tmp_path / "kaggle", measure=False,
                          pseudo=pseudo)
     assert not (tmp_path / "kaggle").exists()
+
+
+def test_two_builds_at_once_are_one_line(built, tmp_path):
+    from retinopathy.errors import UserError
+    from retinopathy.files import locked
+    from retinopathy.kernel.build import build_kernel
+
+    work, experiment, _ = built
+    root = tmp_path / "kaggle"
+    with locked(root / ".kernel-demo.build.lock", "a build"), pytest.raises(
+            UserError, match=r"the kernel build in .* is in use by process \d+"):
+        build_kernel(experiment, DATASET, KERNEL, root=root, measure=False, show=False)

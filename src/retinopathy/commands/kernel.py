@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="bundle folds even where they were not trained with the given config's model settings")
     p.add_argument("--accept-disagreement", action="store_true",
                    help="bundle an exported engine even where its export found it grading unlike PyTorch on more "
-                        "than 1 % of the validation images")
+                        "than 1 %% of the validation images")
     args = p.parse_args(argv)
     if args.submit and not args.message:
         p.error("--submit needs -m/--message, the submission's description")

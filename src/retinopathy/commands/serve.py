@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="serve models even where they were not trained with the given config's model settings")
     p.add_argument("--accept-disagreement", action="store_true",
                    help="serve an exported engine even where its export found it grading unlike PyTorch on more "
-                        "than 1 % of the validation images")
+                        "than 1 %% of the validation images")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..config import file_digest
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment
-from ..files import write_text
+from ..files import locked, write_text
 from ..inference.engines import get_engine
 from ..inference.offline import BUNDLED_FOLDS
 from ..metrics import TUNING
@@ -41,8 +41,10 @@ DEFAULT_GPU = "NvidiaTeslaT4"
 #: the file that marks the dataset (the kernel finds it by this name wherever Kaggle mounts it)
 BUNDLE_MARK = "retinopathy-bundle.json"
 TEMPLATE = Path(__file__).with_name("template.py")
-#: a Kaggle reference: owner/slug
-REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{2,49}$")
+#: a Kaggle reference: owner/slug (matched whole: no trailing newline)
+REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{2,49}")
+#: beside the two folders (never pushed): the digest of every file of both as built, what --no-build checks
+BUILD_RECORD = "build.json"
 #: Kaggle stops a code competition's kernel (CPU or GPU) after this many hours
 KAGGLE_HOURS = 9
 
@@ -81,7 +83,7 @@ class KernelBuild:
 
 def check_ref(ref: str, what: str) -> str:
     """``owner/slug`` as Kaggle accepts it, or one line saying what is wrong."""
-    if not REF.match(ref or ""):
+    if not REF.fullmatch(ref or ""):
         raise UserError(f"--{what} '{ref}': give OWNER/SLUG, the slug 3-50 lower-case letters, digits or dashes "
                         "(e.g. --{what} yourname/aptos-resnet-folds)".replace("{what}", what))
     return ref
@@ -312,24 +314,63 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
     step(f"loading the {len(folds)} fold(s) as the kernel will run them ({engine})")
     grader = load_bundle(experiment, engine, folds)
     base = root / experiment.config.name
+    # two builds at once would share pip's build folder and the bundle: the second is refused in one line
+    with locked(root / f".{experiment.config.name}.build.lock", f"the kernel build in {base}"):
+        return _build(experiment, dataset, kernel, engine, gpu, base, measure, step, pseudo, folds, grader)
+
+
+def _build(experiment: Experiment, dataset: str, kernel: str, engine: str, gpu: str | None, base: Path,
+           measure: bool, step, pseudo: PseudoLabels | None, folds: list[int], grader) -> KernelBuild:
+    """:func:`build_kernel`'s writing, under the build's lock."""
+    (base / BUILD_RECORD).unlink(missing_ok=True)  # a build cut short is never taken as whole
     step("building the library's wheel and the dataset folder")
     packages = write_dataset(experiment, dataset, engine, base / "dataset", folds, pseudo)
     step("writing the kernel's script")
     write_kernel(experiment, dataset, kernel, engine, gpu, packages, base / "kernel")
+    write_text(base / BUILD_RECORD, json.dumps(folder_digests(base), indent=1))
     if measure:
         step("timing the kernel's work on this machine's CPU")
     per_image = measure_speed(experiment, grader) if measure else None
     return KernelBuild(base / "dataset", base / "kernel", dataset, kernel, packages, per_image, pseudo)
 
 
+def folder_digests(base: Path) -> dict[str, str]:
+    """The digest of every file in a build's dataset and kernel folders, by its path under ``base``."""
+    return {str(p.relative_to(base)): file_digest(p) for folder in ("dataset", "kernel")
+            for p in sorted((base / folder).rglob("*")) if p.is_file()}
+
+
+def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
+    """A build's JSON file, or one line saying it is missing or malformed."""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = "missing" if isinstance(e, FileNotFoundError) else "not readable JSON"
+        raise UserError(f"{path}: {why}: run without --no-build to build the kernel again") from None
+    if not isinstance(loaded, dict) or any(k not in loaded for k in keys):
+        raise UserError(f"{path}: not as a build writes it (needs {', '.join(keys)}): run without --no-build to "
+                        "build the kernel again")
+    return loaded
+
+
 def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path = Path("kaggle")) -> KernelBuild:
     """The folders an earlier build wrote (to push again without rebuilding), checked against this config and
-    these names."""
+    these names, and file by file against what the build wrote: a changed, added or removed file (the wheel, the
+    script, a bundled config) is refused."""
     base = root / experiment.config.name
     mark, meta = base / "dataset" / BUNDLE_MARK, base / "kernel" / "kernel-metadata.json"
-    if not mark.is_file() or not meta.is_file():
-        raise UserError(f"{base}: no built kernel there: run without --no-build first")
-    bundle, kernel_meta = json.loads(mark.read_text()), json.loads(meta.read_text())
+    if not mark.is_file() or not meta.is_file() or not (base / BUILD_RECORD).is_file():
+        raise UserError(f"{base}: no complete kernel build there: run without --no-build first")
+    recorded, present = _read_json(base / BUILD_RECORD, ()), folder_digests(base)
+    changed = sorted(set(recorded) ^ set(present)) + sorted(k for k in recorded if present.get(k, recorded[k]) !=
+                                                            recorded[k])
+    if changed:
+        what = "added" if changed[0] in present and changed[0] not in recorded else \
+            "missing" if changed[0] not in present else "changed"
+        raise UserError(f"{base / changed[0]}: {what} since the build: run without --no-build to build the bundle "
+                        "again")
+    bundle = _read_json(mark, ("fingerprint", "files", "engine", "folds", "packages"))
+    kernel_meta = _read_json(meta, ("id",))
     if bundle["fingerprint"] != experiment.config.fingerprint:
         raise UserError(f"{mark}: built from models of other settings than this config: run without --no-build")
     for where, digest in bundle.get("files", {"models": "an older bundle"}).items():
@@ -341,7 +382,7 @@ def existing_build(experiment: Experiment, dataset: str, kernel: str, root: Path
                                              bool(bundle.get("pseudo_label"))):
         raise UserError(f"{base / 'dataset'}: holds other models than {experiment.dir} now (trained or tuned "
                         "since the build): run without --no-build")
-    dataset_meta = json.loads((base / "dataset" / "dataset-metadata.json").read_text())
+    dataset_meta = _read_json(base / "dataset" / "dataset-metadata.json", ("id",))
     if (dataset_meta["id"], kernel_meta["id"]) != (dataset, kernel):
         raise UserError(f"{base}: built for --dataset {dataset_meta['id']} --kernel {kernel_meta['id']}: run "
                         "without --no-build to build for these names")
