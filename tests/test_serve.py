@@ -547,3 +547,51 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_slow_bodies_are_cut_off_and_concurrent_uploads_are_capped(trained):
+    """A real uvicorn server: clients trickling their bodies are answered 408 within the upload timeout, and
+    uploads beyond --max-uploads are answered 503 at once rather than held in memory."""
+    proc, url = start_server([sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(trained[1][0]),
+                              "--threads", "1", "--upload-timeout", "2", "--max-uploads", "2"])
+    port = int(url.rsplit(":", 1)[1])
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000\r\n\r\n")
+    trickling = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(head + b"--b\r\n")
+            trickling.append(sock)
+        time.sleep(0.5)
+        third = httpx.post(url + "/predict", files={"file": ("x.jpeg", b"\xff\xd8" + b"0" * 100)}, timeout=10)
+        assert third.status_code == 503 and "uploads are already being received" in third.json()["error"]
+        start = time.time()
+        for sock in trickling:
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                sock.sendall(b"x")  # a byte now and then: never a complete body
+                try:
+                    answer += sock.recv(4096)
+                except socket.timeout:
+                    break
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.time() - start < 8, "cut off at the upload timeout"
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+    finally:
+        for sock in trickling:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_only_photograph_formats_are_decoded(client):
+    from PIL import Image as PILImage
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    answer = post(client, eps, name="x.eps")
+    assert answer.status_code == 415 and "not an image" in answer.json()["error"]
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (64, 64), (40, 20, 10)).save(buffer, "JPEG")
+    trailing = post(client, buffer.getvalue() + b"trailing bytes a camera appended")
+    assert trailing.status_code == 200, trailing.text

@@ -2,6 +2,7 @@
 an ensemble named like an experiment, extra data that is the target itself."""
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,3 +220,45 @@ def test_init_from_a_model_that_saw_this_folds_validation_images_is_refused(trai
     with pytest.raises(UserError, match=r"init_from: fold 0 of .* trained on \d+ of this fold's \d+ validation "
                                         r"images .* use its n_folds=2 and seed=42"):
         train_fold(other_seed, 0, verbose=False)
+
+
+def test_killing_the_pipeline_kills_the_folds_it_trains_side_by_side(tiny_aptos, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import DEBUG_CONFIG, REPO
+
+    def children(pid):
+        found = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                found += [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return found
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+        except (OSError, IndexError):
+            return False
+
+    pipeline = subprocess.Popen([sys.executable, str(REPO / "scripts" / "pipeline.py"), "--config", str(DEBUG_CONFIG),
+                                 "--raw-dir", str(tiny_aptos), "--data-dir", str(tmp_path / "data"),
+                                 "folds_at_once=2", "epochs=50", "num_workers=0"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "RETINOPATHY_OUTPUT_DIR": str(tmp_path)})
+    deadline, kids = time.time() + 120, []
+    while time.time() < deadline and len(kids) < 2:
+        kids = [k for k in children(pipeline.pid) if "train" in Path(f"/proc/{k}/cmdline").read_text(errors="ignore")]
+        time.sleep(0.2)
+    assert len(kids) == 2, "both folds started"
+    os.kill(pipeline.pid, signal.SIGKILL)
+    pipeline.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.2)
+    assert not any(alive(k) for k in kids), "no fold trains on, orphaned"

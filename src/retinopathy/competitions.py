@@ -12,6 +12,11 @@ from .errors import UserError
 from .grades import GRADES
 
 
+#: the formats a fundus photograph comes in, and the only ones ever decoded: PIL's other plugins (EPS runs
+#: Ghostscript, for one) never see a user's file
+PHOTO_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+
+
 @dataclass(frozen=True)
 class Competition:
     """How one competition's download is laid out once extracted."""

@@ -3,6 +3,7 @@ its share of the cores, and a line now and then of where each one is."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from .device import visible_gpus
 from .errors import UserError
 from .experiment import Experiment
+from .files import die_with_parent
 from .training.dataloaders import cores_per_fold
 from .training.train import phases_of
 
@@ -66,6 +68,8 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
     print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time{where}; "
           f"each one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
 
+    parent = os.getpid()
+
     def train(fold: int) -> tuple[int, int, Path]:
         log = experiment.dir / f"train-fold{fold}.log"
         command = [sys.executable, "-m", "retinopathy", "train", "--config", str(config_file), "--fold", str(fold),
@@ -75,7 +79,9 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
             env = {"OMP_NUM_THREADS": plan[fold]["OMP_NUM_THREADS"], **os.environ,
                    **{k: v for k, v in plan[fold].items() if k != "OMP_NUM_THREADS"},
                    DATA_DIR_ENV: str(paths.data), OUTPUT_DIR_ENV: str(paths.output)}
-            code = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
+            # the child dies with this process however it ends (a kill leaves no orphan writing to the fold)
+            code = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                  preexec_fn=functools.partial(die_with_parent, parent)).returncode
         mark = f"fold {fold}: QWK"  # the fold's closing line (a progress bar's remains may precede it)
         done = [line[line.index(mark):] for line in log.read_text(errors="replace").splitlines() if mark in line]
         print(done[-1] if code == 0 and done else f"fold {fold}: stopped (exit {code}); see {log}", flush=True)

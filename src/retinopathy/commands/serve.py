@@ -22,7 +22,8 @@ from .. import cli
 from ..errors import UserError
 from ..inference.engines import ENGINE_HELP, ENGINES, check_agreement
 from ..inference.grader import Grader, check_model_paths, engine_file, models_in_folder
-from ..inference.serve import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SETTINGS_ENV, create_app, models_of_experiment
+from ..inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MAX_UPLOADS, SETTINGS_ENV, UPLOAD_SECONDS,
+                               create_app, models_of_experiment)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="largest upload, MB (default 30)")
     p.add_argument("--max-megapixels", type=cli.number_in(0.001, 10_000, float), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest image, megapixels (default 40)")
+    p.add_argument("--upload-timeout", type=cli.number_in(1, 3600, float), default=UPLOAD_SECONDS,
+                   help=f"seconds an upload may take to arrive; a slower one is cut off (408) (default "
+                        f"{UPLOAD_SECONDS:g})")
+    p.add_argument("--max-uploads", type=cli.number_in(1, 1024), default=MAX_UPLOADS,
+                   help=f"uploads received at once per process; more are answered 503 (default {MAX_UPLOADS})")
     p.add_argument("--engine", choices=list(ENGINES), default="torch", help=ENGINE_HELP + " (default torch)")
     cli.add_folds(p)
     p.add_argument("--any-export", action="store_true",
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     # The port is bound and the models are loaded before anything is announced: either failing is one line.
     sock = listening_socket(args.host, args.port)
     grader = Grader(models, args.threads, args.engine, args.any_export, tta=tta)
-    limits = {"max_bytes": int(args.max_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6)}
+    limits = {"max_bytes": int(args.max_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6),
+              "upload_seconds": args.upload_timeout, "max_uploads": args.max_uploads}
     where = f"http://{args.host}:{sock.getsockname()[1]}/"  # the port bound: --port 0 takes any free one
     if args.workers == 1:
         app = create_app(grader=grader, **limits)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..metrics import GRADES
-from ..competitions import Competition, detect_competition
+from ..competitions import PHOTO_FORMATS, Competition, detect_competition
 from ..files import process_pool, write_csv
 from ..progress import progress_bar
 
@@ -30,7 +30,7 @@ def check_image(path: str) -> str:
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
-        with Image.open(path) as im:
+        with Image.open(path, formats=PHOTO_FORMATS) as im:
             im.load()  # the whole image: a truncated JPEG or PNG raises here
             if im.width < 8 or im.height < 8:
                 return f"too small ({im.width}x{im.height})"

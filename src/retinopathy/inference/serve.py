@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..competitions import PHOTO_FORMATS
 from ..files import die_with_parent
 from ..metrics import GRADE_NAMES
 from ..preprocessing.image_io import Examined, decode_for_examining, encode_png
@@ -94,7 +95,7 @@ def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
         raise BadImage(413, f"upload is more than {describe_size(max_bytes)}: the limit is "
                             f"{describe_size(max_bytes)} (--max-mb)")
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as im:  # reads the header only
             width, height, fmt = im.width, im.height, im.format
     except Image.DecompressionBombError:
         raise BadImage(413, "image dimensions are too large to decode safely") from None
@@ -103,7 +104,8 @@ def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise BadImage(413, f"image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
                             f"{max_pixels / 1e6:.0f} MP")
-    if fmt == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    # the end-of-image marker after the last scan: bytes a camera or an editor appends after it are fine
+    if fmt == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise BadImage(422, "the JPEG is truncated (no end-of-image marker): upload the complete file")
 
 
@@ -166,7 +168,8 @@ def app_from_environment():
     s = json.loads(os.environ[SETTINGS_ENV])
     die_with_parent(s["parent"])  # a killed `serve` takes its workers with it: the port is free for a restart
     return create_app(model_paths=[Path(m) for m in s["models"]], threads=s["threads"], max_bytes=s["max_bytes"],
-                      max_pixels=s["max_pixels"], engine=s["engine"], any_export=s["any_export"], tta=s["tta"])
+                      max_pixels=s["max_pixels"], engine=s["engine"], any_export=s["any_export"], tta=s["tta"],
+                      upload_seconds=s["upload_seconds"], max_uploads=s["max_uploads"])
 
 
 def models_of_experiment(experiment) -> list[Path]:
@@ -176,12 +179,39 @@ def models_of_experiment(experiment) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------- the web app
 PAGE = Path(__file__).with_name("grader.html")
+#: seconds a whole upload may take to arrive, and uploads read at once (``serve --upload-timeout``, ``--max-uploads``)
+UPLOAD_SECONDS, MAX_UPLOADS = 30.0, 8
+
+
+async def read_body(request, limit: int, seconds: float) -> bytes:
+    """The request's body, read here up to ``limit`` bytes (a chunked upload declares no length, and must not be
+    read whole before it is refused) and within ``seconds`` (a client trickling bytes is cut off: 408)."""
+    body, received = bytearray(), 0
+    deadline = asyncio.get_running_loop().time() + seconds
+    stream = request.stream().__aiter__()
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(left, 0.001))
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:
+            raise BadImage(408, f"the upload did not arrive within {seconds:g} s (received "
+                                f"{describe_size(received)}): send it again on a faster connection") from None
+        received += len(chunk)
+        if received > limit:
+            raise BadImage(413, f"upload over the limit: stopped reading after {describe_size(received)} "
+                                "(no length was declared)")
+        body += chunk
 
 
 def create_app(grader: Grader | None = None, model_paths: list[Path] | None = None, threads: int | None = None,
                max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "torch",
-               any_export: bool = False, tta: bool | None = None):
-    """The Starlette app. Models load in the lifespan (once, at start-up) unless a ``grader`` is given."""
+               any_export: bool = False, tta: bool | None = None, upload_seconds: float = UPLOAD_SECONDS,
+               max_uploads: int = MAX_UPLOADS):
+    """The Starlette app. Models load in the lifespan (once, at start-up) unless a ``grader`` is given. An upload
+    must arrive within ``upload_seconds`` (a client trickling its body holds nothing for long), and at most
+    ``max_uploads`` are read at once (the rest get 503): memory stays bounded by them times ``max_bytes``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -189,7 +219,7 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    state = {"grader": grader, "explaining": 0}
+    state = {"grader": grader, "explaining": 0, "uploading": 0}
     one_at_a_time = asyncio.Semaphore(1)
     limit_text = f"the limit is {describe_size(max_bytes)} (--max-mb)"
 
@@ -220,16 +250,17 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
         if "multipart/form-data" not in request.headers.get("content-type", ""):
             return error(415, "send the photograph as multipart/form-data in a field named 'file' "
                               "(curl -F file=@photo.jpeg)")
-        # Read the body ourselves, up to the limit: a chunked upload declares no length, and must not be read
-        # whole before it is refused.
-        body, received = bytearray(), 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                return error(413, f"upload over the limit: stopped reading after {describe_size(received)} "
-                                  f"(no length was declared); {limit_text}")
-            body += chunk
-        request._body = bytes(body)  # Starlette parses the form from the body already read
+        if state["uploading"] >= max_uploads:  # each upload being read holds up to max_bytes of memory
+            return JSONResponse({"error": f"{max_uploads} uploads are already being received: retry in a few "
+                                          "seconds", "status": 503}, status_code=503, headers={"Retry-After": "5"})
+        state["uploading"] += 1
+        try:
+            body = await read_body(request, limit, upload_seconds)
+        except BadImage as e:
+            return error(e.status, e.message if e.status != 413 else f"{e.message}; {limit_text}")
+        finally:
+            state["uploading"] -= 1
+        request._body = body  # Starlette parses the form from the body already read
         try:
             async with request.form(max_files=1, max_fields=4) as form:
                 upload = form.get("file")

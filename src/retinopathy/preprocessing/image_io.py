@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..competitions import PHOTO_FORMATS
 from ..errors import UserError
 from . import quality
 from .fingerprint import photo_hash
@@ -36,7 +37,7 @@ def decode_image(source: str | os.PathLike | bytes, min_side: int | None = None)
     Other formats (PNG, 16-bit, grayscale, RGBA, palette) go through PIL. Anything that is not a complete image
     raises.
     """
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PHOTO_FORMATS) as im:
         # The camera's EXIF orientation is applied on both paths (OpenCV's reduced decode applies it itself), so a
         # photograph is upright whatever size it is decoded at; sizes are reported upright too.
         turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
