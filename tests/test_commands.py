@@ -183,6 +183,10 @@ def test_the_readme_is_a_short_guide_and_its_compatibility_table_is_what_ci_runs
 @pytest.mark.parametrize("command, option, value", [
     ("serve", "--port", "70000"), ("serve", "--max-mb", "-1"), ("serve", "--workers", "0"),
     ("synthesize", "--n-train", "-5"), ("synthesize", "--max-side", "1"),
+    ("contact-sheet", "--size", "0"), ("contact-sheet", "--size", "-5"), ("contact-sheet", "--size", "30000"),
+    ("contact-sheet", "--limit", "-1"), ("export-onnx", "--calibration-images", "0"),
+    ("export-onnx", "--calibration-images", "-5"), ("export-onnx", "--check-images", "-3"),
+    ("preprocess", "--workers", "64"), ("verify", "--workers", "0"), ("interpret", "--top", "0"),
 ])
 def test_an_option_out_of_its_range_is_one_line_before_anything_runs(command, option, value, tmp_path, capsys):
     import importlib
@@ -190,7 +194,7 @@ def test_an_option_out_of_its_range_is_one_line_before_anything_runs(command, op
     from retinopathy.commands import COMMANDS as modules
 
     main = importlib.import_module(f"retinopathy.commands.{modules[command][0]}").main
-    args = ([str(tmp_path / "out")] if command == "synthesize" else []) + [option, value]
+    args = ([str(tmp_path / "out")] if command in ("synthesize", "contact-sheet") else []) + [option, value]
     with pytest.raises(SystemExit) as ended:
         main(args)
     error = capsys.readouterr().err.strip().splitlines()[-1]

@@ -73,6 +73,48 @@ def test_bad_config_gives_one_clear_message(tmp_path, content, overrides, messag
     assert "\n" not in str(info.value)
 
 
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)) + "epochs: *i\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (LAUGHS.encode(), r"line 1: not valid YAML \(anchors and aliases .* are not allowed"),
+    (b"epochs: " + b"[" * 20000 + b"\n", r"nested too deeply|not valid YAML"),
+    (b"? [a, b]\n: 1\n", r"a key must be a plain name, not a list"),
+    (b"arch: r\xe9snet\n", r"not UTF-8 text \(byte 7 is 0xe9\)"),
+    (b"# " + b"x" * 70000 + b"\n", r"more than a config's 64 KB"),
+])
+def test_a_hostile_config_file_is_one_line_and_cheap(tmp_path, content, message):
+    import resource
+    import time
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time()
+    with pytest.raises(UserError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert time.time() - start < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path):
+    long = "x" * 300
+    for args in (["--config", f"{long}.yaml"], ["--raw-dir", str(tmp_path / long)], ["--data-dir", str(tmp_path / long)],
+                 [f"init_from={tmp_path / long}"], [f"extra_data={tmp_path / long}"]):
+        done = run_script("folds.py", *args, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr[-600:])
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_config_file_whose_name_is_no_experiment_name_says_so(tmp_path):
+    path = tmp_path / "my config.yaml"
+    path.write_text("epochs: 2\n")
+    with pytest.raises(UserError, match="an experiment is named after its config file, and 'my config' is not"):
+        load_config(path)
+    path.write_text("epochs: 2\nname: mine\n")
+    assert load_config(path).name == "mine"
+
+
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file .*nope.yaml not found"):
         load_config("nope.yaml")
@@ -180,3 +222,11 @@ def test_a_config_may_nest_its_keys_under_their_stages(tmp_path):
     nested.write_text("base: debug\nmodel:\n  arch: resnet18\n  head: ordinal\ntraining:\n  epochs: 2\n"
                       "prediction:\n  tta: true\n")
     assert load_config(nested).replace(name="flat") == load_config(flat)
+
+
+def test_help_lists_the_chosen_configs_values(tmp_path):
+    done = run_script("train.py", "--config", "aptos_cpu", "epochs=7", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    chosen = load_config("aptos_cpu", ["epochs=7"])
+    assert f"  arch={chosen.arch}  " in done.stdout and "  epochs=7  " in done.stdout
+    assert f"(built-in default {Config().arch})" in done.stdout and "config 'aptos_cpu'" in done.stdout

@@ -380,3 +380,19 @@ def test_two_builds_at_once_are_one_line(built, tmp_path):
     with locked(root / ".kernel-demo.build.lock", "a build"), pytest.raises(
             UserError, match=r"the kernel build in .* is in use by process \d+"):
         build_kernel(experiment, DATASET, KERNEL, root=root, measure=False, show=False)
+
+
+def test_an_onnx_bundle_exported_before_a_retrain_is_refused(built, tmp_path):
+    from retinopathy.errors import UserError
+    from retinopathy.inference.export import export_fold
+    from retinopathy.kernel.build import build_kernel
+
+    work, experiment, _ = built
+    for fold in (0, 1):
+        export_fold(experiment, fold, engines=("onnx",), verbose=False)
+    record = experiment.fold_dir(1) / "fingerprint.json"
+    retrained = json.loads(record.read_text())
+    retrained["export"] = "0" * 16  # fold 1 trained again since its ONNX file was exported
+    with damaged(record, json.dumps(retrained).encode()), pytest.raises(
+            UserError, match="fold1/model.onnx: exported from an earlier training of this fold"):
+        build_kernel(experiment, DATASET, KERNEL, engine="onnx", root=tmp_path / "kaggle", measure=False, show=False)

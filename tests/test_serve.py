@@ -521,7 +521,7 @@ def children(pid: int) -> list[int]:
 def test_workers_share_the_port_each_with_the_models(exported, synthetic_photo):
     experiment, *_ = exported
     proc, url = start_server([sys.executable, str(REPO / "scripts" / "serve.py"), "--models-dir",
-                              str(experiment.dir), "--engine", "int8", "--workers", "2"])
+                              str(experiment.dir), "--engine", "int8", "--accept-disagreement", "--workers", "2"])
     try:
         assert len(children(proc.pid)) >= 2, "two worker processes"
         answers = {post(httpx.Client(base_url=url), synthetic_photo.read_bytes()).json()["model_id"]

@@ -113,7 +113,7 @@ def test_an_ensemble_may_not_take_a_path_or_an_experiments_name(trained):
     assert not (work.parent.parent / "x").exists()
 
 
-def test_a_kill_during_the_oof_leaves_no_fold_that_says_up_to_date(tiny_aptos, tmp_path, monkeypatch):
+def test_a_kill_during_the_oof_leaves_no_fold_that_says_up_to_date(tiny_aptos, tmp_path, monkeypatch, capsys):
     """Ctrl-C while the new model grades its validation images: the old OOF never stands beside the new export."""
     import retinopathy.training.train as train
     from retinopathy.data.folds import make_folds
@@ -121,7 +121,11 @@ def test_a_kill_during_the_oof_leaves_no_fold_that_says_up_to_date(tiny_aptos, t
     experiment = Experiment(debug_config(tiny_aptos, "oof-kill"), Paths(data=tmp_path / "data", output=tmp_path))
     preprocess(experiment)
     make_folds(experiment, verbose=False)
-    train.train_fold(experiment, 0, verbose=False)
+    capsys.readouterr()
+    train.train_fold(experiment, 0, verbose=True)
+    said = capsys.readouterr().out  # the two QWK figures a fold prints say which is which
+    assert "best qwk so far, on the validation fold at epoch 1:" in said
+    assert "of the exported model" in said and "the epoch table's qwk is the training loop's own figure" in said
     assert train.fold_is_done(experiment, 0)
     retrained = Experiment(experiment.config.replace(epochs=2), experiment.paths)
 

@@ -20,11 +20,34 @@ from .paths import DATA_DIR_ENV, Paths
 DEFAULT_CONFIG = "demo"
 
 
+class StageParser(argparse.ArgumentParser):
+    """An argument parser whose ``--help`` lists every config key with the value of the config the command line
+    chose (``--config`` and its overrides), not the built-in defaults."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.epilog = config_keys_help(self._chosen_config())
+        return super().format_help()
+
+    def _chosen_config(self) -> Config | None:
+        argv = getattr(self, "_argv", [])
+        name = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None) or next(
+            (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), DEFAULT_CONFIG)
+        overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+        try:
+            return load_config(name, overrides)
+        except (UserError, OSError):
+            return None  # the help is still shown; the run itself says what is wrong with the config
+
+
 def parser(description: str | None, overrides: bool = True) -> argparse.ArgumentParser:
     """An argument parser with --config, --data-dir, --raw-dir, --competition and key=value overrides (a stage with
     positional arguments of its own adds the overrides after them, with :func:`add_overrides`)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=config_keys_help())
+    p = StageParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=config_keys_help())
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"a shipped config by name ({', '.join(shipped_configs())}) or a YAML file "
                         f"(default: {DEFAULT_CONFIG})")
@@ -47,6 +70,16 @@ def number_in(low: float, high: float, cast=int):
         return value
 
     return parse
+
+
+def add_workers(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--workers: processes of a stage, at most one per core (more only fight over them)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    p.add_argument("--workers", type=number_in(1, cores), default=None,
+                   help=f"processes, 1-{cores} (this machine's cores; default: one per core)")
+    return p
 
 
 def add_overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -130,6 +163,7 @@ _FAULTS = {
     errno.EEXIST: "a file stands where a folder is needed: move it, or choose another --data-dir / "
                   "$RETINOPATHY_OUTPUT_DIR",
     errno.EISDIR: "a folder stands where a file is needed: move it aside",
+    errno.ENAMETOOLONG: "a name in this path is too long for the file system (over 255 bytes): give a shorter one",
 }
 
 
@@ -140,6 +174,8 @@ def fault_message(error: OSError) -> str | None:
     if advice is None:
         return None
     path = error.filename or "an output file"
+    if len(str(path)) > 120:  # a path too long to use is too long to print whole
+        path = f"{str(path)[:60]}…{str(path)[-40:]}"
     if error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename:
         blocking = next((p for p in [Path(error.filename), *Path(error.filename).parents] if p.is_file()), None)
         path = blocking or path

@@ -279,9 +279,11 @@ def find_config(name: str | os.PathLike) -> Path:
                     "(give one by name, or a path to your own YAML)")
 
 
-def config_keys_help() -> str:
-    """Every config key with its default and meaning, for ``--help``."""
-    lines = ["config keys by stage (set in the YAML, or as key=value after the options):"]
+def config_keys_help(config: "Config | None" = None) -> str:
+    """Every config key with its value in ``config`` (the built-in defaults where none is given) and meaning, for
+    ``--help``."""
+    chosen = f"the values of config '{config.name}'" if config is not None else "the built-in defaults"
+    lines = [f"config keys by stage, with {chosen} (set in the YAML, or as key=value after the options):"]
     for group in GROUPS:
         lines.append(f" {group}:")
         for f in (f for f in dataclasses.fields(Config) if f.metadata["group"] == group):
@@ -290,8 +292,10 @@ def config_keys_help() -> str:
             kind = " | ".join(choices) if choices else f.type + (
                 " {:g}..{:g}".format(*bounds) if bounds and f.type == "float" else
                 f" {bounds[0]}..{bounds[1]}" if bounds else "")
-            default = f.default if f.default != "" else "''"
-            lines.append(f"  {f.name}={default}  [{kind}]\n      {f.metadata['help']}")
+            value = f.default if config is None else getattr(config, f.name)
+            shown = value if value != "" else "''"
+            differs = f" (built-in default {f.default if f.default != '' else repr('')})" if value != f.default else ""
+            lines.append(f"  {f.name}={shown}  [{kind}]{differs}\n      {f.metadata['help']}")
     return "\n".join(lines)
 
 
@@ -365,7 +369,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key not in FIELDS:
         close = difflib.get_close_matches(key, FIELDS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(FIELDS)}"
-        raise UserError(f"{source}: unknown config key '{key}'{hint}")
+        raise UserError(f"{source}: unknown config key '{str(key)[:60]}'{hint}")
     kind = _TYPES[FIELDS[key].type]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -379,7 +383,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         except ValueError:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise UserError(f"{source}: {key} must be {FIELDS[key].type}, not {type(value).__name__} {value!r}")
+        raise UserError(f"{source}: {key} must be {FIELDS[key].type}, not {type(value).__name__} {repr(value)[:80]}")
     return value
 
 
@@ -402,14 +406,30 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 BASE_KEY = "base"
 
 
+#: the largest config file read (a config is a few dozen keys: anything bigger is not one)
+MAX_CONFIG_BYTES = 64 * 1024
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."""
+    """YAML's safe loader for config files: a key given twice in one mapping is refused (plain YAML keeps the last,
+    silently), and so are anchors and aliases (a config needs none, and nested aliases expand exponentially)."""
+
+    def compose_node(self, parent, index):
+        """The next node, refused where it is an alias or carries an anchor."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not allowed in a "
+                                                          "config: write each value out", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-        """The mapping, once every key in it is known to be given once."""
+        """The mapping, once every key in it is known to be a plain value given once."""
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain name, not a "
+                                                        f"{type(key).__name__}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
             seen.add(key)
@@ -421,12 +441,20 @@ def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     a path relative to it), recursively."""
     if not path.is_file():
         raise UserError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size} bytes, more than a config's {MAX_CONFIG_BYTES // 1024} KB: "
+                        "is this the right file?")
     try:
-        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        loaded = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): save it as UTF-8") \
+            from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config (a config is keys and plain values)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise UserError(f"{path}{where}: not valid YAML ({str(getattr(e, 'problem', e))[:160]})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
     values: dict[str, Any] = {}
@@ -458,6 +486,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     if path is not None:
         path = find_config(path)
         values = _read_config_file(path)
+        if "name" not in values and not re.fullmatch(NAME_PATTERN, path.stem):  # named after its file
+            raise UserError(f"config file {path}: an experiment is named after its config file, and '{path.stem[:60]}'"
+                            " is not a plain folder name (letters, digits and . _ + = -): rename the file, or set "
+                            "name: in it")
         values.setdefault("name", path.stem)
     values.update(parse_overrides(overrides))
     return Config(**values)

@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engines", nargs="+", choices=list(EXPORTED), default=list(EXPORTED),
                    help="the engines to export for: " + "; ".join(f"{e}: {ENGINES[e].help}" for e in EXPORTED)
                         + f" (default: {' '.join(EXPORTED)})")
-    p.add_argument("--calibration-images", type=int, default=128,
+    p.add_argument("--calibration-images", type=cli.number_in(1, 100_000), default=128,
                    help="training images that set the int8 activation ranges (default 128)")
-    p.add_argument("--check-images", type=int, default=None,
+    p.add_argument("--check-images", type=cli.number_in(1, 1_000_000), default=None,
                    help="validation images to compare on (default: the whole validation fold)")
     p.add_argument("--force", action="store_true", help="export again even where the files are up to date")
     p.add_argument("--any-export", action="store_true",

@@ -33,7 +33,7 @@ def photographs(raw_dir, competition, cache, workers):
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__)
-    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    cli.add_workers(p)
     p.add_argument("--dry-run", action="store_true", help="report bad images without recording them")
     args = p.parse_args(argv)
     experiment = cli.experiment(args)

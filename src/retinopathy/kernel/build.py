@@ -268,13 +268,14 @@ def write_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str,
     return dest
 
 
-def load_bundle(experiment: Experiment, engine: str, folds: list[int]):
-    """The folds as the kernel will run them, loaded here first: a broken or missing model file is refused in one
-    line (the grader's own) before anything is copied."""
+def load_bundle(experiment: Experiment, engine: str, folds: list[int], any_export: bool = False):
+    """The folds as the kernel will run them, loaded here first: a broken or missing model file, or an ONNX file
+    exported from another training of its fold, is refused in one line (the grader's own) before anything is
+    copied."""
     from ..inference.grader import Grader
 
-    return Grader([experiment.fold_dir(k) / "export.pkl" for k in folds], engine=engine, any_export=True,
-                  tta=experiment.config.tta)  # their provenance was checked by check_bundle
+    return Grader([experiment.fold_dir(k) / "export.pkl" for k in folds], engine=engine, any_export=any_export,
+                  tta=experiment.config.tta)
 
 
 def measure_speed(experiment: Experiment, grader, n_images: int = 16) -> float | None:
@@ -312,7 +313,7 @@ def build_kernel(experiment: Experiment, dataset: str, kernel: str, engine: str 
     folds = check_bundle(experiment, any_export, pseudo is not None)  # before anything is built
     step = steps("kernel", 3 + measure, show)
     step(f"loading the {len(folds)} fold(s) as the kernel will run them ({engine})")
-    grader = load_bundle(experiment, engine, folds)
+    grader = load_bundle(experiment, engine, folds, any_export)
     base = root / experiment.config.name
     # two builds at once would share pip's build folder and the bundle: the second is refused in one line
     with locked(root / f".{experiment.config.name}.build.lock", f"the kernel build in {base}"):
