@@ -70,7 +70,7 @@ def test_folds_side_by_side_each_get_one_of_the_visible_gpus(tiny_aptos, tmp_pat
                             Paths(data=tmp_path / "data", output=tmp_path))
     seen = {}
 
-    def fake_run(command, env, stdout, stderr):  # the fold process, as launched: its environment
+    def fake_run(command, env, stdout, stderr, **options):  # the fold process, as launched: its environment
         fold = int(command[command.index("--fold") + 1])
         seen[fold] = env["CUDA_VISIBLE_DEVICES"]
         stdout.write(f"fold {fold}: QWK 0.5 (best epoch 1/1) in 1s\n")

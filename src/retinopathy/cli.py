@@ -25,14 +25,17 @@ class StageParser(argparse.ArgumentParser):
     chose (``--config`` and its overrides), not the built-in defaults."""
 
     def parse_known_args(self, args=None, namespace=None):
+        """argparse's, remembering the command line for the help."""
         self._argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
+        """argparse's help, its epilog listing the chosen config's values."""
         self.epilog = config_keys_help(self._chosen_config())
         return super().format_help()
 
     def _chosen_config(self) -> Config | None:
+        """The config the command line names (with its overrides), or None where it cannot be read."""
         argv = getattr(self, "_argv", [])
         name = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None) or next(
             (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), DEFAULT_CONFIG)
