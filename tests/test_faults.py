@@ -120,6 +120,6 @@ def test_predict_over_a_broken_export_is_one_line(one_fold):
     export.write_bytes(export.read_bytes()[:1000])  # last in this file: the fold is not used after it
     work = one_fold.paths.output
     done = run_script("predict.py", "--config", str(one_fold.dir / "config.yaml"), "--data-dir",
-                      str(one_fold.paths.data), cwd=work, env={"RETINOPATHY_OUTPUT_DIR": str(work)})
+                      str(one_fold.paths.data), "--folds", "0", cwd=work, env={"RETINOPATHY_OUTPUT_DIR": str(work)})
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
     assert "export.pkl: not a complete export" in done.stderr

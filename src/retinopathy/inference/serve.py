@@ -180,7 +180,7 @@ def models_of_experiment(experiment) -> list[Path]:
 # ------------------------------------------------------------------------------------------- the web app
 PAGE = Path(__file__).with_name("grader.html")
 #: seconds a whole upload may take to arrive, and uploads read at once (``serve --upload-timeout``, ``--max-uploads``)
-UPLOAD_SECONDS, MAX_UPLOADS = 30.0, 8
+UPLOAD_SECONDS, MAX_UPLOADS = 30.0, 32
 
 
 async def read_body(request, limit: int, seconds: float) -> bytes:

@@ -41,6 +41,8 @@ def save_whole(learn, name: str, with_opt: bool) -> Path:
     """``learn.save(name)`` written beside and renamed into place, so ``<name>.pth`` is whole or absent; a failed
     write (a full disk) leaves no partial file either."""
     model_dir = Path(learn.path) / learn.model_dir
+    if rank_distrib():  # fastai writes from process 0 alone
+        return model_dir / f"{name}.pth"
     partial = model_dir / f"{name}-partial.pth"
     try:
         learn.save(partial.stem, with_opt=with_opt)
