@@ -23,8 +23,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retinopathy pipeline --config demo
 
-# One worker per core, each test file on one worker (so a file's fixtures are built once), one thread per worker.
+# The linter first (ruff, configured in pyproject.toml), then one worker per core, each test file on one worker (so a
+# file's fixtures are built once), one thread per worker.
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest -n auto --dist loadscope
 
 test-all: $(STAMP)

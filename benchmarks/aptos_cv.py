@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from retinopathy.config import load_config
+from retinopathy.metrics import quadratic_kappa
 from retinopathy.paths import Paths
 from retinopathy.pipeline import run_pipeline
-from retinopathy.metrics import quadratic_kappa
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "aptos2019-224"

@@ -14,11 +14,11 @@ import pandas as pd
 from sklearn.metrics import recall_score
 
 from retinopathy.config import load_config
+from retinopathy.experiment import Experiment
+from retinopathy.inference.oof import load_oof, oof_outputs
+from retinopathy.metrics import GradeRule, quadratic_kappa
 from retinopathy.paths import Paths
 from retinopathy.pipeline import run_pipeline
-from retinopathy.inference.oof import load_oof, oof_outputs
-from retinopathy.experiment import Experiment
-from retinopathy.metrics import GradeRule, quadratic_kappa
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "aptos2019-224"
@@ -45,7 +45,8 @@ def main() -> None:
         oof = load_oof(Experiment(config, paths))
         pred, truth = GradeRule.plain(config.head).grades(oof_outputs(oof, config.head)), oof["grade"].to_numpy()
         recall = recall_score(truth, pred, labels=list(range(5)), average=None, zero_division=0)
-        rows.append({"balance": mode, "OOF QWK": quadratic_kappa(pred, truth), "accuracy": float((pred == truth).mean()),
+        rows.append({"balance": mode, "OOF QWK": quadratic_kappa(pred, truth),
+                     "accuracy": float((pred == truth).mean()),
                      **{f"recall {g}": r for g, r in enumerate(recall)}, "minutes": (time.time() - start) / 60})
     print(f"\n{config.head}, {config.arch}, {config.image_size} px, {config.epochs} epochs, folds {folds} of 5, "
           f"balance_alpha {config.balance_alpha}, {args.images}")

@@ -169,8 +169,15 @@ def the_script(train: pd.DataFrame, test: pd.DataFrame, data: Path, size: int, e
     """The 40-line recipe: whole image, Ben + circular mask, RegressionBlock, MSE, fastai batch augmentation,
     fit_one_cycle(epochs, 3e-3), thresholds by Nelder-Mead on its validation split, one model."""
     import cv2
-    from fastai.vision.all import (DataBlock, ImageBlock, MSELossFlat, RandomSplitter, RegressionBlock,
-                                   aug_transforms, vision_learner)
+    from fastai.vision.all import (
+        DataBlock,
+        ImageBlock,
+        MSELossFlat,
+        RandomSplitter,
+        RegressionBlock,
+        aug_transforms,
+        vision_learner,
+    )
 
     from retinopathy.inference.tuning import optimize_thresholds
     from retinopathy.metrics import DEFAULT_THRESHOLDS, cut, quadratic_kappa
@@ -210,8 +217,8 @@ def our_pipeline(root: Path, test: pd.DataFrame, size: int, epochs: int, arch: s
     import io
 
     from retinopathy.config import load_config
-    from retinopathy.experiment import Experiment
     from retinopathy.data.folds import TEST_OUTPUTS
+    from retinopathy.experiment import Experiment
     from retinopathy.heads import get_head
     from retinopathy.metrics import GradeRule, quadratic_kappa
     from retinopathy.paths import Paths

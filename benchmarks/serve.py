@@ -45,8 +45,8 @@ def build_resnet34_256():
     """An exported resnet34 learner at 256 px (untrained), with its config beside it, as training leaves it; and
     its experiment."""
     from retinopathy.config import load_config
-    from retinopathy.experiment import Experiment, write_provenance
     from retinopathy.data.folds import make_folds, training_table
+    from retinopathy.experiment import Experiment, write_provenance
     from retinopathy.paths import Paths
     from retinopathy.pipeline import ensure_raw_data
     from retinopathy.preprocessing.stage import preprocess
@@ -73,8 +73,8 @@ def build_resnet34_256():
 
 
 def demo_experiment():
-    from retinopathy.paths import Paths
     from retinopathy.inference.ensemble import load_experiment
+    from retinopathy.paths import Paths
     return load_experiment("demo", Paths.default(data_dir=REPO / "data", output_dir=REPO))
 
 
@@ -130,7 +130,7 @@ def measure(model: Path, photo: bytes, engine: str, n: int, clients: int, total:
                     break
             except httpx.HTTPError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"server did not start: {server.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"server did not start: {server.stderr.read()[-2000:]}") from None
                 time.sleep(0.3)
         files = {"file": ("photo.jpeg", photo, "image/jpeg")}
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -216,7 +216,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nThe network alone, one thread, ms per image (median):")
-    print("\n| model | PyTorch float32 | torch.compile | bf16 + channels-last | ONNX Runtime float32 | ONNX Runtime int8 |")
+    print("\n| model | PyTorch float32 | torch.compile | bf16 + channels-last | ONNX Runtime float32 "
+          "| ONNX Runtime int8 |")
     print("|---|---|---|---|---|---|")
     print("\n".join(model_rows))
     if explain_rows:

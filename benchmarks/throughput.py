@@ -144,6 +144,7 @@ def model_rate(experiment, steps: int, channels_last: bool | None = None, compil
     """Images per second of forward + backward + optimizer step alone, at the config's precision; returns the rate
     and a word on the precision and memory format used (and, ``compiled``, the seconds ``torch.compile`` took)."""
     import torch
+
     from retinopathy.heads import get_head
     from retinopathy.training.callbacks import CPUBFloat16
 

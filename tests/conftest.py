@@ -13,6 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 from retinopathy.data.synthetic import make_competition
+
 from runtimes import runtime_without_library  # noqa: F401 - a helper the tests import from here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,8 @@ def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None)
 
     config = debug_config(raw, name, *overrides)
     paths = Paths.default(data_dir=work / "data", output_dir=work)
-    return Experiment(config, paths, tuple(folds) if folds is not None else None), run_pipeline(config, paths, folds=folds)
+    only = tuple(folds) if folds is not None else None
+    return Experiment(config, paths, only), run_pipeline(config, paths, folds=folds)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ class FakeKaggle:
     #: the files a finished kernel's session lists as its output
     kernel_output: dict[str, bytes] = field(default_factory=dict)
 
-    def start(self) -> "FakeKaggle":
+    def start(self) -> FakeKaggle:
         fake = self
         self.blob_names: dict[str, str] = {}
 
@@ -147,7 +147,8 @@ class FakeKaggle:
                 if kernel not in fake.kernels:
                     return self._json(404, {"code": 404, "message": f"kernel {kernel} not found"})
                 ref = 1000 + len(fake.submissions)
-                fake.submissions.append({"ref": ref, "fileName": body.get("fileName", ""), "date": "2026-11-25T00:00:00Z",
+                fake.submissions.append({"ref": ref, "fileName": body.get("fileName", ""),
+                                         "date": "2026-11-25T00:00:00Z",
                                          "description": body.get("submissionDescription", ""), "polls": 0,
                                          "kernel": kernel, "kernelVersion": body.get("kernelVersion"),
                                          "content": None})

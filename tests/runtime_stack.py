@@ -1,9 +1,9 @@
 """The runtimes users have (`runtimes/*.txt`, one pinned list each, Python version on its second line), tried as a
 user would: the runtime's packages installed first, then the project (`pip install -e ".[train]"`), then a check that
-pip kept every pinned release, the tiny pipeline at 64 px (and a fold trained from the packed store), `export-onnx` (ONNX float32 and int8, each graded beside
-PyTorch), and the offline kernel built on that stack and run there with no network (on Kaggle's, also a kernel built
-with --pseudo-label, which fine-tunes its folds there). With ``--trainer``, also a kernel whose folds were trained on
-a newer stack runs offline on this one (as on Kaggle).
+pip kept every pinned release, the tiny pipeline at 64 px (and a fold trained from the packed store), `export-onnx`
+(ONNX float32 and int8, each graded beside PyTorch), and the offline kernel built on that stack and run there with
+no network (on Kaggle's, also a kernel built with --pseudo-label, which fine-tunes its folds there). With
+``--trainer``, also a kernel whose folds were trained on a newer stack runs offline on this one (as on Kaggle).
 
   python tests/runtime_stack.py runtimes/kaggle.txt --trainer .venv/bin/python      # makes .venv-runtimes/kaggle
 
@@ -93,9 +93,9 @@ def kernel_offline(trainer_bin: Path, work: Path, runner_python: str, pseudo: bo
     environment that sees ``runner_python``'s packages but not the library; the submission's row count. ``pseudo``:
     a regression head and a kernel built with --pseudo-label, run beside the training images it was trained on
     (as Kaggle mounts them on a rerun), which must fine-tune every fold there."""
-    from runtimes import offline_env, rerun_competition, runtime_without_library
-
     from retinopathy.data.synthetic import make_competition
+
+    from runtimes import offline_env, rerun_competition, runtime_without_library
 
     debug = ["--config", "debug", *(["head=regression"] if pseudo else [])]
     run([trainer_bin / "retinopathy", "pipeline", *debug], work)

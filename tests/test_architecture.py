@@ -112,9 +112,9 @@ def test_every_public_function_and_class_has_a_docstring():
                 if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                         and not node.name.startswith("_") and not ast.get_docstring(node)
                         and node.name not in inherited
-                        and not (scope is not tree and node.name in {"forward", "encodes", "before_batch",
-                                                                     "after_pred", "after_loss", "after_epoch", "before_epoch",
-                                                                     "get_next"})):
+                        and not (scope is not tree and node.name in {
+                            "forward", "encodes", "before_batch", "after_pred", "after_loss", "after_epoch",
+                            "before_epoch", "get_next"})):
                     missing.append(f"{module_name(path)}.{node.name}")
     assert not missing, "no docstring: " + ", ".join(missing)
 

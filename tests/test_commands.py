@@ -5,15 +5,16 @@ import dataclasses
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from conftest import REPO
 from retinopathy.commands import COMMANDS
 from retinopathy.config import Config, find_config, load_config, shipped_configs
 from retinopathy.errors import UserError
+
+from conftest import REPO
 
 COMMAND = Path(sys.executable).parent / "retinopathy"
 
@@ -44,7 +45,8 @@ def test_train_help_lists_every_config_key_with_its_default(tmp_path):
     chosen = load_config("demo")  # the config a stage reads unless --config names another
     for f in dataclasses.fields(Config):
         value = getattr(chosen, f.name)
-        assert f"  {f.name}={value if value != '' else repr('')}  [" in done.stdout, f"{f.name} missing from train --help"
+        shown = value if value != "" else repr("")
+        assert f"  {f.name}={shown}  [" in done.stdout, f"{f.name} missing from train --help"
         assert f.metadata["help"][:30] in done.stdout.replace("\n      ", " ")
     script = subprocess.run([sys.executable, str(REPO / "scripts" / "train_fold.py"), "--help"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
@@ -120,7 +122,8 @@ def test_the_oldest_runtime_ci_installs_is_the_declared_lower_bound():
     train = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]: r for r in _project()["optional-dependencies"]["train"]}
     for name in ("torch", "torchvision", "fastai", "timm"):
         floor = re.search(r">=([\d.]+)", train[name]).group(1)
-        assert Version(floor) == Version(oldest[name]), f"{name}: declared >={floor}, the oldest runtime has {oldest[name]}"
+        assert Version(floor) == Version(oldest[name]), \
+            f"{name}: declared >={floor}, the oldest runtime has {oldest[name]}"
 
 
 def test_one_name_per_stage_scripts_are_named_as_the_stages():
@@ -173,7 +176,7 @@ def test_the_readme_is_a_short_guide_and_its_compatibility_table_is_what_ci_runs
         row = re.search(rf"^\|[^|]*`runtimes/{path.name}`[^|]*\|(.*)$", readme, re.M)
         assert row, f"runtimes/{path.name} has no row in the README's compatibility table"
         cells = dict(zip(["python", "torch", "torchvision", "fastai", "fastcore", "timm"],
-                         [c.strip() for c in row.group(1).split("|")]))
+                         [c.strip() for c in row.group(1).split("|")], strict=False))
         for key, pinned in pins.items():
             assert cells.get(key) == pinned, f"README says {key} {cells.get(key)} for {path.name}, which pins {pinned}"
     shipped = set(shipped_configs()) - {"debug"}

@@ -99,8 +99,9 @@ def test_a_hostile_config_file_is_one_line_and_cheap(tmp_path, content, message)
 
 def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path):
     long = "x" * 300
-    for args in (["--config", f"{long}.yaml"], ["--raw-dir", str(tmp_path / long)], ["--data-dir", str(tmp_path / long)],
-                 [f"init_from={tmp_path / long}"], [f"extra_data={tmp_path / long}"]):
+    for args in (["--config", f"{long}.yaml"], ["--raw-dir", str(tmp_path / long)],
+                 ["--data-dir", str(tmp_path / long)], [f"init_from={tmp_path / long}"],
+                 [f"extra_data={tmp_path / long}"]):
         done = run_script("folds.py", *args, cwd=tmp_path)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr[-600:])
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -168,11 +169,11 @@ def test_every_shipped_config_builds_its_learner_on_cpu(tiny_aptos, tmp_path):
     config fails here and not on a rented GPU."""
     from retinopathy.data.folds import make_folds, training_table
     from retinopathy.experiment import Experiment
+    from retinopathy.heads import get_head
     from retinopathy.paths import Paths
     from retinopathy.preprocessing.stage import preprocess_dataset
     from retinopathy.training.dataloaders import build_dataloaders
     from retinopathy.training.models import build_learner
-    from retinopathy.heads import get_head
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config = load_config(path, [f"raw_dir={tiny_aptos}", "image_size=32", "batch_size=8", "num_workers=0",

@@ -67,8 +67,8 @@ def test_selected_files_and_split_archives(server, tiny_eyepacs, tmp_path):
     train_zip = zip_folder(tiny_eyepacs, names={"train"})
     third = len(train_zip) // 3 + 1
     parts = {f"train.zip.00{i + 1}": train_zip[i * third:(i + 1) * third] for i in range(3)}
-    files = {**parts, "trainLabels.csv.zip": zip_bytes("trainLabels.csv", (tiny_eyepacs / "trainLabels.csv").read_bytes()),
-             "test.zip.001": b"not wanted"}
+    labels = zip_bytes("trainLabels.csv", (tiny_eyepacs / "trainLabels.csv").read_bytes())
+    files = {**parts, "trainLabels.csv.zip": labels, "test.zip.001": b"not wanted"}
     server.competitions[EYEPACS] = FakeCompetition(files=files)
     done = download(server, tmp_path, "--competition", "eyepacs2015", "--files", "trainLabels.csv.zip", *parts)
     assert done.returncode == 0, done.stderr

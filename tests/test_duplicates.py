@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import debug_config, shared
 from retinopathy.data.duplicates import apply_policy, copy_groups, duplicates_table, summary
 from retinopathy.preprocessing.image_io import decode_image, examine_image
+
+from conftest import debug_config, shared
 
 
 def copy_of(rgb: np.ndarray, scale: float = 1.4, crop: float = 0.02, quality: int = 85) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_real_copies_are_found_and_another_photograph_of_the_eye_is_not_merged()
     folder = shared("aptos2019-224") / "train_images"
     photos = [decode_image(p)[0] for p in sorted(folder.glob("*.png"))[:12]]
     copies = [copy_of(p, scale, crop, quality) for p, (scale, crop, quality)
-              in zip(photos, [(1.0, 0.0, 95), (0.6, 0.0, 90), (1.4, 0.02, 85), (2.0, 0.01, 80)] * 3)]
+              in zip(photos, [(1.0, 0.0, 95), (0.6, 0.0, 90), (1.4, 0.02, 85), (2.0, 0.01, 80)] * 3, strict=False)]
     others = [another_photograph_of(p) for p in photos]
     groups = copy_groups(hashes(photos + copies + others))
     n = len(photos)
@@ -189,7 +190,8 @@ def test_verify_finds_copies_across_the_two_competitions_under_one_data_root(tin
     line = next(line for line in capsys.readouterr().out.splitlines() if "duplicates:" in line)
     assert "1 groups of copies (2 images)" in line and "1 across competitions" in line, line
     table = pd.read_csv(tmp_path / "data" / "cleaning" / f"{APTOS2019.slug}-duplicates.csv", dtype=str)
-    assert set(zip(table["dataset"], table["image_id"])) == {(APTOS2019.slug, first), (EYEPACS2015.slug, "999_left")}
+    pairs = set(zip(table["dataset"], table["image_id"], strict=False))
+    assert pairs == {(APTOS2019.slug, first), (EYEPACS2015.slug, "999_left")}
 
 
 def test_exclude_ungradable_leaves_them_out_of_the_folds(tiny_aptos, tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinopathy.inference.tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blend
 from retinopathy.competitions import APTOS2019, EYEPACS2015
+from retinopathy.inference.tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blend
 from retinopathy.metrics import DEFAULT_THRESHOLDS, blend_eyes
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from retinopathy.commands import COMMANDS
+
+from conftest import REPO
 
 COMMAND = Path(sys.executable).parent / "retinopathy"
 #: the order a user would run the stages' examples in: data first, then what reads it

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import debug_config, tiny_pipeline
 from retinopathy.data.manifest import read_manifest_file
+
+from conftest import debug_config, tiny_pipeline
 
 #: chance is a quarter of the mass in each quadrant; the lesions' quadrant must hold this much more
 MARGIN = 0.10
@@ -45,8 +46,8 @@ def quadrant_competition(root: Path, n: int = 80, size: int = 128, seed: int = 0
 def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
     from retinopathy.experiment import load_learner_quietly
     from retinopathy.inference.explain import heat_map, quadrant_mass
-    from retinopathy.training.serving_model import serving_model
     from retinopathy.preprocessing.image_io import read_prepared
+    from retinopathy.training.serving_model import serving_model
 
     raw = quadrant_competition(tmp_path / "quadrant")
     experiment, _ = tiny_pipeline(raw, tmp_path / "work", "quadrant", "arch=resnet18", "preprocess=none",
@@ -65,16 +66,16 @@ def test_heat_map_puts_its_mass_on_the_lesions_quadrant(tmp_path):
 
 @pytest.mark.parametrize("arch, head", [("resnet18", "classification"), ("resnet10t", "regression")])
 def test_heat_map_for_torchvision_and_timm_bodies(tiny_aptos, tmp_path, arch, head):
+    import torch
+
     from retinopathy.data.folds import make_folds, training_table
     from retinopathy.experiment import Experiment
     from retinopathy.inference.explain import heat_map, last_conv_stage, overlay
-    from retinopathy.training.serving_model import serving_model
     from retinopathy.paths import Paths
     from retinopathy.preprocessing.stage import preprocess
     from retinopathy.training.dataloaders import build_dataloaders
     from retinopathy.training.models import build_learner
-
-    import torch
+    from retinopathy.training.serving_model import serving_model
 
     torch.manual_seed(0)  # an untrained body: its initialisation, not the tests run before, decides the map
     experiment = Experiment(debug_config(tiny_aptos, "cam", f"arch={arch}", f"head={head}", "image_size=64"),

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import debug_config, tiny_pipeline
 from retinopathy.errors import UserError
+
+from conftest import debug_config, tiny_pipeline
 
 
 @pytest.mark.parametrize("value", ["x*0", "x*abc", "*2", "x*-1", "x*nan"])
@@ -32,7 +33,7 @@ def test_the_sets_content_and_share_are_in_the_fingerprint(tiny_aptos, tiny_eyep
 
 
 def test_extra_images_train_every_fold_and_validate_none(tiny_aptos, tiny_eyepacs, tmp_path, capsys):
-    from retinopathy.competitions import read_labels, APTOS2019, EYEPACS2015
+    from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels
     from retinopathy.data.folds import extra_data_rows, training_table
     from retinopathy.inference.oof import load_oof
     from retinopathy.training.dataloaders import build_dataloaders

@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import debug_config, run_script, tiny_pipeline
 from retinopathy.errors import UserError
 from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
+
+from conftest import debug_config, run_script, tiny_pipeline
 
 
 # ----------------------------------------------------------------------------------------- concurrent runs

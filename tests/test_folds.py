@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels
-from retinopathy.errors import UserError
 from retinopathy.data.folds import assign_folds, fold_summary
+from retinopathy.errors import UserError
 
 from conftest import shared
 

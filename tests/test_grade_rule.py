@@ -116,8 +116,8 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
     from_torch = np.concatenate([plain.outputs(prepare_upload(plain, p).image[None]) for p in photos])
     assert rule(from_onnx).tolist() == rule(from_torch).tolist(), "ONNX engine"
     report = json.loads((experiment.fold_dir(0) / "onnx.json").read_text())
-    assert report["onnx"]["qwk_reference"] == pytest.approx(quadratic_kappa(rule(oof_outputs(oof, head)), oof["grade"])), \
-        "the export checks against the same rule"
+    same_rule = quadratic_kappa(rule(oof_outputs(oof, head)), oof["grade"])
+    assert report["onnx"]["qwk_reference"] == pytest.approx(same_rule), "the export checks against the same rule"
 
     interpreted = oof_with_losses(experiment).set_index("id").loc[oof["id"]]
     assert interpreted["pred"].tolist() == rule(oof_outputs(oof, head), oof["id"]).tolist(), "interpretation"

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from retinopathy.grades import GRADES
 from retinopathy.heads import HEADS, get_head, head_of_columns
+
+from conftest import REPO
 
 #: raw outputs a trained head would give an image of each grade, confidently
 CONFIDENT = {
@@ -82,7 +83,8 @@ def test_ordinal_soft_targets_and_its_own_rule():
 
 
 def test_no_module_outside_the_heads_branches_on_a_head_name():
-    pattern = re.compile(r"head\s*(==|!=)|\.head\s+in\s|[\"'](regression|classification|ordinal|multitask)[\"']\s*(==|!=|in\b)")
+    pattern = re.compile(r"head\s*(==|!=)|\.head\s+in\s|"
+                         r"[\"'](regression|classification|ordinal|multitask)[\"']\s*(==|!=|in\b)")
     offenders = []
     for path in (REPO / "src" / "retinopathy").rglob("*.py"):
         if "heads" in path.relative_to(REPO / "src" / "retinopathy").parts:
@@ -97,7 +99,7 @@ def test_pooling_layers_by_name_match_the_config_and_fastai():
     from fastai.layers import AdaptiveConcatPool2d
 
     from retinopathy.config import POOLS
-    from retinopathy.training.pooling import GeM, POOL_LAYERS, pool_layer, portable
+    from retinopathy.training.pooling import POOL_LAYERS, GeM, pool_layer, portable
 
     assert list(POOL_LAYERS) == list(POOLS)
     x = torch.rand(2, 8, 5, 7)
@@ -107,7 +109,8 @@ def test_pooling_layers_by_name_match_the_config_and_fastai():
     assert torch.allclose(gem(x), x.mean((2, 3), keepdim=True), atol=1e-6)
     gem.p.data.fill_(50.0)
     assert torch.allclose(gem(x), x.amax((2, 3), keepdim=True), rtol=0.1), "a large power approaches max pooling"
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Sequential(AdaptiveConcatPool2d(), torch.nn.Flatten()))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
+                                torch.nn.Sequential(AdaptiveConcatPool2d(), torch.nn.Flatten()))
     before = model(torch.rand(1, 3, 9, 9).requires_grad_(False))
     image = torch.rand(1, 3, 9, 9)
     expected = model(image)

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_script, runtime_without_library, tiny_pipeline
-from runtimes import offline_env, rerun_competition
-from fake_kaggle import FakeCompetition, FakeKaggle
 from retinopathy.data.synthetic import make_competition
+
+from conftest import REPO, run_script, runtime_without_library, tiny_pipeline
+from fake_kaggle import FakeCompetition, FakeKaggle
+from runtimes import offline_env, rerun_competition
 
 APTOS = "aptos2019-blindness-detection"
 DATASET, KERNEL = "tester/kernel-demo-folds", "tester/kernel-demo-run"

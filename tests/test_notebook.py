@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import nbformat
-import pytest
 import pandas as pd
+import pytest
 
 from conftest import REPO, runtime_without_library
 
@@ -67,7 +67,8 @@ def test_notebook_runs_in_demo_mode_in_a_fresh_environment(tmp_path, monkeypatch
     assert decisions["action"].tolist() == ["drop"], "the cleaner's choice was saved for the pipeline"
     assert (tmp_path / "submissions" / "debug.csv").is_file()
     assert (tmp_path / "reports" / "debug" / "index.html").is_file()
-    assert json.loads((tmp_path / "models" / "debug" / "fold0" / "onnx.json").read_text())["onnx"]["grade_agreement"] == 1
+    report = json.loads((tmp_path / "models" / "debug" / "fold0" / "onnx.json").read_text())
+    assert report["onnx"]["grade_agreement"] == 1
     assert (tmp_path / "models" / "debug" / "fold0" / "model-int8.onnx").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "KAGGLE_KEY" not in text

@@ -1,6 +1,6 @@
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from conftest import REPO

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from retinopathy.data.manifest import read_manifest_file
 from retinopathy.config import load_config
+from retinopathy.data.manifest import read_manifest_file
 from retinopathy.errors import UserError
 from retinopathy.metrics import quadratic_kappa
 from retinopathy.pipeline import run_pipeline
@@ -98,7 +98,8 @@ def test_predict_script(finished, tiny_aptos):
     assert result.returncode == 0, result.stderr
     assert "CV QWK" in result.stdout and experiment.submission.is_file()
     lines = result.stdout.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("referable DR (grade ≥ 2), per image, out of fold"))
+    heading = "referable DR (grade ≥ 2), per image, out of fold"
+    first = next(i for i, line in enumerate(lines) if line.startswith(heading))
     assert "AUC" in lines[first] and lines[first + 1].startswith("  tuned grade rule: sensitivity ")
     assert sum(line.startswith("  score ≥ ") for line in lines[first:first + 4]) == 2, "one line per operating point"
 
@@ -139,9 +140,8 @@ def test_ensemble_of_two_experiments(finished, tiny_aptos):
     tuning = __import__("json").loads((experiment.paths.experiment("tiny-reg") / "tuning.json").read_text())
     from retinopathy.inference.oof import load_oof
     from retinopathy.inference.tuning import unreachable_grades
-    from retinopathy.pipeline import Experiment
-
     from retinopathy.metrics import DEFAULT_THRESHOLDS
+    from retinopathy.pipeline import Experiment
 
     oof = load_oof(Experiment(regression, experiment.paths))  # a 1-epoch model: outputs pile up, not all can be
     left = unreachable_grades(oof["value"], oof["grade"], tuning["thresholds"])
@@ -154,7 +154,8 @@ def test_ensemble_of_two_experiments(finished, tiny_aptos):
     submission = pd.read_csv(out, dtype={"id_code": str})
     sample = pd.read_csv(tiny_aptos / "sample_submission.csv", dtype={"id_code": str})
     assert submission["id_code"].tolist() == sample["id_code"].tolist()
-    weights = __import__("json").loads((work / "models" / "ensemble-tiny+tiny-reg" / "tuning.json").read_text())["weights"]
+    tuning = work / "models" / "ensemble-tiny+tiny-reg" / "tuning.json"
+    weights = __import__("json").loads(tuning.read_text())["weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1) and min(weights) >= 0
 
     unknown = run_script("predict.py", "--experiments", "tiny", "nope", "--data-dir", str(work / "data"), cwd=work)
@@ -248,7 +249,8 @@ def test_the_throughput_benchmark_prints_its_ratio_line(tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "batch_size=4", "--configs",
-                           "debug", "--steps", "2", "--workers", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "debug", "--steps", "2", "--workers", "0", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     for loader in ("png", "store"):
         ratio = re.search(rf"^throughput ratio \(training / model alone\): debug loader={loader} (\d+\.\d\d)$",

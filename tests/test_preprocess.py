@@ -9,8 +9,15 @@ import pytest
 from PIL import Image
 
 from retinopathy.errors import UserError
-from retinopathy.preprocessing.fundus import (ben_graham, clahe, crop_to_eye, find_eye, prepare, resize_pad,
-                                             scale_to_radius)
+from retinopathy.preprocessing.fundus import (
+    ben_graham,
+    clahe,
+    crop_to_eye,
+    find_eye,
+    prepare,
+    resize_pad,
+    scale_to_radius,
+)
 from retinopathy.preprocessing.image_io import decode_image, examine_file
 from retinopathy.preprocessing.stage import preprocess_dataset
 

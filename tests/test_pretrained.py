@@ -4,13 +4,12 @@ stops with one line saying where the file goes."""
 import pytest
 import torch
 import torchvision
+from test_train import _tiny_experiment
 
-from retinopathy.errors import UserError
 from retinopathy.data.folds import training_table
+from retinopathy.errors import UserError
 from retinopathy.training.dataloaders import build_dataloaders
 from retinopathy.training.models import build_learner, torchvision_weights_file
-
-from test_train import _tiny_experiment
 
 
 @pytest.fixture

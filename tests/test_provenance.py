@@ -353,7 +353,7 @@ def test_outputs_get_the_process_umask(tmp_path):
     before = os.umask(0o027)
     try:
         probe = subprocess.run([sys.executable, "-c", "from retinopathy.files import write_text; import sys; "
-                                f"write_text(sys.argv[1], 'x')", str(tmp_path / "a.txt")], check=True)
+                                "write_text(sys.argv[1], 'x')", str(tmp_path / "a.txt")], check=True)
     finally:
         os.umask(before)
     assert probe.returncode == 0 and stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640

@@ -5,9 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import shared
 from retinopathy.preprocessing.image_io import decode_for_examining, examine_image
 from retinopathy.preprocessing.quality import assess
+
+from conftest import shared
 
 
 def real_photographs():

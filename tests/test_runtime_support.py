@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from conftest import debug_config
 from retinopathy.errors import UserError
+
+from conftest import debug_config
 
 
 def test_a_fastai_that_fastcore_2_breaks_is_refused_in_one_line(tiny_aptos, tmp_path, monkeypatch):

@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from retinopathy.screening import (SENSITIVITY_TARGETS, auroc, bootstrap, calibration, cutoff_for_sensitivity,
-                                   screen, worse_eye)
+from retinopathy.screening import (
+    SENSITIVITY_TARGETS,
+    auroc,
+    bootstrap,
+    calibration,
+    cutoff_for_sensitivity,
+    screen,
+    worse_eye,
+)
 
 
 def graded(n=400, seed=0):
@@ -41,7 +48,7 @@ def test_operating_points_reach_their_sensitivity_with_the_highest_cutoff():
         above = np.min(scores[scores > cutoff])
         assert (scores[positive] >= above).mean() < target, "a higher cut-off would still reach it"
     points = screen("referable", scores, predicted, truth, resamples=20).points
-    assert [p.sensitivity.value >= t for p, t in zip(points[1:], SENSITIVITY_TARGETS)] == [True, True]
+    assert [p.sensitivity.value >= t for p, t in zip(points[1:], SENSITIVITY_TARGETS, strict=False)] == [True, True]
     chosen = {0.90: 1.0, 0.95: 0.5}  # given cut-offs (chosen out of fold) are used as they are
     assert [p.cutoff for p in screen("referable", scores, predicted, truth, cutoffs=chosen,
                                      resamples=20).points[1:]] == [1.0, 0.5]

@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, headless_chromium, run_script, shared, tiny_pipeline
 from retinopathy.errors import UserError
 from retinopathy.inference.grader import Grader
-from retinopathy.inference.serve import create_app, grade_upload, prepare_upload
+from retinopathy.inference.serve import create_app, prepare_upload
+
+from conftest import REPO, headless_chromium, run_script, shared, tiny_pipeline
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):
@@ -573,7 +575,7 @@ def test_slow_bodies_are_cut_off_and_concurrent_uploads_are_capped(trained):
                 sock.sendall(b"x")  # a byte now and then: never a complete body
                 try:
                     answer += sock.recv(4096)
-                except socket.timeout:
+                except TimeoutError:
                     break
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert time.time() - start < 8, "cut off at the upload timeout"

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from test_serve import children, post, start_server
 
 from conftest import REPO, run_script, shared, tiny_pipeline
-from test_serve import children, post, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from retinopathy.data.manifest import read_manifest_file
 from retinopathy.data.folds import make_folds, training_table
+from retinopathy.data.manifest import read_manifest_file
 from retinopathy.errors import UserError
 from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing import store as store_module
 from retinopathy.preprocessing.stage import preprocess
 from retinopathy.preprocessing.store import ImageStore, StoreFiles, ensure_store, pack_store
-from retinopathy.training.dataloaders import build_dataloaders
 from retinopathy.training.callbacks import gloo_safe_broadcast
+from retinopathy.training.dataloaders import build_dataloaders
 from retinopathy.training.train import train_fold
 
 from conftest import debug_config
@@ -100,7 +100,8 @@ def test_a_disk_too_small_for_the_store_is_one_line(tiny_aptos, tmp_path, monkey
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(store_module.os, "posix_fallocate", no_space)
-    with pytest.raises(UserError, match=r"the image store needs 123\.0 kB and the disk has [\d.]+ [kMG]?B free .*loader=png"):
+    with pytest.raises(UserError,
+                       match=r"the image store needs 123\.0 kB and the disk has [\d.]+ [kMG]?B free .*loader=png"):
         pack_store(experiment.processed_dir, 32, progress=False)
     files = StoreFiles(experiment.processed_dir)
     assert not files.store.exists() and not files.mark.exists()
@@ -157,7 +158,8 @@ def test_the_distributed_wrapper_shards_each_epoch_across_processes(tiny_aptos, 
             for rank in (0, 1):
                 shard = DistributedDL(dl, rank=rank, world_size=2)
                 gathered, real = [], dl.dataset.gather
-                dl.dataset.gather = lambda idx, pin=False: gathered.extend(idx.tolist()) or real(idx, pin)
+                dl.dataset.gather = (lambda idx, pin=False, seen=gathered, gather=real:
+                                     seen.extend(idx.tolist()) or gather(idx, pin))
                 dl.rng = random.Random(7)
                 for _ in shard:
                     pass

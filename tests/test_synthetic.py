@@ -4,9 +4,9 @@ import pytest
 from PIL import Image
 
 from retinopathy.competitions import APTOS2019, EYEPACS2015, read_labels, read_test_ids
+from retinopathy.data.synthetic import fundus_image, make_competition
 from retinopathy.errors import UserError
 from retinopathy.preprocessing.fundus import find_eye
-from retinopathy.data.synthetic import fundus_image, make_competition
 
 
 def test_aptos_layout(tiny_aptos):

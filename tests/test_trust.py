@@ -193,8 +193,9 @@ def test_one_image_per_grade_is_one_line(tmp_path):
         assign_folds(labels, 2, 0, APTOS2019)
 
 
-@pytest.mark.parametrize("text, why", [("{not json", "not a grade rule"), ('{"thresholds": ["a", "b"]}', "not a grade rule"),
-                                       ('[1, 2]', "not a mapping"), ('{"thresholds": [0.5]}', "thresholds")])
+@pytest.mark.parametrize("text, why", [("{not json", "not a grade rule"),
+                                       ('{"thresholds": ["a", "b"]}', "not a grade rule"),
+                                       ("[1, 2]", "not a mapping"), ('{"thresholds": [0.5]}', "thresholds")])
 def test_a_broken_tuning_file_is_one_line(tmp_path, text, why):
     from retinopathy.metrics import GradeRule
 

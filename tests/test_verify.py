@@ -4,8 +4,9 @@ import shutil
 
 import pandas as pd
 
+from retinopathy.data.verify import check_image
+
 from conftest import run_script, shared
-from retinopathy.data.verify import check_image, verify_dataset
 
 
 def test_real_folders_are_clean(tmp_path):

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import debug_config, tiny_pipeline
 from retinopathy.errors import UserError
+
+from conftest import debug_config, tiny_pipeline
 
 
 def lite_file(k: int = 0):

@@ -6,15 +6,14 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .competitions import get_competition
 from .config import Config, config_keys_help, load_config, shipped_configs
 from .errors import UserError
 from .experiment import Experiment
 from .paths import DATA_DIR_ENV, Paths
-
 
 #: the config every stage reads unless --config names another
 DEFAULT_CONFIG = "demo"

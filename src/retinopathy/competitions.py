@@ -11,7 +11,6 @@ import pandas as pd
 from .errors import UserError
 from .grades import GRADES
 
-
 #: the formats a fundus photograph comes in, and the only ones ever decoded: PIL's other plugins (EPS runs
 #: Ghostscript, for one) never see a user's file
 PHOTO_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")

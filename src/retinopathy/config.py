@@ -9,16 +9,16 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 from .errors import UserError
 from .files import write_text
 from .heads import HEADS
-
 
 #: the stages a key belongs to, in the order ``--help`` lists them; a YAML file may nest its keys under these
 GROUPS = ("data", "preprocessing", "model", "training", "prediction", "runtime")
@@ -62,8 +62,10 @@ class Config:
                        "data", fingerprint="never")
     synthetic_images: int = key(0, "when > 0 and the raw folder is missing, synthesize a competition with this "
                                    "many training images there", "data", bounds=(0, 100_000))
-    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data", bounds=(2, 20))
-    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data", bounds=(0, 2**32 - 1))
+    n_folds: int = key(5, "cross-validation folds (stratified by grade; grouped by patient on EyePACS)", "data",
+                       bounds=(2, 20))
+    seed: int = key(42, "seed of the folds, the weights' initialisation and the augmentation", "data",
+                    bounds=(0, 2**32 - 1))
     conflicting_grades: str = key("drop", "copies of one photograph (every copy is in one fold) whose grades differ: "
                                           "drop the group (measured best), keep them all, or merge it into one row of "
                                           "the majority grade", "data", ("drop", "keep", "merge"))
@@ -103,7 +105,8 @@ class Config:
     epochs: int = key(10, "epochs of the one-cycle schedule (after the frozen ones)", "training", bounds=(1, 1000))
     freeze_epochs: int = key(1, "epochs with the body frozen before unfreezing (pretrained models only)",
                              "training", bounds=(0, 100))
-    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)", "training", bounds=(1e-7, 10.0))
+    lr: float = key(1e-3, "peak learning rate of the one-cycle schedule (the head's, with lr_min > 0)", "training",
+                    bounds=(1e-7, 10.0))
     lr_min: float = key(0.0, "when > 0, discriminative rates: slice(lr_min, lr) from the first layers to the head",
                         "training", bounds=(0.0, 10.0))
     wd: float = key(1e-2, "weight decay (AdamW)", "training", bounds=(0.0, 10.0))
@@ -137,7 +140,8 @@ class Config:
     loader: str = key("png", "png: fastai's per-image pipeline over the PNGs; store: batches gathered from the packed "
                              "uint8 image store and augmented on the device (needs augment_on=batch; a GPU the PNG "
                              "loader cannot feed)", "runtime", ("png", "store"))
-    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime", bounds=(-1, 256))
+    num_workers: int = key(-1, "dataloader worker processes; -1 picks one per core (0 inside a test)", "runtime",
+                           bounds=(-1, 256))
     folds_at_once: int = key(1, "folds the pipeline trains at the same time, each its own process sharing the GPU "
                                 "and the cores (a big GPU that one fold leaves idle: 5 on an 80 GB H100)",
                              "runtime", bounds=(1, 64))
@@ -167,7 +171,7 @@ class Config:
         if self.loader == "store" and self.augment and self.augment_on == "item":
             raise UserError("config: loader=store augments whole batches on the device: set augment_on=batch (or "
                             "loader=png for per-image augmentation)")
-        self.extra_sources  # a malformed share is one line now, not at training
+        _ = self.extra_sources  # a malformed share is one line now, not at training
         unknown = [name for name in self.logger_names if name not in LOGGERS]
         if unknown:
             raise UserError(f"config: loggers: unknown '{unknown[0]}'; choose from csv, {', '.join(LOGGERS)} "
@@ -249,7 +253,7 @@ class Config:
         """Write the resolved config (atomically) so the run can be repeated exactly."""
         return write_text(path, "# resolved config of this run; re-run with --config <this file>\n" + self.to_yaml())
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some keys changed (and checked again)."""
         return dataclasses.replace(self, **changes)
 
@@ -279,7 +283,7 @@ def find_config(name: str | os.PathLike) -> Path:
                     "(give one by name, or a path to your own YAML)")
 
 
-def config_keys_help(config: "Config | None" = None) -> str:
+def config_keys_help(config: Config | None = None) -> str:
     """Every config key with its value in ``config`` (the built-in defaults where none is given) and meaning, for
     ``--help``."""
     chosen = f"the values of config '{config.name}'" if config is not None else "the built-in defaults"

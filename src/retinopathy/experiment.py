@@ -9,8 +9,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FIELDS, Config, file_digest, settings_difference
 from .competitions import Competition, detect_competition
+from .config import FIELDS, Config, file_digest, settings_difference
 from .errors import UserError
 from .files import locked, write_text
 from .paths import MANIFEST, Paths

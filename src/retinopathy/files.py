@@ -8,9 +8,9 @@ import errno
 import os
 import signal
 import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 

@@ -15,7 +15,6 @@ from .files import die_with_parent
 from .training.dataloaders import cores_per_fold
 from .training.train import phases_of
 
-
 #: seconds between the progress lines of folds training side by side
 SIDE_BY_SIDE_PROGRESS_S = 60.0
 

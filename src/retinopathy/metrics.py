@@ -30,7 +30,7 @@ def blend_eyes(ids, values, weight: float) -> np.ndarray:
     patient's eyes tend to share a grade, the 2015 winners' per-patient feature in its simplest form."""
     values = np.asarray(values, float)
     lookup: dict[str, float] = {}
-    for image_id, value in zip(map(str, ids), values):
+    for image_id, value in zip(map(str, ids), values, strict=False):
         lookup.setdefault(image_id, float(value))
     other = np.array([lookup.get(EYEPACS2015.other_eye(i), np.nan) for i in map(str, ids)], float)
     return np.where(np.isnan(other), values, (1 - weight) * values + weight * np.nan_to_num(other))
@@ -54,13 +54,13 @@ class GradeRule:
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def plain(cls, head: str) -> "GradeRule":
+    def plain(cls, head: str) -> GradeRule:
         """The untuned rule of a head (a classifier's most probable grade, a regression cut at 0.5, 1.5, ...)."""
         get_head(head)
         return cls(head=head)
 
     @classmethod
-    def from_dict(cls, tuning: dict, head: str = "classification") -> "GradeRule":
+    def from_dict(cls, tuning: dict, head: str = "classification") -> GradeRule:
         """A rule from the mapping ``tuning.json`` holds (``head`` where the file names none)."""
         known = {"use_values", "thresholds", "eye_blend", "head"}
         return cls(bool(tuning.get("use_values", False)),
@@ -69,7 +69,7 @@ class GradeRule:
                    {k: v for k, v in tuning.items() if k not in known})
 
     @classmethod
-    def read(cls, experiment_dir: str | Path, head: str) -> "GradeRule":
+    def read(cls, experiment_dir: str | Path, head: str) -> GradeRule:
         """The experiment's tuned rule (``tuning.json`` in ``experiment_dir``), else the plain rule for its head."""
         path = Path(experiment_dir) / TUNING
         if not path.is_file():
@@ -95,7 +95,7 @@ class GradeRule:
         out["thresholds"] = [float(t) for t in self.thresholds]
         return {**out, **self.extra}
 
-    def with_extra(self, **extra) -> "GradeRule":
+    def with_extra(self, **extra) -> GradeRule:
         """The same rule carrying more of what the tuning measured."""
         return GradeRule(self.use_values, self.thresholds, self.eye_blend, self.head, {**self.extra, **extra})
 

@@ -25,7 +25,7 @@ class Paths:
     output: Path
 
     @classmethod
-    def default(cls, data_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None) -> "Paths":
+    def default(cls, data_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None) -> Paths:
         """Paths from the arguments, else the environment, else ``./data`` and ``.``."""
         data = data_dir or os.environ.get(DATA_DIR_ENV) or "data"
         output = output_dir or os.environ.get(OUTPUT_DIR_ENV) or "."

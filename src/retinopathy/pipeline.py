@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Config
 from .competitions import get_competition
+from .config import Config
 from .data.folds import TEST_OUTPUTS, make_folds
 from .data.synthetic import SOLUTION, make_competition
 from .errors import UserError
-from .heads import get_head
 from .experiment import Experiment
+from .heads import get_head
 from .inference.oof import cv_report, oof_screening, screening_report
 from .inference.predict import predict_test
 from .inference.tuning import tune_experiment, write_rule
+from .launcher import train_side_by_side
 from .metrics import GradeRule, quadratic_kappa
 from .paths import Paths
 from .preprocessing.stage import preprocess
 from .reports.results import append_results, print_cv_report
-from .launcher import train_side_by_side
 from .training.train import fold_is_done, train_fold
 
 

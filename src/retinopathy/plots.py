@@ -58,9 +58,9 @@ def draw_rates(ax, rates: np.ndarray) -> None:
 def plot_roc(curves: list[dict], path: Path, title: str) -> Path:
     """ROC curves (``label``, ``fpr``, ``tpr``) with their operating points (``points``: (name, fpr, tpr)) marked."""
     fig, ax = figure(figsize=(5.5, 5.5), layout="constrained")
-    for curve, colour in zip(curves, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+    for curve, colour in zip(curves, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False):
         ax.plot(curve["fpr"], curve["tpr"], color=colour, label=curve["label"])
-        for (name, fpr, tpr), marker in zip(curve["points"], "osD^"):
+        for (name, fpr, tpr), marker in zip(curve["points"], "osD^", strict=False):
             ax.plot([fpr], [tpr], marker, color=colour, markersize=7, markerfacecolor="white",
                     label=f"{name}: {tpr:.0%} / {1 - fpr:.0%}")
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":")

@@ -11,8 +11,8 @@ grades macular oedema, which the clinical definitions also count, so these are r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("images", type=Path, help="a folder of images (or one image)")
     cli.add_overrides(p)
     p.add_argument("-o", "--output", type=Path, default=Path("reports/preprocess_sheet.png"))
-    p.add_argument("--size", type=cli.number_in(32, 1024), default=256, help="tile size in pixels, 32-1024 (default 256)")
-    p.add_argument("--limit", type=cli.number_in(1, 200), default=10, help="at most this many images, 1-200 (default 10)")
+    p.add_argument("--size", type=cli.number_in(32, 1024), default=256,
+                   help="tile size in pixels, 32-1024 (default 256)")
+    p.add_argument("--limit", type=cli.number_in(1, 200), default=10,
+                   help="at most this many images, 1-200 (default 10)")
     args = p.parse_args(argv)
     from ..preprocessing.contact_sheet import contact_sheet
     from ..preprocessing.image_io import encode_png

@@ -13,7 +13,8 @@ from .. import cli
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__)
-    p.add_argument("--fold", type=cli.number_in(0, 19), help="only this fold's out-of-fold images (default: every fold)")
+    p.add_argument("--fold", type=cli.number_in(0, 19),
+                   help="only this fold's out-of-fold images (default: every fold)")
     cli.add_folds(p)
     p.add_argument("--top", type=cli.number_in(1, 200), default=16, help="images in each grid, 1-200 (default 16)")
     p.add_argument("--heat-maps", choices=["auto", "always", "never"], default="auto",

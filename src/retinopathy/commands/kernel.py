@@ -33,15 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", choices=list(ENGINES), default="torch",
                    help="how the kernel runs the folds: " + ENGINE_HELP + " (default torch)")
     p.add_argument("--gpu", nargs="?", const=DEFAULT_GPU, default=None, metavar="MACHINE",
-                   help=f"run the kernel on a Kaggle GPU machine: {'; '.join(f'{k}: {v}' for k, v in GPU_SHAPES.items())}"
+                   help="run the kernel on a Kaggle GPU machine: "
+                        f"{'; '.join(f'{k}: {v}' for k, v in GPU_SHAPES.items())}"
                         f" (default {DEFAULT_GPU}); the torch engine grades there in float16")
     p.add_argument("--no-push", action="store_true", help="write the folders and stop")
     p.add_argument("--no-build", action="store_true", help="push the folders an earlier build wrote, as they are")
     p.add_argument("--submit", action="store_true", help="submit the pushed kernel version once it has run")
     p.add_argument("-m", "--message", help="the submission's description (with --submit)")
     p.add_argument("--out", type=Path, default=Path("kaggle"), help="where to write the folders (default kaggle/)")
-    p.add_argument("--poll", type=cli.number_in(0.01, 3600, float), default=30.0, help="seconds between status checks (default 30)")
-    p.add_argument("--timeout", type=cli.number_in(1, 86_400, float), default=9 * 3600.0, help="stop waiting after this many s (default 9 h)")
+    p.add_argument("--poll", type=cli.number_in(0.01, 3600, float), default=30.0,
+                   help="seconds between status checks (default 30)")
+    p.add_argument("--timeout", type=cli.number_in(1, 86_400, float), default=9 * 3600.0,
+                   help="stop waiting after this many s (default 9 h)")
     p.add_argument("--pseudo-label", action="store_true",
                    help="the kernel also fine-tunes the folds on the test images it graded, then grades again")
     p.add_argument("--pseudo-epochs", type=int, default=PseudoLabels.epochs,

@@ -22,8 +22,15 @@ from .. import cli
 from ..errors import UserError
 from ..inference.engines import ENGINE_HELP, ENGINES, check_agreement
 from ..inference.grader import Grader, check_model_paths, engine_file, models_in_folder
-from ..inference.serve import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MAX_UPLOADS, SETTINGS_ENV, UPLOAD_SECONDS,
-                               create_app, models_of_experiment)
+from ..inference.serve import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MAX_UPLOADS,
+    SETTINGS_ENV,
+    UPLOAD_SECONDS,
+    create_app,
+    models_of_experiment,
+)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

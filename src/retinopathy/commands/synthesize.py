@@ -6,7 +6,6 @@
 from .. import cli
 
 
-
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__, overrides=False)  # --competition: whose layout (default: the config's competition)

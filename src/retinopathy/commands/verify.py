@@ -1,6 +1,7 @@
 """Decode every image of a competition folder in full (a truncated JPEG is caught), cross-check the label CSV
 against the images, and record bad images in data/cleaning/<dataset>-quarantine.csv saying why (the raw folder is
-never modified: nothing is moved or deleted). Then examine every photograph for copies of one another (perceptual hashes; across competitions too when
+never modified: nothing is moved or deleted). Then examine every photograph for copies of one another (perceptual
+hashes; across competitions too when
 both are under data/raw/) and for whether it can be graded, and write what was found under data/cleaning/:
 <dataset>-duplicates.csv (and .png, a contact sheet of the groups), <dataset>-ungradable.csv. Exit status 1 when
 the decoding or the labels found anything, so it can gate a script.
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         table = table.drop(columns="dataset")
     csv = write_csv(table, paths.duplicates(dataset))
-    files = dict(zip(images["id"], images["file"]))
+    files = dict(zip(images["id"], images["file"], strict=False))
     sheet = csv.with_suffix(".png")
     with atomic_path(sheet) as tmp:
         tmp.write_bytes(encode_png(groups_sheet(table, files)))

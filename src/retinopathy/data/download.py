@@ -16,12 +16,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
-
 from ..competitions import Competition
 from ..errors import UserError
 from ..files import atomic_path, write_text
-from .kaggle_client import kaggle_api, kaggle_errors
 from ..progress import progress_bar
+from .kaggle_client import kaggle_api, kaggle_errors
 
 DOWNLOADS = ".downloads"
 COMPLETE = ".download-complete.json"

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cleaning import apply_decisions, decisions_path
-from .duplicates import apply_policy, copies_of, copy_groups, duplicates_table, summary
-from .manifest import read_manifest_file
 from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
-from ..heads import get_head, head_of_columns
 from ..files import write_csv
+from ..heads import get_head, head_of_columns
 from ..paths import MANIFEST
+from .cleaning import apply_decisions, decisions_path
+from .duplicates import apply_policy, copies_of, copy_groups, duplicates_table, summary
+from .manifest import read_manifest_file
 
 
 def assign_folds(labels: pd.DataFrame, n_folds: int, seed: int, competition: Competition) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import UserError
 
@@ -60,7 +60,8 @@ def kaggle_errors(competition: str, what: str = "", not_found: str | None = None
             raise UserError(f"Kaggle says 404 Not Found for {target}: " + (not_found or (
                 "check the name (e.g. aptos2019-blindness-detection, diabetic-retinopathy-detection, or the file "
                 "names that retinopathy download --list shows)"))) from None
-        raise UserError(f"Kaggle answered {status or 'an error'} for {target}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"Kaggle answered {status or 'an error'} for {target}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
         raise UserError(f"cannot reach Kaggle ({type(e).__name__}): check the network connection (and any proxy "
                         "settings), then run this again; finished files are kept") from None

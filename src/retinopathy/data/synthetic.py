@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..files import process_pool
 from ..progress import progress_bar
 
+
 class Eye(NamedTuple):
     """Where the retina is drawn: its centre and radius in pixels."""
 
@@ -215,7 +216,7 @@ def make_competition(out_dir: str | os.PathLike, competition: str = APTOS2019.sl
     jobs = []
     for split, ids, grades in (("train", train_ids, train_grades), ("test", test_ids, test_grades)):
         (tmp / (comp.train_images if split == "train" else comp.test_images)).mkdir(parents=True)
-        for image_id, grade in zip(ids, grades):
+        for image_id, grade in zip(ids, grades, strict=False):
             w_frac, h_frac = _SHAPES[rng.integers(len(_SHAPES))]
             side = int(max_side * rng.uniform(0.7, 1.0))
             jobs.append((comp.image_path(tmp, split, image_id), int(grade), int(side * w_frac), int(side * h_frac),

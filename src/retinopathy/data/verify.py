@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metrics import GRADES
 from ..competitions import PHOTO_FORMATS, Competition, detect_competition
 from ..files import process_pool, write_csv
+from ..metrics import GRADES
 from ..progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"}
@@ -113,7 +113,7 @@ def verify_dataset(raw_dir: Path, competition: Competition | None = None, worker
     else:
         reasons = [check_image(p) for p in progress_bar(paths, desc="verify", unit="img", show=progress)]
     report.checked = len(paths)
-    for path, reason in zip(files, reasons):
+    for path, reason in zip(files, reasons, strict=False):
         if path.suffix.lower() not in IMAGE_SUFFIXES and not reason:
             reason = f"unexpected file type '{path.suffix}'"
         if reason:

@@ -9,6 +9,8 @@ serving) use the heads' numpy side only.
 from __future__ import annotations
 
 from .base import HEADS, Head, get_head, head_of_columns, register
-from . import classification, regression, ordinal, multitask  # noqa: F401,I001 - each registers its head, in this order
+
+# each registers its head, in the order --help lists them
+from . import classification, regression, ordinal, multitask  # noqa: F401  # isort: skip
 
 __all__ = ["HEADS", "Head", "get_head", "head_of_columns", "register"]

@@ -8,7 +8,7 @@ from ..errors import UserError
 from ..grades import DEFAULT_THRESHOLDS, GRADES, cut
 
 #: every head by its config name, in the order they are listed in ``--help``
-HEADS: dict[str, "Head"] = {}
+HEADS: dict[str, Head] = {}
 
 
 class Head:

@@ -30,10 +30,10 @@ class OrdinalLoss:
 
 @register
 class Ordinal(Head):
-    """Four probabilities P(grade >= 1..4), made monotone (sorted, each step at most the one before). They give the five grade
-    probabilities P(k) = P(>= k) - P(>= k+1); the grade is their median (how many steps are more likely than not),
-    and the score the interpolated median, which the default thresholds 0.5, 1.5, ... cut into that very grade: one
-    grade, one score and one set of probabilities that agree."""
+    """Four probabilities P(grade >= 1..4), made monotone (sorted, each step at most the one before). They give the
+    five grade probabilities P(k) = P(>= k) - P(>= k+1); the grade is their median (how many steps are more likely
+    than not), and the score the interpolated median, which the default thresholds 0.5, 1.5, ... cut into that very
+    grade: one grade, one score and one set of probabilities that agree."""
 
     name = "ordinal"
     help = "cumulative link: P(grade >= k) for k = 1..4 (binary cross-entropy each); grade = steps above 0.5"

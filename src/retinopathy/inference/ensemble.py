@@ -52,7 +52,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
         raise UserError("--experiments needs at least two experiment names")
     folders = [e.dir.resolve() for e in experiments]
     if len(set(folders)) < len(folders):
-        twice = next(e.config.name for e, f in zip(experiments, folders) if folders.count(f) > 1)
+        twice = next(e.config.name for e, f in zip(experiments, folders, strict=False) if folders.count(f) > 1)
         raise UserError(f"--experiments names '{twice}' twice: an ensemble of one experiment with itself is that "
                         "experiment; name different ones")
     first = experiments[0]
@@ -60,12 +60,12 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
     check_ensemble_name(name, first.paths)
     oofs = [load_oof(e).set_index("id") for e in experiments]
     ids = oofs[0].index
-    for e, oof in zip(experiments[1:], oofs[1:]):
+    for e, oof in zip(experiments[1:], oofs[1:], strict=False):
         if e.competition.slug != first.competition.slug or set(oof.index) != set(ids):
             raise UserError(f"experiments '{first.config.name}' and '{e.config.name}' were not trained on the same "
                             "images (compare their dataset and folds); only such experiments can be ensembled")
     grades = oofs[0]["grade"].to_numpy(int)
-    values = [oof_values(oof.loc[ids].reset_index(), e.config.head) for e, oof in zip(experiments, oofs)]
+    values = [oof_values(oof.loc[ids].reset_index(), e.config.head) for e, oof in zip(experiments, oofs, strict=False)]
     thresholds = optimize_thresholds(np.mean(values, axis=0), grades)
     weights = optimize_weights(values, grades, thresholds)
     blended = weights @ np.vstack(values)
@@ -87,7 +87,8 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
     write_rule(out_dir, rule)
     if verbose:
         each = ", ".join(f"{k} {v:.4f}" for k, v in alone.items())
-        print(f"ensemble '{name}': weights " + ", ".join(f"{e.config.name} {w:.2f}" for e, w in zip(experiments, weights))
+        print(f"ensemble '{name}': weights "
+              + ", ".join(f"{e.config.name} {w:.2f}" for e, w in zip(experiments, weights, strict=False))
               + f"; pooled OOF QWK {tuned:.4f} (alone: {each}) → {out_dir / TUNING}")
 
     predictions = [predict_test_outputs(e, verbose=verbose) for e in experiments]
@@ -95,7 +96,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
         return None
     order = predictions[0].ids
     test_values = np.vstack([pd.Series(get_head(e.config.head).scores(p.outputs), index=p.ids).reindex(order).to_numpy()
-                             for e, p in zip(experiments, predictions)])
+                             for e, p in zip(experiments, predictions, strict=False)])
     combined = (weights @ test_values).reshape(-1, 1)
     merged = TestPredictions(predictions[0].sample_ids, order, combined, sum(p.n_models for p in predictions))
     return write_submission(first, merged, rule.grades(combined, order), first.paths.submission(name), verbose,

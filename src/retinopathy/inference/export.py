@@ -10,9 +10,9 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -20,15 +20,13 @@ import torch
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly, read_provenance
-from ..progress import steps
 from ..files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
 from ..metrics import quadratic_kappa
 from ..preprocessing.image_io import read_prepared
-from .engines import (ENGINES, EXPORT_KEY, EXPORTED, FINGERPRINT_KEY, MIN_AGREEMENT, ONNX_REPORT, OnnxRunner,
-                      get_engine)
-from .grader import Grader
+from ..progress import steps
 from ..training.serving_model import ServingModel, serving_model
-
+from .engines import ENGINES, EXPORT_KEY, EXPORTED, FINGERPRINT_KEY, MIN_AGREEMENT, ONNX_REPORT, OnnxRunner, get_engine
+from .grader import Grader
 
 
 def export_onnx(model: ServingModel, size: int, path: Path, stamp: dict | None = None) -> Path:

@@ -49,7 +49,7 @@ def check_model_paths(paths: list[Path]) -> list:
                             "(retinopathy train writes it there) so the same preprocessing is applied")
         configs.append(load_config(config_file))
     first = configs[0]
-    for p, c in zip(paths[1:], configs[1:]):
+    for p, c in zip(paths[1:], configs[1:], strict=False):
         if (c.preprocess, c.image_size, c.head) != (first.preprocess, first.image_size, first.head):
             raise UserError(f"{p}: trained with preprocess={c.preprocess}, image_size={c.image_size}, head={c.head}; "
                             f"{paths[0]} with {first.preprocess}, {first.image_size}, {first.head}: grade with "
@@ -115,7 +115,7 @@ class Grader:
         self.files = [engine_file(p, engine) for p in self.paths]
         engines = [engine_of_file(f, engine) for f in self.files]
         self.engine = engines[0].name if len({e.name for e in engines}) == 1 else engine
-        onnx = [f for f, e in zip(self.files, engines) if e.onnx]
+        onnx = [f for f, e in zip(self.files, engines, strict=False) if e.onnx]
         self.can_explain = not onnx
         #: why there can be no heat map (None where there can): every model must run in PyTorch
         self.why_no_explanation = None if not onnx else (
@@ -124,16 +124,17 @@ class Grader:
             f"explanations need every model in PyTorch, and {len(onnx)} of these {len(self.files)} are ONNX files "
             f"({onnx[0].name}): serve the folds' export.pkl files only")
         if not any_export:  # a pickle of unknown or other origin is refused before it is unpickled
-            for f, e, config in zip(self.files, engines, configs):
+            for f, e, config in zip(self.files, engines, configs, strict=False):
                 if not e.onnx:
                     check_provenance(f, config)
-        self.runners = [e.runner(f, config, threads, device) for f, e, config in zip(self.files, engines, configs)]
-        for f, run in zip(self.files, self.runners):
+        self.runners = [e.runner(f, config, threads, device)
+                        for f, e, config in zip(self.files, engines, configs, strict=False)]
+        for f, run in zip(self.files, self.runners, strict=False):
             if getattr(run, "image_size", self.size) not in (self.size, None):
                 raise UserError(f"{f} takes {run.image_size} px images but config.yaml beside it says image_size="
                                 f"{self.size}: export it again (retinopathy export-onnx --force)")
         if not any_export:  # an ONNX file carries its fingerprint in its metadata, read once its session is open
-            for f, e, run, config in zip(self.files, engines, self.runners, configs):
+            for f, e, run, config in zip(self.files, engines, self.runners, configs, strict=False):
                 if e.onnx:
                     check_provenance(f, config, run.fingerprint, getattr(run, "export", None))
         digest = hashlib.sha256()
@@ -159,7 +160,7 @@ class Grader:
 
     @classmethod
     def of_experiment(cls, experiment, engine: str = "torch", any_export: bool = False, folds: list[int] | None = None,
-                      **options) -> "Grader":
+                      **options) -> Grader:
         """Every trained fold of an experiment (or ``folds``), each checked to be current unless ``any_export``;
         on a GPU where there is one and the engine is PyTorch's."""
         folds = experiment.check_exports(folds, any_export=any_export)

@@ -141,8 +141,9 @@ def pseudo_label_offline(models_dir: Path, competition_dir: Path, output_dir: Pa
     rule = tune_experiment(experiment, verbose)
     before = GradeRule.read(bundled, experiment.config.head).extra.get("oof_qwk_tuned")
     after = rule.extra["oof_qwk_tuned"]
+    bundled = before if before is not None else float("nan")
     say(f"pseudo-labels: {experiment.config.n_folds} folds fine-tuned in {sum(seconds) / 60:.1f} min; out-of-fold "
-        f"QWK {before if before is not None else float('nan'):.4f} (bundled folds) → {after:.4f} (fine-tuned)", flush=True)
+        f"QWK {bundled:.4f} (bundled folds) → {after:.4f} (fine-tuned)", flush=True)
     second = predict_test(experiment, verbose)  # written either way: the kernel's output keeps both
     if before is not None and after < before:
         say(f"pseudo-labels: the fine-tuned folds score lower out of fold ({second} kept): the first stage's "

@@ -10,8 +10,16 @@ import pandas as pd
 from ..experiment import Experiment
 from ..heads import get_head
 from ..metrics import GRADES, GradeRule, quadratic_kappa
-from ..screening import (CONDITIONS, RESAMPLES, SENSITIVITY_TARGETS, Calibration, Screening, calibration, screen,
-                         worse_eye)
+from ..screening import (
+    CONDITIONS,
+    RESAMPLES,
+    SENSITIVITY_TARGETS,
+    Calibration,
+    Screening,
+    calibration,
+    screen,
+    worse_eye,
+)
 
 
 def load_oof(experiment: Experiment) -> pd.DataFrame:
@@ -87,7 +95,7 @@ def screening_report(ids, outputs: np.ndarray, true_grades, rule: GradeRule, com
     for condition, _ in CONDITIONS:
         result = screen(condition, scores, predicted, truth, patients, (cutoffs or {}).get(condition),
                         resamples=resamples)
-        chosen[condition] = {t: p.cutoff for t, p in zip(SENSITIVITY_TARGETS, result.points[1:])}
+        chosen[condition] = {t: p.cutoff for t, p in zip(SENSITIVITY_TARGETS, result.points[1:], strict=False)}
         results.append(result)
         if patients is not None:
             results.append(screen(condition, *worse_eye(patients, scores, predicted, truth), unit="patient",

@@ -14,13 +14,14 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..files import write_csv
 from ..heads import get_head
+from ..progress import progress_bar
 from .grader import Grader
 from .submission import TestPredictions, write_submission
 from .tuning import read_rule
-from ..progress import progress_bar
 
 
-def predict_test_outputs(experiment: Experiment, verbose: bool = True, any_export: bool = False) -> TestPredictions | None:
+def predict_test_outputs(experiment: Experiment, verbose: bool = True,
+                         any_export: bool = False) -> TestPredictions | None:
     """Every fold on the test set through the Grader, averaged (and with ``tta`` over the flipped views). None
     (and said) where the competition folder has no test set, e.g. a labelled subset."""
     competition = experiment.competition

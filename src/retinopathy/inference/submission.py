@@ -16,6 +16,7 @@ from ..experiment import Experiment
 from ..files import write_csv, write_text
 from ..metrics import GRADES
 
+
 @dataclass
 class TestPredictions:
     """Fold-averaged model outputs on the competition's test set, in sample-submission order where images were
@@ -32,7 +33,8 @@ def validate_submission(submission: pd.DataFrame, sample_ids: list[str], competi
     """Refuse a submission Kaggle would reject or mis-score: ids, order, columns and grades must be exact."""
     expected = [competition.id_column, competition.label_column]
     if list(submission.columns) != expected:
-        raise UserError(f"{source}: columns are {','.join(map(str, submission.columns))}; expected {','.join(expected)}")
+        raise UserError(f"{source}: columns are {','.join(map(str, submission.columns))}; "
+                        f"expected {','.join(expected)}")
     ids = submission[competition.id_column].astype(str)
     dup = ids[ids.duplicated()]
     if len(dup):
@@ -60,7 +62,7 @@ def write_submission(experiment: Experiment, predictions: TestPredictions, grade
     ``<name>.json`` naming the fingerprints of the models that made it."""
     competition = experiment.competition
     sample_ids = predictions.sample_ids
-    predicted = dict(zip(predictions.ids, grades))
+    predicted = dict(zip(predictions.ids, grades, strict=False))
     unreadable = [i for i in sample_ids if i not in predicted]
     if unreadable:
         # Kaggle needs a row for every id: give the most common training grade and say so.

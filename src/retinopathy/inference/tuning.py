@@ -15,8 +15,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..experiment import Experiment
-from ..heads import get_head
 from ..files import write_text
+from ..heads import get_head
 from ..metrics import DEFAULT_THRESHOLDS, GRADES, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
 from .oof import load_oof, oof_outputs, oof_values
 
@@ -79,7 +79,11 @@ def optimize_thresholds(values, grades, start=DEFAULT_THRESHOLDS, min_share: flo
     return tuple(float(t) for t in np.sort(best))
 
 
-def tune_eye_blend(ids, values, grades, thresholds, weights=np.linspace(0, 0.5, 11)) -> float:
+#: the eye-blending weights tried on the out-of-fold outputs
+EYE_BLEND_WEIGHTS = tuple(np.linspace(0, 0.5, 11))
+
+
+def tune_eye_blend(ids, values, grades, thresholds, weights=EYE_BLEND_WEIGHTS) -> float:
     """The blending weight with the best OOF QWK (0 when blending does not help)."""
     scores = [qwk_at(blend_eyes(ids, values, w), grades, thresholds) for w in weights]
     best = int(np.argmax(scores))

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ..errors import UserError
 from ..config import file_digest
+from ..errors import UserError
 from ..experiment import FINGERPRINT, WEIGHTS, Experiment
 from ..files import locked, write_text
 from ..inference.engines import get_engine
@@ -57,7 +57,7 @@ class PseudoLabels:
     epochs: int = 2
     minutes: float = 360.0
 
-    def check(self) -> "PseudoLabels":
+    def check(self) -> PseudoLabels:
         """Itself, or one line saying which setting is out of range."""
         if not 1 <= self.epochs <= 50:
             raise UserError(f"--pseudo-epochs {self.epochs}: give 1 to 50 epochs of fine-tuning")
@@ -78,7 +78,7 @@ class KernelBuild:
     packages: list[str]
     seconds_per_image: float | None
     #: the second stage the kernel runs, if any
-    pseudo: "PseudoLabels | None" = None
+    pseudo: PseudoLabels | None = None
 
 
 def check_ref(ref: str, what: str) -> str:

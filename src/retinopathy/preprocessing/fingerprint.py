@@ -16,7 +16,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
 HASH_SIZE = 16  # 256 bits
 _SIDE, _MARGIN = 128, 22  # the square inside the disc: 84 of the eye's 128 pixels
 

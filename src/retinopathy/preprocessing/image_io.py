@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
 
 import cv2
 import numpy as np

@@ -20,9 +20,9 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..files import atomic_path, process_pool, remove_stale_temporaries, write_csv
 from ..paths import MANIFEST
+from ..progress import progress_bar
 from .fundus import METHODS
 from .image_io import encode_png, examine_file
-from ..progress import progress_bar
 
 MANIFEST_COLUMNS = COLUMNS
 

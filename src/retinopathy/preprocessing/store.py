@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.manifest import read_manifest_file, relative_paths
 from ..errors import UserError
 from ..files import locked, write_csv, write_faults_named, write_text
-from ..data.manifest import read_manifest_file, relative_paths
 from ..progress import progress_bar
-
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def store_key(rows: pd.DataFrame) -> str:
     wrote the PNG) and file size and time (a PNG changed since, by preprocessing or anything else, changes it).
     Paths count by file name alone, so a moved data folder keeps its store."""
     digest = hashlib.sha256()
-    for image_id, path, content in zip(rows["id"], rows["path"], rows["digest"]):
+    for image_id, path, content in zip(rows["id"], rows["path"], rows["digest"], strict=False):
         try:
             stat = os.stat(path)
         except OSError:
@@ -208,7 +207,7 @@ class ImageStore:
     shape: tuple[int, ...]
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, split: str = "train") -> "ImageStore":
+    def open(cls, folder: str | os.PathLike, split: str = "train") -> ImageStore:
         """The store of ``split`` in ``folder``, refused in one line where it is missing or no longer matches
         the PNGs."""
         files = StoreFiles(Path(folder), split)
@@ -223,7 +222,7 @@ class ImageStore:
         return cls._read(files, rows, mark)
 
     @classmethod
-    def _read(cls, files: StoreFiles, rows: pd.DataFrame, mark: dict | None = None) -> "ImageStore":
+    def _read(cls, files: StoreFiles, rows: pd.DataFrame, mark: dict | None = None) -> ImageStore:
         """A store whose key matches ``rows`` (its manifest's images): its index, checked to list exactly those
         images in packing order (a shifted row would train on its neighbour's pixels), and its size checked
         against its shape."""
@@ -241,7 +240,7 @@ class ImageStore:
             raise UserError(f"{files.store}: its index ({files.index.name}) or size does not match the images it "
                             "was packed from: run retinopathy preprocess with loader=store to pack it again")
         paths = [str(files.folder / name) for name in expected[1]]
-        return cls(files, dict(zip(paths, expected[2])), shape)
+        return cls(files, dict(zip(paths, expected[2], strict=False)), shape)
 
     @property
     def images(self) -> np.ndarray:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.cleaning import record_decisions
-from ..heads import get_head
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly
+from ..heads import get_head
 from ..metrics import GRADES
 
 
@@ -25,7 +25,7 @@ def cleaner_learner(experiment, fold: int = 0):
                         f"{experiment.config.head}")
     learn = load_learner_quietly(experiment.fold_dir(fold) / "export.pkl")
     table = training_table(experiment)
-    grade_of = dict(zip(table["path"], table["grade"]))
+    grade_of = dict(zip(table["path"], table["grade"], strict=False))
     valid_idx = list(table.index[table["fold"] == fold])
     norm = [t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)]
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(GRADES))),

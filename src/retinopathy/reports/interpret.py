@@ -18,10 +18,10 @@ import pandas as pd
 from ..data.manifest import read_manifest_file
 from ..errors import UserError
 from ..experiment import Experiment
-from ..inference.oof import load_oof, oof_outputs
-from ..heads import get_head
-from ..inference.tuning import read_rule
 from ..files import locked, write_csv, write_text
+from ..heads import get_head
+from ..inference.oof import load_oof, oof_outputs
+from ..inference.tuning import read_rule
 from ..metrics import GRADE_NAMES, GRADES, quadratic_kappa
 from ..plots import draw_history, figure, save_figure
 from .results import write_comparison
@@ -202,7 +202,8 @@ def roc_figure(experiment: Experiment, oof: pd.DataFrame, rule, screening, out: 
     outputs = oof_outputs(oof, rule.head)
     scores, truth = rule.values(outputs, oof["id"]), oof["grade"].to_numpy(int)
     curves_ = []
-    for (condition, at_least), result in zip(CONDITIONS, [r for r in screening.results if r.unit == "image"]):
+    per_image = [r for r in screening.results if r.unit == "image"]
+    for (condition, at_least), result in zip(CONDITIONS, per_image, strict=False):
         positive = truth >= at_least
         if not 0 < positive.sum() < len(positive):
             continue

@@ -24,7 +24,8 @@ def print_cv_report(cv: dict) -> None:
     print(f"CV QWK: {cv['mean']:.4f} ± {cv['std']:.4f} ({per_fold}); pooled out-of-fold QWK {cv['pooled']:.4f} "
           f"on {cv['n']} images")
     if "confusion" in cv:
-        matrix = pd.DataFrame(cv["confusion"], index=[f"true {g}" for g in GRADES], columns=[f"pred {g}" for g in GRADES])
+        matrix = pd.DataFrame(cv["confusion"], index=[f"true {g}" for g in GRADES],
+                              columns=[f"pred {g}" for g in GRADES])
         print("out-of-fold confusion matrix:\n" + matrix.to_string())
 
 

@@ -7,8 +7,8 @@ import contextlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -69,8 +69,16 @@ def batch_augmentations() -> list:
 
 def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
     """fastai DataLoaders for one fold: the fold's rows validate, the rest train (oversampled if asked)."""
-    from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, Normalize,
-                                   RegressionBlock, imagenet_stats)
+    from fastai.vision.all import (
+        CategoryBlock,
+        ColReader,
+        DataBlock,
+        ImageBlock,
+        IndexSplitter,
+        Normalize,
+        RegressionBlock,
+        imagenet_stats,
+    )
 
     from ..preprocessing.augment import AlbumentationsTransform
 

@@ -16,7 +16,6 @@ from ..metrics import quadratic_kappa
 from .losses import class_weights
 from .pooling import pool_layer
 
-
 #: an arch name starting with this is timm's even where torchvision has the same name (resnet18, efficientnet_b3)
 TIMM_PREFIX = "timm:"
 

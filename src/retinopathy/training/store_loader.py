@@ -30,7 +30,7 @@ class StoreRows:
         self.targets, self.categorical, self.split_idx = targets, categorical, split_idx
 
     @classmethod
-    def of(cls, items: pd.DataFrame, stores: list[ImageStore], categorical: bool, split_idx: int = 0) -> "StoreRows":
+    def of(cls, items: pd.DataFrame, stores: list[ImageStore], categorical: bool, split_idx: int = 0) -> StoreRows:
         """Rows of ``items``, each found in the first of ``stores`` that holds it."""
         where = np.zeros((len(items), 2), np.int64)
         for i, path in enumerate(items["path"].astype(str)):
@@ -44,7 +44,7 @@ class StoreRows:
     def __len__(self) -> int:
         return len(self.items)
 
-    def new_empty(self) -> "StoreRows":
+    def new_empty(self) -> StoreRows:
         """The same split with no rows (what fastai keeps in an exported learner)."""
         return StoreRows(self.items.iloc[:0], [], self.where[:0], self.targets[:0], self.categorical,
                          self.split_idx)
@@ -77,7 +77,8 @@ class StoreDL(TfmdDL):
 
     def __init__(self, dataset=None, bs: int = 64, wgts=None, **kwargs):
         self.wgts = None if wgts is None else np.asarray(wgts, float) / np.sum(wgts)
-        kwargs.update(num_workers=0, indexed=True)  # the prefetching thread does the work; batches are gathered by index
+        # the prefetching thread does the work; batches are gathered by index
+        kwargs.update(num_workers=0, indexed=True)
         super().__init__(dataset, bs=bs, **kwargs)
 
     def get_idxs(self):

@@ -1,7 +1,8 @@
 """Train one fold with fastai: ``train_fold(experiment, fold)``, looped over folds, never copied per fold.
 
 Outputs in ``models/<exp>/fold<K>/``: ``export.pkl`` (the learner, loadable with ``load_learner(cpu=True)``),
-``weights.pth`` (its tensors alone, what ``init_from`` reads), ``oof.csv`` (out-of-fold predictions), ``history.csv``, ``loss.png`` and the resolved ``config.yaml``.
+``weights.pth`` (its tensors alone, what ``init_from`` reads), ``oof.csv`` (out-of-fold predictions),
+``history.csv``, ``loss.png`` and the resolved ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,15 +24,22 @@ import torch
 from ..data.folds import check_init_overlap, extra_data_rows, pseudo_label_rows, training_table
 from ..data.synthetic import SOLUTION
 from ..device import cuda_available
-from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
 from ..errors import UserError
+from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
 from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..plots import plot_history, plot_lr_find
 from ..preprocessing.image_io import run_on_files
-from .callbacks import (EpochOffset, EpochSeed, KeepBest, PlainTable, ResumeCheckpoint, gloo_safe_broadcast,
-                        tracker_callbacks)
+from .callbacks import (
+    EpochOffset,
+    EpochSeed,
+    KeepBest,
+    PlainTable,
+    ResumeCheckpoint,
+    gloo_safe_broadcast,
+    tracker_callbacks,
+)
 from .dataloaders import build_dataloaders
 from .history import tidy_history
 from .models import build_learner, check_training_stack, remove_speed_callbacks

@@ -58,14 +58,14 @@ def match_weights(target: dict[str, torch.Tensor], source: dict[str, torch.Tenso
     wanted = _learnable(target)
     by_name = {_strip(k): v for k, v in source.items()}
     named = {k: by_name.get(_strip(k)) for k, _ in wanted}
-    if all(v is not None and v.shape == t.shape for (k, t), v in zip(wanted, named.values())):
+    if all(v is not None and v.shape == t.shape for (k, t), v in zip(wanted, named.values(), strict=False)):
         return {k: v.to(target[k].dtype) for k, v in named.items()}, f"{len(named)} tensors matched by name"
     given = _learnable(source)
     if len(given) < len(wanted):
         raise UserError(f"pretrained_weights: {origin} has {len(given)} tensors, the body of this arch needs "
                         f"{len(wanted)}: is it the weights of another architecture?")
     matched = {}
-    for (name, tensor), (their_name, theirs) in zip(wanted, given):
+    for (name, tensor), (their_name, theirs) in zip(wanted, given, strict=False):
         if tensor.shape != theirs.shape:
             raise UserError(f"pretrained_weights: {origin}'s '{their_name}' {tuple(theirs.shape)} does not fit the "
                             f"body's '{name}' {tuple(tensor.shape)} (tensor {len(matched) + 1} in order): weights "
