@@ -78,20 +78,21 @@ def test_a_broken_export_is_one_line_wherever_it_is_loaded(one_fold, tmp_path, d
 
 
 def test_a_broken_checkpoint_offers_the_fix_instead_of_a_traceback(one_fold):
-    from retinopathy.training.train import RESUME_STATE, train_fold
+    from retinopathy.training.train import train_fold
 
     out = one_fold.fold_dir(0)
     (out / "checkpoints").mkdir(exist_ok=True)
     (out / "checkpoints" / "last.pth").write_bytes(b"PK\x03\x04 cut short")
     run = f"{one_fold.config.fingerprint}:{one_fold.folds_digest()}"
-    (out / RESUME_STATE).write_text(json.dumps({"phase": 0, "epoch": 0, "best": 0.1, "fingerprint": run,
+    state = one_fold.fold_files(0).resume_state
+    state.write_text(json.dumps({"phase": 0, "epoch": 0, "best": 0.1, "fingerprint": run,
                                                 "smooth_loss": [1.0, 1]}))
     try:
         with pytest.raises(UserError, match=r"last.pth: the interrupted run's checkpoint cannot be read .* delete "
                                             r".*resume.json to train this fold from the start"):
             train_fold(one_fold, 0, verbose=False, resume=True)
     finally:
-        (out / RESUME_STATE).unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
         (out / "checkpoints" / "last.pth").unlink(missing_ok=True)
 
 

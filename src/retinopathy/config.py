@@ -19,6 +19,7 @@ import yaml
 from .errors import UserError
 from .files import write_text
 from .heads import HEADS
+from .paths import ExperimentFiles, FoldFiles
 
 #: the stages a key belongs to, in the order ``--help`` lists them; a YAML file may nest its keys under these
 GROUPS = ("data", "preprocessing", "model", "training", "prediction", "runtime")
@@ -228,7 +229,7 @@ class Config:
         # What a path points at, not the path: the same weights reached another way train the same model.
         if self.pretrained_weights:
             settings["pretrained_weights"] = file_digest(weights_path(self.pretrained_weights))
-        for key, name in (("init_from", "fingerprint.json"), ("pseudo_labels", "test_outputs.csv")):
+        for key, name in (("init_from", FoldFiles.FINGERPRINT), ("pseudo_labels", ExperimentFiles.TEST_OUTPUTS)):
             if getattr(self, key):
                 settings[key] = folder_digest(getattr(self, key), name)
         if self.extra_data:  # each set by its folder's name, its labels' content and its share

@@ -13,12 +13,7 @@ from .competitions import Competition, detect_competition
 from .config import FIELDS, Config, file_digest, settings_difference
 from .errors import UserError
 from .files import locked, write_text
-from .paths import MANIFEST, Paths
-
-#: beside each fold's export: the fingerprint and model settings of the config that trained it
-FINGERPRINT = "fingerprint.json"
-#: beside each fold's export: the model's tensors alone, read without unpickling code (``init_from``)
-WEIGHTS = "weights.pth"
+from .paths import MANIFEST, ExperimentFiles, FoldFiles, Paths
 
 
 @dataclass(frozen=True)
@@ -86,6 +81,15 @@ class Experiment:
         """The experiment's folder under models/."""
         return self.paths.experiment(self.config.name)
 
+    @property
+    def files(self) -> ExperimentFiles:
+        """The experiment's own files (config, tuning, test outputs) and its folds'."""
+        return ExperimentFiles(self.dir)
+
+    def fold_files(self, fold: int) -> FoldFiles:
+        """One fold's files."""
+        return self.files.fold(fold)
+
     def fold_dir(self, fold: int) -> Path:
         """One fold's folder: export.pkl, oof.csv, history.csv, config.yaml, ..."""
         return self.paths.fold_dir(self.config.name, fold)
@@ -93,7 +97,7 @@ class Experiment:
     def fold_lock(self, fold: int):
         """The lock of one fold's folder, held by whatever writes there (training, the ONNX export): a second
         writer is refused in one line naming the process that holds it."""
-        return locked(self.fold_dir(fold) / ".lock", f"fold {fold} of {self.dir}")
+        return locked(self.fold_files(fold).lock, f"fold {fold} of {self.dir}")
 
     @property
     def submission(self) -> Path:
@@ -102,7 +106,7 @@ class Experiment:
 
     def trained_folds(self) -> list[int]:
         """The folds whose exported learner exists."""
-        return [k for k in range(self.config.n_folds) if (self.fold_dir(k) / "export.pkl").is_file()]
+        return [k for k in range(self.config.n_folds) if self.fold_files(k).export.is_file()]
 
     def require_trained_folds(self) -> list[int]:
         """The folds a grading stage ensembles: every fold of the config (or those named in ``only_folds``), each
@@ -140,7 +144,7 @@ class Experiment:
 
     def fold_is_current(self, fold: int) -> bool:
         """Whether the fold's export exists and was trained with this config's model settings on these folds."""
-        return (self.fold_dir(fold) / "export.pkl").is_file() and self.fold_problem(fold) is None
+        return self.fold_files(fold).export.is_file() and self.fold_problem(fold) is None
 
     def check_exports(self, folds: list[int] | None = None, any_export: bool = False) -> list[int]:
         """The trained folds (or ``folds``), each checked to have been trained with this config's model settings;
@@ -149,7 +153,7 @@ class Experiment:
         for fold in [] if any_export else folds:
             problem = self.fold_problem(fold)
             if problem:
-                raise UserError(f"{self.fold_dir(fold) / 'export.pkl'}: {problem}: train fold {fold} again with "
+                raise UserError(f"{self.fold_files(fold).export}: {problem}: train fold {fold} again with "
                                 f"this config (retinopathy train --fold {fold}), or pass --any-export to use it")
         return folds
 
@@ -159,17 +163,17 @@ def write_provenance(fold_dir: Path, config: Config, folds: str = "", synthetic:
     training read it), whether from a synthetic competition, and the digest of this very export (an ONNX file
     exported from an earlier training of the fold, even with the same settings, carries another) in
     ``fingerprint.json``; write it after the export."""
-    export = Path(fold_dir) / "export.pkl"
-    return write_text(Path(fold_dir) / FINGERPRINT, json.dumps(
+    files = FoldFiles(Path(fold_dir))
+    return write_text(files.fingerprint, json.dumps(
         {"fingerprint": config.fingerprint, "folds": folds, "synthetic": synthetic,
-         "export": file_digest(export) if export.is_file() else "",
+         "export": file_digest(files.export) if files.export.is_file() else "",
          "settings": config.model_settings()}, indent=1, default=str))
 
 
 def read_provenance(fold_dir: Path) -> dict | None:
     """A fold folder's ``fingerprint.json`` (None where it is missing or unreadable)."""
     try:
-        return json.loads((Path(fold_dir) / FINGERPRINT).read_text())
+        return json.loads(FoldFiles(Path(fold_dir)).fingerprint.read_text())
     except (OSError, ValueError):
         return None
 
@@ -177,8 +181,8 @@ def read_provenance(fold_dir: Path) -> dict | None:
 def provenance_problem(record: dict | None, config: Config) -> str | None:
     """Why an export described by ``record`` is not the model ``config`` trains (None when it is)."""
     if record is None:
-        return (f"no {FINGERPRINT} beside it (made by an older version, or its training was cut short), so what "
-                "trained it is unknown")
+        return (f"no {FoldFiles.FINGERPRINT} beside it (made by an older version, or its training was cut short), so "
+                "what trained it is unknown")
     if record.get("fingerprint") == config.fingerprint:
         return None
     return settings_difference(record.get("settings", {}), config.model_settings())

@@ -23,7 +23,7 @@ def _fold_progress(experiment: Experiment, fold: int, total: int) -> str:
     """"fold K epoch E/N QWK q" from the epochs its history.csv holds so far (fastai's CSVLogger writes a row an
     epoch, and its header again at each fit)."""
     try:
-        lines = (experiment.fold_dir(fold) / "history.csv").read_text(errors="replace").splitlines()
+        lines = experiment.fold_files(fold).history.read_text(errors="replace").splitlines()
     except OSError:  # a fresh start removes an earlier run's history
         lines = []
     header = lines[0].split(",") if lines else []
@@ -60,17 +60,17 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
 
     config, paths = experiment.config, experiment.paths
     at_once = min(config.folds_at_once, len(folds))
-    config_file = config.save(experiment.dir / "config.yaml")  # what every process trains, exactly
+    config_file = config.save(experiment.files.config)  # what every process trains, exactly
     gpus = visible_gpus()
     plan = launch_plan(folds, cores_per_fold(config), gpus)
     where = f" on GPUs {', '.join(sorted(set(gpus)))}" if len(gpus) > 1 else ""
     print(f"training {len(folds)} folds ({', '.join(map(str, folds))}) side by side, {at_once} at a time{where}; "
-          f"each one's output in {experiment.dir / 'train-fold<K>.log'}", flush=True)
+          f"each one's output in {experiment.files.train_log('<K>')}", flush=True)
 
     parent = os.getpid()
 
     def train(fold: int) -> tuple[int, int, Path]:
-        log = experiment.dir / f"train-fold{fold}.log"
+        log = experiment.files.train_log(fold)
         command = [sys.executable, "-m", "retinopathy", "train", "--config", str(config_file), "--fold", str(fold),
                    "--resume"]
         with open(log, "a") as sink:
@@ -93,7 +93,7 @@ def train_side_by_side(experiment: Experiment, folds: list[int]) -> None:
             pending = wait(running, timeout=SIDE_BY_SIDE_PROGRESS_S).not_done
             if not pending:
                 break
-            started = [running[f] for f in pending if (experiment.fold_dir(running[f]) / "history.csv").is_file()]
+            started = [running[f] for f in pending if experiment.fold_files(running[f]).history.is_file()]
             if started:
                 print("side by side: " + " · ".join(_fold_progress(experiment, k, total) for k in sorted(started)),
                       flush=True)

@@ -17,12 +17,13 @@ from .competitions import EYEPACS2015
 from .errors import UserError
 from .grades import DEFAULT_THRESHOLDS, GRADE_NAMES, GRADES, cut
 from .heads import get_head
+from .paths import ExperimentFiles
 
 __all__ = ["GRADES", "GRADE_NAMES", "DEFAULT_THRESHOLDS", "TUNING", "GradeRule", "blend_eyes", "cut",
            "quadratic_kappa"]
 
 #: where an experiment keeps its post-processing, fitted on its out-of-fold predictions
-TUNING = "tuning.json"
+TUNING = ExperimentFiles.TUNING
 
 
 def blend_eyes(ids, values, weight: float) -> np.ndarray:

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..files import write_csv
 from ..heads import get_head, head_of_columns
-from ..paths import MANIFEST
+from ..paths import MANIFEST, ExperimentFiles
 from .cleaning import apply_decisions, decisions_path
 from .duplicates import apply_policy, copies_of, copy_groups, duplicates_table, summary
 from .manifest import read_manifest_file
@@ -157,7 +157,7 @@ def training_table(experiment: Experiment) -> pd.DataFrame:
 
 
 #: what a predict run leaves beside an experiment's folds: every test image's fold-averaged output
-TEST_OUTPUTS = "test_outputs.csv"
+TEST_OUTPUTS = ExperimentFiles.TEST_OUTPUTS
 
 
 def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
@@ -233,7 +233,7 @@ def check_init_overlap(experiment: Experiment, fold: int) -> None:
     from ..config import load_config
 
     source = Path(experiment.config.init_from)
-    saved = source / "config.yaml"
+    saved = ExperimentFiles(source).config
     if not saved.is_file() or not experiment.folds_csv.is_file():
         return
     theirs = Experiment(load_config(saved).replace(name=source.name), experiment.paths)

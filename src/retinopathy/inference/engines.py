@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..paths import FoldFiles
 
 #: the ONNX files' metadata key holding the fingerprint of the config that trained the fold they were exported from
 FINGERPRINT_KEY = "retinopathy_fingerprint"
 #: the ONNX files' metadata key holding the digest of the very export.pkl they were exported from
 EXPORT_KEY = "retinopathy_export"
 #: the export's measurements, beside the fold's ONNX files (``retinopathy export-onnx``)
-ONNX_REPORT = "onnx.json"
+ONNX_REPORT = FoldFiles.ONNX_REPORT
 #: an exported engine is served or bundled only where it gave PyTorch's grade on at least this share of its fold's
 #: validation images (``--accept-disagreement`` overrides)
 MIN_AGREEMENT = 0.99
@@ -54,11 +55,11 @@ class Engine:
 
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (
-    Engine("torch", "export.pkl", "PyTorch float32 (export.pkl)"),
-    Engine("bf16", "export.pkl", "PyTorch bfloat16 + channels-last, for CPUs with AVX512-BF16/AMX", bf16=True),
-    Engine("onnx", "model.onnx", "ONNX Runtime float32 (model.onnx)", onnx=True, packages=("onnxruntime",),
+    Engine("torch", FoldFiles.EXPORT, f"PyTorch float32 ({FoldFiles.EXPORT})"),
+    Engine("bf16", FoldFiles.EXPORT, "PyTorch bfloat16 + channels-last, for CPUs with AVX512-BF16/AMX", bf16=True),
+    Engine("onnx", FoldFiles.ONNX, f"ONNX Runtime float32 ({FoldFiles.ONNX})", onnx=True, packages=("onnxruntime",),
            exported=True),
-    Engine("int8", "model-int8.onnx", "ONNX Runtime 8-bit (model-int8.onnx)", onnx=True, packages=("onnxruntime",),
+    Engine("int8", FoldFiles.INT8, f"ONNX Runtime 8-bit ({FoldFiles.INT8})", onnx=True, packages=("onnxruntime",),
            exported=True),
 )}
 #: the engines ``retinopathy export-onnx`` makes files for

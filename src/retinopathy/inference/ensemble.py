@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..heads import get_head
 from ..metrics import TUNING, GradeRule, blend_eyes
+from ..paths import ExperimentFiles
 from .oof import cv_report, load_oof, oof_values
 from .predict import TestPredictions, predict_test_outputs
 from .submission import write_submission
@@ -24,9 +25,9 @@ from .tuning import optimize_thresholds, optimize_weights, qwk_at, tune_eye_blen
 def load_experiment(name: str, paths) -> Experiment:
     """A trained experiment by its folder's name, from the config saved beside its models: the folder named is the
     one read (a copied folder's config still carries the original's ``name``)."""
-    saved = paths.experiment(name) / "config.yaml"
+    saved = ExperimentFiles(paths.experiment(name)).config
     if not saved.is_file():
-        known = sorted(p.parent.name for p in paths.models.glob("*/config.yaml"))
+        known = sorted(p.parent.name for p in paths.models.glob(f"*/{ExperimentFiles.CONFIG}"))
         raise UserError(f"no experiment '{name}' ({saved} not found); trained ones: {', '.join(known) or 'none'}")
     return Experiment(load_config(saved).replace(name=name), paths)
 
@@ -37,7 +38,7 @@ def check_ensemble_name(name: str, paths) -> None:
     if not re.fullmatch(NAME_PATTERN, name):
         raise UserError(f"--name '{name[:60]}' must be a plain folder name: letters, digits and . _ + = -, 1 to 100 "
                         "of them, starting with a letter or digit (no / or ..)")
-    if (paths.experiment(name) / "config.yaml").is_file():
+    if ExperimentFiles(paths.experiment(name)).config.is_file():
         raise UserError(f"--name '{name}' is a trained experiment ({paths.experiment(name)}): its tuning and "
                         "submission would be overwritten; choose another name")
 

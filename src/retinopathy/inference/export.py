@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..experiment import load_learner_quietly, read_provenance
 from ..files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries, write_text
 from ..metrics import quadratic_kappa
+from ..paths import FoldFiles
 from ..preprocessing.image_io import read_prepared
 from ..progress import steps
 from ..training.serving_model import ServingModel, serving_model
@@ -163,7 +164,7 @@ def _export_fold(experiment, fold: int, engines: tuple[str, ...], calibration_im
     unknown = [e for e in engines if e not in EXPORTED]
     if unknown:
         raise UserError(f"engine {unknown[0]} runs training's own export.pkl: export one of {', '.join(EXPORTED)}")
-    source = fold_dir / "export.pkl"
+    source = FoldFiles(fold_dir).export
     if not source.is_file():
         raise UserError(f"{source} not found: train fold {fold} first (retinopathy train --fold {fold})")
     stamp = provenance_stamp(fold_dir)

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..experiment import provenance_problem, read_provenance
 from ..heads import get_head
 from ..metrics import GradeRule
+from ..paths import ExperimentFiles, FoldFiles
 from ..preprocessing.image_io import Examined, examine_image, run_on_files
 from .engines import engine_of_file, get_engine, tta_views
 
@@ -30,7 +31,7 @@ def engine_file(path: Path, engine: str) -> Path:
     wanted = path.parent / get_engine(engine).model_file
     if not wanted.is_file():
         raise UserError(f"{wanted} not found: make it with retinopathy export-onnx --config "
-                        f"{path.parent / 'config.yaml'} (or use --engine torch)")
+                        f"{FoldFiles(path.parent).config} (or use --engine torch)")
     return wanted
 
 
@@ -43,7 +44,7 @@ def check_model_paths(paths: list[Path]) -> list:
     for p in map(Path, paths):
         if not p.is_file():
             raise UserError(f"{p}: model file not found")
-        config_file = p.parent / "config.yaml"
+        config_file = FoldFiles(p.parent).config
         if not config_file.is_file():
             raise UserError(f"{config_file} not found: the config that trained {p.name} must sit beside it "
                             "(retinopathy train writes it there) so the same preprocessing is applied")
@@ -83,10 +84,10 @@ def models_in_folder(folder: Path, engine: str) -> list[Path]:
     """The trained folds in an experiment's folder (``fold<K>/``), as the files ``engine`` runs from: what a
     container mounts at ``/models``, what a kernel's bundle holds."""
     name = get_engine(engine).model_file
-    found = sorted(Path(folder).glob(f"fold*/{name}"))
+    found = ExperimentFiles(Path(folder)).fold_files(name)
     if not found:
-        raise UserError(f"{folder}: no fold*/{name} for the {engine} engine (give an experiment's folder, "
-                        "models/<exp>/, with its ONNX files from retinopathy export-onnx)")
+        raise UserError(f"{folder}: no {ExperimentFiles.FOLDS}/{name} for the {engine} engine (give an experiment's "
+                        "folder, models/<exp>/, with its ONNX files from retinopathy export-onnx)")
     return found
 
 
@@ -108,7 +109,8 @@ class Grader:
         # fold<K>/<file>: the experiment's folder, with its tuning.json and config.yaml, is two levels up
         experiment_dir = self.paths[0].parent.parent
         if tta is None:
-            tta = (load_config(experiment_dir / "config.yaml") if (experiment_dir / "config.yaml").is_file()
+            saved = ExperimentFiles(experiment_dir).config
+            tta = (load_config(saved) if saved.is_file()
                    else first).tta
         self.tta = tta
         self.rule = GradeRule.read(experiment_dir, first.head)
@@ -166,7 +168,7 @@ class Grader:
         folds = experiment.check_exports(folds, any_export=any_export)
         if not get_engine(engine).onnx and "device" not in options:
             options["device"] = "cuda" if cuda_available() else "cpu"
-        return cls([experiment.fold_dir(k) / "export.pkl" for k in folds], engine=engine, any_export=any_export,
+        return cls([experiment.fold_files(k).export for k in folds], engine=engine, any_export=any_export,
                    **options)
 
     # --------------------------------------------------------------------------------------- grading

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..files import atomic_path, write_csv
 from ..metrics import GradeRule
-from ..paths import Paths
+from ..paths import ExperimentFiles, Paths
 from ..preprocessing.image_io import examine_file
 from ..preprocessing.stage import preprocess_dataset, ungradable_line
 from .engines import get_engine
@@ -31,7 +31,7 @@ from .submission import TestPredictions, write_submission
 from .tuning import tune_experiment
 
 #: in a bundle built for pseudo-labels, beside the folds: the rows each fold trained and validated on
-BUNDLED_FOLDS = "folds.csv"
+BUNDLED_FOLDS = ExperimentFiles.BUNDLED_FOLDS
 #: the second stage starts from trained weights: its one-cycle peaks at this share of the config's rates
 PSEUDO_LR_SCALE = 0.25
 
@@ -40,7 +40,7 @@ def bundle_models(models_dir: Path, engine: str) -> list[Path]:
     """The model files, for ``engine``, of the one experiment under a bundle's ``models`` folder
     (``<exp>/fold<K>/<file>``, at any depth: an unpacked archive may add a level)."""
     name = get_engine(engine).model_file
-    experiments = sorted({p.parent.parent for p in Path(models_dir).rglob(f"fold*/{name}")})
+    experiments = sorted({p.parent.parent for p in Path(models_dir).rglob(f"{ExperimentFiles.FOLDS}/{name}")})
     if len(experiments) != 1:
         raise UserError(f"{models_dir}: expected the trained folds of one experiment with {name} "
                         f"files (the {engine} engine), found {len(experiments)} experiments")

@@ -25,7 +25,7 @@ from ..screening import (
 def load_oof(experiment: Experiment) -> pd.DataFrame:
     """Every trained fold's out-of-fold predictions in one table."""
     folds = experiment.require_trained_folds()
-    return pd.concat([pd.read_csv(experiment.fold_dir(k) / "oof.csv", dtype={"id": str}) for k in folds],
+    return pd.concat([pd.read_csv(experiment.fold_files(k).oof, dtype={"id": str}) for k in folds],
                      ignore_index=True)
 
 

@@ -174,7 +174,7 @@ def app_from_environment():
 
 def models_of_experiment(experiment) -> list[Path]:
     """The export.pkl of every trained fold of an experiment."""
-    return [experiment.fold_dir(k) / "export.pkl" for k in experiment.require_trained_folds()]
+    return [experiment.fold_files(k).export for k in experiment.require_trained_folds()]
 
 
 # ------------------------------------------------------------------------------------------- the web app

@@ -77,7 +77,7 @@ def write_submission(experiment: Experiment, predictions: TestPredictions, grade
     write_text(path.with_suffix(".json"), json.dumps(
         {"experiment": experiment.config.name, "competition": competition.slug,
          "fingerprints": fingerprints or [experiment.config.fingerprint], "models": predictions.n_models,
-         "rows": len(submission), "config": str(experiment.dir / "config.yaml")}, indent=1))
+         "rows": len(submission), "config": str(experiment.files.config)}, indent=1))
     if verbose:
         counts = submission[competition.label_column].value_counts().reindex(GRADES, fill_value=0)
         print(f"submission: {len(submission)} rows from {predictions.n_models} model(s) → {path}")

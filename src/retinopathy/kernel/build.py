@@ -19,11 +19,12 @@ from pathlib import Path
 
 from ..config import file_digest
 from ..errors import UserError
-from ..experiment import FINGERPRINT, WEIGHTS, Experiment
+from ..experiment import Experiment
 from ..files import locked, write_text
 from ..inference.engines import get_engine
 from ..inference.offline import BUNDLED_FOLDS
 from ..metrics import TUNING
+from ..paths import ExperimentFiles, FoldFiles
 from ..progress import steps
 
 #: what Kaggle's Python image already holds (and must not be bundled: a second torch would not fit, nor install)
@@ -139,7 +140,7 @@ def bundle_files(experiment: Experiment, engine: str, folds: list[int], pseudo: 
     (for ``engine``), config and fingerprint, and the tuning; with ``pseudo`` also each fold's weights and the
     folds CSV the second stage trains on again."""
     name, model = experiment.config.name, get_engine(engine).model_file
-    fold_files = (model, "config.yaml", FINGERPRINT) + ((WEIGHTS,) if pseudo else ())
+    fold_files = (model, FoldFiles.CONFIG, FoldFiles.FINGERPRINT) + ((FoldFiles.WEIGHTS,) if pseudo else ())
     files = {f"models/{name}/fold{k}/{f}": experiment.fold_dir(k) / f for k in folds for f in fold_files}
     files[f"models/{name}/{TUNING}"] = experiment.dir / TUNING
     if pseudo:
@@ -154,7 +155,7 @@ def _copy_models(experiment: Experiment, dest: Path, engine: str, folds: list[in
         target = dest.parent / where
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-    experiment.config.save(dest / experiment.config.name / "config.yaml")  # the kernel grades as it says (tta)
+    experiment.config.save(ExperimentFiles(dest / experiment.config.name).config)  # the kernel grades as it says
 
 
 def bundled_models(experiment: Experiment, engine: str, folds: list[int], pseudo: bool = False) -> dict[str, str]:
@@ -162,7 +163,7 @@ def bundled_models(experiment: Experiment, engine: str, folds: list[int], pseudo
     in the bundle."""
     files = bundle_files(experiment, engine, folds, pseudo)
     return {where: file_digest(path) for where, path in files.items()
-            if path.name not in ("config.yaml", FINGERPRINT)}
+            if path.name not in (FoldFiles.CONFIG, FoldFiles.FINGERPRINT)}
 
 
 def check_bundle(experiment: Experiment, any_export: bool = False, pseudo: bool = False) -> list[int]:
@@ -173,7 +174,7 @@ def check_bundle(experiment: Experiment, any_export: bool = False, pseudo: bool 
     config, trained = experiment.config, experiment.trained_folds()
     missing = [k for k in range(config.n_folds) if k not in trained]
     if missing:
-        first = experiment.fold_dir(missing[0]) / "export.pkl"
+        first = experiment.fold_files(missing[0]).export
         raise UserError(f"kernel: fold{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} of the config's "
                         f"{config.n_folds} not trained ({first} missing): a kernel ships every fold; train "
                         f"{'them' if len(missing) > 1 else 'it'} (retinopathy train --fold {missing[0]}) or run "
@@ -184,15 +185,15 @@ def check_bundle(experiment: Experiment, any_export: bool = False, pseudo: bool 
         tuned_for = json.loads(tuning.read_text()).get("fingerprint")
     except (OSError, ValueError):
         raise UserError(f"kernel: {tuning} missing or unreadable: run retinopathy predict --config "
-                        f"{experiment.dir / 'config.yaml'} first (it tunes the grade rule on the out-of-fold "
+                        f"{experiment.files.config} first (it tunes the grade rule on the out-of-fold "
                         "outputs)") from None
     if tuned_for != config.fingerprint and not any_export:
         raise UserError(f"kernel: {tuning} was tuned on the outputs of other settings than this config's: run "
-                        f"retinopathy predict --config {experiment.dir / 'config.yaml'} again")
+                        f"retinopathy predict --config {experiment.files.config} again")
     if pseudo:
         for fold in folds:
-            if not (experiment.fold_dir(fold) / WEIGHTS).is_file():
-                raise UserError(f"kernel --pseudo-label: {experiment.fold_dir(fold) / WEIGHTS} missing (trained by an "
+            if not experiment.fold_files(fold).weights.is_file():
+                raise UserError(f"kernel --pseudo-label: {experiment.fold_files(fold).weights} missing (trained by an "
                                 f"earlier version): train fold {fold} again (retinopathy train --fold {fold})")
         if not experiment.folds_csv.is_file():
             raise UserError(f"kernel --pseudo-label: {experiment.folds_csv} missing: the second stage trains each "
@@ -274,7 +275,7 @@ def load_bundle(experiment: Experiment, engine: str, folds: list[int], any_expor
     copied."""
     from ..inference.grader import Grader
 
-    return Grader([experiment.fold_dir(k) / "export.pkl" for k in folds], engine=engine, any_export=any_export,
+    return Grader([experiment.fold_files(k).export for k in folds], engine=engine, any_export=any_export,
                   tta=experiment.config.tta)
 
 

@@ -23,7 +23,7 @@ def cleaner_learner(experiment, fold: int = 0):
     if not get_head(experiment.config.head).categorical_targets:
         raise UserError(f"ImageClassifierCleaner needs a classification head; this experiment's is "
                         f"{experiment.config.head}")
-    learn = load_learner_quietly(experiment.fold_dir(fold) / "export.pkl")
+    learn = load_learner_quietly(experiment.fold_files(fold).export)
     table = training_table(experiment)
     grade_of = dict(zip(table["path"], table["grade"], strict=False))
     valid_idx = list(table.index[table["fold"] == fold])

@@ -154,7 +154,7 @@ def epoch_rates(experiment: Experiment, fold: int, history: pd.DataFrame) -> np.
 
     if "phase" not in history:
         return None
-    picked = experiment.fold_dir(fold) / "lr_find.json"
+    picked = experiment.fold_files(fold).lr_find[2]
     chosen = json.loads(picked.read_text()).get("lr") if picked.is_file() else None
     rates = []
     for name, n_epochs, lr in phases_of(experiment.config):
@@ -170,14 +170,14 @@ def curves(experiment: Experiment, out: Path) -> dict[int, list[str]]:
     rate; returns each fold's diagnosis."""
     from ..plots import draw_rates
 
-    folds = [k for k in range(experiment.config.n_folds) if (experiment.fold_dir(k) / "history.csv").is_file()]
+    folds = [k for k in range(experiment.config.n_folds) if experiment.fold_files(k).history.is_file()]
     if not folds:
         raise UserError(f"no training history in {experiment.dir}: train a fold first")
     fig, axes = figure(2, len(folds), figsize=(5.2 * len(folds), 5.6), squeeze=False, layout="constrained",
                        gridspec_kw={"height_ratios": [3, 1]})
     verdicts = {}
     for column, fold in enumerate(folds):
-        history = pd.read_csv(experiment.fold_dir(fold) / "history.csv")
+        history = pd.read_csv(experiment.fold_files(fold).history)
         draw_history(axes[0, column], history, legend_size=8)
         verdicts[fold] = diagnose(history)
         axes[0, column].set_title(f"fold {fold}: " + (verdicts[fold][0].split(":")[0] if verdicts[fold]
@@ -296,7 +296,7 @@ def fold_table(experiment: Experiment, oof: pd.DataFrame) -> str:
     """Per fold: its images, QWK by the tuned rule, the best epoch of how many, and the verdict on its curves."""
     rows = []
     for fold, part in oof.groupby("fold"):
-        history_file = experiment.fold_dir(int(fold)) / "history.csv"
+        history_file = experiment.fold_files(int(fold)).history
         history = pd.read_csv(history_file) if history_file.is_file() else pd.DataFrame()
         best = f"{int(history['qwk'].to_numpy().argmax()) + 1} of {len(history)}" if len(history) else "–"
         rows.append([f"fold {fold}", len(part), f"{quadratic_kappa(part['pred'], part['grade']):.4f}", best])
@@ -360,8 +360,8 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, he
     verdicts = curves(experiment, out)
     if fold is not None:
         verdicts = {k: v for k, v in verdicts.items() if k == fold}
-    lr_plots = sorted(p for p in experiment.dir.glob("fold*/lr_find.png")
-                      if fold is None or p.parent.name == f"fold{fold}")
+    lr_plots = [experiment.fold_files(k).lr_find[0] for k in range(experiment.config.n_folds)
+                if (fold is None or k == fold) and experiment.fold_files(k).lr_find[0].is_file()]
 
     step("the page")
     if drawn:
@@ -372,7 +372,7 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, he
                          f"{32 * HEAT_MAP_MIN_CELLS} px; --heat-maps always draws them anyway).</p>")
     else:
         heat_map_note = ""
-    config_path = experiment.dir / "config.yaml"
+    config_path = experiment.files.config
     config_text = config_path.read_text() if config_path.is_file() else config.to_yaml()
     diagnosis = "".join(f"<li><b>fold {k}</b>: {html.escape(v[0] if v else 'healthy: nothing alarming')}</li>"
                         for k, v in verdicts.items())

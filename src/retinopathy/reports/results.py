@@ -56,7 +56,7 @@ def append_results(experiment: Experiment, cv: dict, rule: GradeRule | None, sub
            **(screening or {}),
            "arch": config.arch, "size": config.image_size, "preprocess": config.preprocess, "head": config.head,
            "balance": config.balance, "epochs": config.epochs, "lr": config.lr,
-           "fingerprint": config.fingerprint, "config": str(experiment.dir / "config.yaml"),
+           "fingerprint": config.fingerprint, "config": str(experiment.files.config),
            "submission": str(submission) if submission else "",
            "commit": git_commit()}
     csv_path = experiment.paths.reports / "results.csv"

@@ -17,6 +17,7 @@ from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.torch_core import rank_distrib, set_seed
 
 from ..files import write_text
+from ..paths import FoldFiles
 
 
 class CPUBFloat16(Callback):
@@ -66,7 +67,7 @@ class ResumeCheckpoint(Callback):
     def after_epoch(self):
         if rank_distrib():
             return
-        save_whole(self.learn, "last", with_opt=True)
+        save_whole(self.learn, FoldFiles.LAST, with_opt=True)
         smooth = self.learn.recorder.smooth_loss  # the table's train_loss: a running average across epochs
         state = {"phase": self.phase, "epoch": self.offset + self.epoch, "best": float(self.tracker.best),
                  "fingerprint": self.fingerprint, "smooth_loss": [float(smooth.val), int(smooth.count)]}

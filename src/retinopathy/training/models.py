@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..heads import get_head
 from ..metrics import quadratic_kappa
+from ..paths import FoldFiles
 from .losses import class_weights
 from .pooling import pool_layer
 
@@ -135,7 +136,7 @@ def build_learner(dls, experiment: Experiment, path: Path):
     try:
         learn = vision_learner(dls, arch, pretrained=config.hub_weights, loss_func=head.loss(config.regression_loss,
                                                                                            weights),
-                               metrics=metrics, ps=config.ps, wd=config.wd, path=path, model_dir="checkpoints",
+                               metrics=metrics, ps=config.ps, wd=config.wd, path=path, model_dir=FoldFiles.CHECKPOINTS,
                                n_out=head.n_out, y_range=head.y_range, concat_pool=pool.factor == 2)
     except Exception as e:  # noqa: BLE001 - any failure to fetch weights ends the same way for the user
         if config.hub_weights and _looks_like_download_failure(e):

@@ -25,10 +25,11 @@ from ..data.folds import check_init_overlap, extra_data_rows, pseudo_label_rows,
 from ..data.synthetic import SOLUTION
 from ..device import cuda_available
 from ..errors import UserError
-from ..experiment import FINGERPRINT, WEIGHTS, Experiment, write_provenance
+from ..experiment import Experiment, write_provenance
 from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
 from ..heads import get_head
 from ..metrics import quadratic_kappa
+from ..paths import FoldFiles
 from ..plots import plot_history, plot_lr_find
 from ..preprocessing.image_io import run_on_files
 from .callbacks import (
@@ -61,10 +62,7 @@ class FoldResult:
 def fold_is_done(experiment: Experiment, fold: int) -> bool:
     """A fold is up to date when its export and OOF exist and its export was trained with this config's model
     settings (runtime settings such as ``tta`` or ``num_workers`` never call for a retrain)."""
-    return experiment.fold_is_current(fold) and (experiment.fold_dir(fold) / "oof.csv").is_file()
-
-
-RESUME_STATE = "resume.json"
+    return experiment.fold_is_current(fold) and experiment.fold_files(fold).oof.is_file()
 
 
 def fit_one_cycle_from(learn, n_epoch: int, lr_max, start_epoch: int = 0, cbs=()) -> None:
@@ -106,10 +104,11 @@ def _picked(phases: list, suggested: float, config) -> list:
 def _resume_state(out: Path, config, run: str) -> dict | None:
     """Where an interrupted run of this very config on these very folds (``run``) stopped, if it left a
     checkpoint."""
-    state_file = out / RESUME_STATE
-    if not state_file.is_file() or not (out / "checkpoints" / "last.pth").is_file():
+    files = FoldFiles(out)
+    state_file = files.resume_state
+    if not state_file.is_file() or not files.last_checkpoint.is_file():
         return None
-    if config.lr_find == "pick" and not (out / "lr_find.json").is_file():
+    if config.lr_find == "pick" and not files.lr_find[2].is_file():
         return None  # the rate the interrupted part trained at is unknown: start again
     try:
         state = json.loads(state_file.read_text())
@@ -125,8 +124,8 @@ def load_checkpoint(learn, path: Path) -> None:
         learn.load(path.stem, with_opt=True)
     except Exception as e:  # noqa: BLE001 - any failure to read it means the checkpoint cannot be carried on from
         raise UserError(f"{path}: the interrupted run's checkpoint cannot be read ({type(e).__name__}): delete "
-                        f"{path.parent.parent / RESUME_STATE} to train this fold from the start, or run without "
-                        "--resume") from None
+                        f"{FoldFiles(path.parent.parent).resume_state} to train this fold from the start, or run "
+                        "train with --restart") from None
 
 
 def run_lr_find(learn, out: Path, config) -> float:
@@ -137,11 +136,12 @@ def run_lr_find(learn, out: Path, config) -> float:
     suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=False)
     recorder = learn.recorder
     curve = pd.DataFrame({"lr": [float(x) for x in recorder.lrs], "loss": [float(x) for x in recorder.losses]})
-    write_csv(curve, out / "lr_find.csv")
-    write_text(out / "lr_find.json", json.dumps({"suggestion": float(suggestion.valley),
+    plot, curve_file, choice = FoldFiles(out).lr_find
+    write_csv(curve, curve_file)
+    write_text(choice, json.dumps({"suggestion": float(suggestion.valley),
                                                  "used": config.lr_find == "pick"}))
     used = " (suggestion used)" if config.lr_find == "pick" else f" (config lr {config.lr:.1e} used)"
-    plot_lr_find(curve, float(suggestion.valley), out / "lr_find.png", f"{config.name}: lr_find{used}")
+    plot_lr_find(curve, float(suggestion.valley), plot, f"{config.name}: lr_find{used}")
     return float(suggestion.valley)
 
 
@@ -241,27 +241,28 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
-        config.save(experiment.dir / "config.yaml")
-    history_file = out / "history.csv"
+        config.save(experiment.files.config)
+    files = experiment.fold_files(fold)
+    history_file = files.history
 
     run = f"{config.fingerprint}:{folds_digest}"  # a resumed run trains the same model on the same rows
     state = _resume_state(out, config, run) if resume else None
     if state is None:
         history_file.unlink(missing_ok=True)
-        (out / RESUME_STATE).unlink(missing_ok=True)
+        files.resume_state.unlink(missing_ok=True)
     elif verbose and main_process:
         print(f"fold {fold}: resuming after epoch {state['epoch'] + 1} of phase {state['phase'] + 1}")
 
     phases = phases_of(config)
     if config.lr_find != "off" and state is None and main_process:
         suggested = run_lr_find(learn, out, config)
-        print(f"fold {fold}: lr_find suggests {suggested:.2e} → {out / 'lr_find.png'}")
+        print(f"fold {fold}: lr_find suggests {suggested:.2e} → {files.lr_find[0]}")
         if config.lr_find == "pick":
             phases = _picked(phases, suggested, config)
     elif config.lr_find == "pick" and state is not None:
         # A resumed run goes on at the rate its first part picked, not the config's (lr_find is not run twice: its
         # trial steps would start from the checkpoint, not the fresh model, and pick another rate).
-        phases = _picked(phases, json.loads((out / "lr_find.json").read_text())["suggestion"], config)
+        phases = _picked(phases, json.loads(files.lr_find[2].read_text())["suggestion"], config)
 
     distributed = _distributed()
     trackers = tracker_callbacks(config, out, fold) if main_process else []
@@ -269,27 +270,27 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         if name == "unfrozen" and len(phases) > 1:
             learn.unfreeze()
         start_epoch = 0
-        tracker = KeepBest(monitor="qwk", comp=np.greater, fname="best", reset_on_fit=True)
+        tracker = KeepBest(monitor="qwk", comp=np.greater, fname=FoldFiles.BEST, reset_on_fit=True)
         if state is not None:
             if index < state["phase"]:
                 continue
             if index == state["phase"]:
-                load_checkpoint(learn, out / "checkpoints" / "last.pth")
+                load_checkpoint(learn, files.last_checkpoint)
                 start_epoch = state["epoch"] + 1
                 tracker.best, tracker.reset_on_fit = state["best"], False
                 if start_epoch >= n_epoch:
                     # The phase had finished: an uninterrupted run went on from its best epoch's weights (the
                     # tracker reloads them after the fit), keeping the optimizer's state. Do the same.
-                    learn.load("best", with_opt=False)
+                    learn.load(FoldFiles.BEST, with_opt=False)
                     continue
         tracker.offset = start_epoch
-        cbs = [tracker, ResumeCheckpoint(out / RESUME_STATE, index, start_epoch, tracker, run),
+        cbs = [tracker, ResumeCheckpoint(files.resume_state, index, start_epoch, tracker, run),
                EpochSeed(config.seed + fold, index, start_epoch),
                EpochOffset(start_epoch, state.get("smooth_loss") if start_epoch else None), *callbacks]
         if main_process:
-            cbs.insert(0, CSVLogger(fname="history.csv", append=True))
+            cbs.insert(0, CSVLogger(fname=FoldFiles.HISTORY, append=True))
             cbs += trackers
-        with write_faults_named(out / "checkpoints"):  # the checkpoints are written by torch.save during the fit
+        with write_faults_named(files.checkpoints):  # the checkpoints are written by torch.save during the fit
             if distributed:
                 import fastai.distributed  # noqa: F401 - gives Learner its distrib_ctx
 
@@ -314,10 +315,10 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
                  lr: float, folds_digest: str) -> FoldResult:
     """History, loss curve, the export and the out-of-fold predictions: the fold's outputs, written by one process."""
     config = experiment.config
-    out = experiment.fold_dir(fold)
-    history = tidy_history(out / "history.csv", [(name, n) for name, n, _ in phases_of(config)])
-    write_csv(history, out / "history.csv")
-    plot_history(history, out / "loss.png", f"{config.name} · fold {fold}")
+    files = experiment.fold_files(fold)
+    history = tidy_history(files.history, [(name, n) for name, n, _ in phases_of(config)])
+    write_csv(history, files.history)
+    plot_history(history, files.loss_plot, f"{config.name} · fold {fold}")
 
     learn = remove_speed_callbacks(learn)  # float32, contiguous: what predicts the same on any CPU
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, PlainTable)])
@@ -325,13 +326,13 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     # Never an export beside the fingerprint or the OOF of another: the old ones go before the new export lands,
     # and the fingerprint is written last, once the OOF is (a kill in between leaves a fold of unknown origin,
     # which is trained again, never one that says "up to date" over the old model's outputs).
-    (out / FINGERPRINT).unlink(missing_ok=True)
-    (out / "oof.csv").unlink(missing_ok=True)
-    with atomic_path(out / "export.pkl") as tmp:
+    files.fingerprint.unlink(missing_ok=True)
+    files.oof.unlink(missing_ok=True)
+    with atomic_path(files.export) as tmp:
         learn.export(tmp)
-    with atomic_path(out / WEIGHTS) as tmp:  # what init_from reads: tensors only, no pickled code
+    with atomic_path(files.weights) as tmp:  # what init_from reads: tensors only, no pickled code
         torch.save(learn.model.state_dict(), tmp)
-    config.save(out / "config.yaml")
+    config.save(files.config)
 
     # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
     # fold's own validation measured)
@@ -342,19 +343,19 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
     outputs = run_on_files(runner, valid["path"].tolist(), len(head.columns), batch=64)
     oof = pd.DataFrame({"id": valid["id"].to_numpy(), "fold": fold, "grade": valid["grade"].to_numpy(),
                         **head.frame_columns(outputs), "pred": head.plain_grades(outputs)})
-    write_csv(oof, out / "oof.csv")
-    write_provenance(out, config, folds_digest, synthetic=(experiment.raw_dir / SOLUTION).is_file())
+    write_csv(oof, files.oof)
+    write_provenance(files.dir, config, folds_digest, synthetic=(experiment.raw_dir / SOLUTION).is_file())
     qwk = quadratic_kappa(oof["pred"], oof["grade"])
     best_epoch = int(history["qwk"].to_numpy().argmax())
     # The export is the fold's product; the checkpoints (model and optimizer, several times the model's size) are
     # only needed to resume.
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    (out / RESUME_STATE).unlink(missing_ok=True)
+    shutil.rmtree(files.checkpoints, ignore_errors=True)
+    files.resume_state.unlink(missing_ok=True)
     if verbose:
         print(f"fold {fold}: QWK {qwk:.4f} of the exported model (best epoch {best_epoch + 1}/{len(history)}) on its "
               f"validation images, graded in float32 as predict grades them (the epoch table's qwk is the training "
-              f"loop's own figure) in {time.time() - start:.0f}s → {out}")
-    return FoldResult(fold, qwk, best_epoch, time.time() - start, out, float(lr))
+              f"loop's own figure) in {time.time() - start:.0f}s → {files.dir}")
+    return FoldResult(fold, qwk, best_epoch, time.time() - start, files.dir, float(lr))
 
 
 def train_folds(experiment: Experiment, folds: list[int], restart: bool = False) -> list[FoldResult]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..paths import ExperimentFiles, FoldFiles
 
 #: the wrappers checkpoints put around a state dict
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
@@ -88,9 +89,9 @@ def trained_state(export: Path) -> tuple[dict[str, torch.Tensor], str]:
     """A trained fold's tensors, keyed as ``Sequential(body, head)`` names them (``0.*`` body, ``1.*`` head), and
     the file they came from: its ``weights.pth``, read without unpickling code; only a fold made before those
     files existed is read from its ``export.pkl`` pickle, said in one line on stderr."""
-    from ..experiment import WEIGHTS, load_learner_quietly
+    from ..experiment import load_learner_quietly
 
-    weights = export.parent / WEIGHTS
+    weights = FoldFiles(export.parent).weights
     if weights.is_file():
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -98,8 +99,8 @@ def trained_state(export: Path) -> tuple[dict[str, torch.Tensor], str]:
             raise UserError(f"init_from: {weights} cannot be read ({type(e).__name__}): train that fold again") \
                 from None
         return state, str(weights)
-    print(f"init_from: {export.parent} has no {WEIGHTS} (trained by an earlier version): reading {export.name}, a "
-          "pickle that runs whatever code it holds; start only from experiments you trust", file=sys.stderr)
+    print(f"init_from: {export.parent} has no {FoldFiles.WEIGHTS} (trained by an earlier version): reading "
+          f"{export.name}, a pickle that runs whatever code it holds; start only from experiments you trust", file=sys.stderr)
     return load_learner_quietly(export).model.state_dict(), str(export)
 
 
@@ -113,11 +114,11 @@ def init_from_experiment(model: nn.Module, source: Path, fold: int) -> str:
     architecture), the head only where its type and number of outputs fit; returns what was copied. Uses the
     source's fold of the same number, else its first trained fold."""
     source = Path(source)
-    exports = sorted(source.glob("fold*/export.pkl"))
+    exports = ExperimentFiles(source).fold_files(FoldFiles.EXPORT)
     if not exports:
         raise UserError(f"init_from: no trained fold in {source} (models/<exp>/fold<K>/export.pkl): train that "
                         "experiment first")
-    chosen = next((e for e in exports if e.parent.name == f"fold{fold}"), exports[0])
+    chosen = next((e for e in exports if e.parent == ExperimentFiles(source).fold(fold).dir), exports[0])
     state, origin = trained_state(chosen)
     body, theirs = model[0].state_dict(), _part(state, 0)
     if list(body) != list(theirs) or any(body[k].shape != theirs[k].shape for k in body):
