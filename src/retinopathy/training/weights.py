@@ -100,7 +100,8 @@ def trained_state(export: Path) -> tuple[dict[str, torch.Tensor], str]:
                 from None
         return state, str(weights)
     print(f"init_from: {export.parent} has no {FoldFiles.WEIGHTS} (trained by an earlier version): reading "
-          f"{export.name}, a pickle that runs whatever code it holds; start only from experiments you trust", file=sys.stderr)
+          f"{export.name}, a pickle that runs whatever code it holds; start only from experiments you trust",
+          file=sys.stderr)
     return load_learner_quietly(export).model.state_dict(), str(export)
 
 
