@@ -154,3 +154,28 @@ make_folds(experiment, verbose=False)
 """
     loaded = imported_by(code)
     assert "pandas" in loaded and not loaded & {"torch", "fastai", "timm"}, sorted(loaded & {"torch", "fastai"})
+
+
+def test_no_function_is_longer_than_eighty_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, "split by concern: " + "; ".join(long)
+
+
+def test_an_experiments_and_a_folds_file_names_are_written_in_one_module():
+    import re
+
+    names = re.compile(r"[\"'](export\.pkl|weights\.pth|fingerprint\.json|oof\.csv|history\.csv|config\.yaml|"
+                       r"tuning\.json|test_outputs\.csv|model\.onnx|model-int8\.onnx|onnx\.json|loss\.png|"
+                       r"lr_find\.(png|csv|json)|resume\.json|folds\.csv)[\"']")
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path) == "paths":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):  # string constants outside docstrings
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and names.search(repr(node.value)):
+                found.append(f"{module_name(path)}: {node.value!r}")
+    assert not found, "ask paths.FoldFiles / ExperimentFiles: " + "; ".join(found)

@@ -39,11 +39,12 @@ def describe_size(n: int) -> str:
 
 
 class BadImage(Exception):
-    """An upload the grader cannot use; ``status`` is the HTTP status to answer with."""
+    """An upload the grader cannot use; ``status`` is the HTTP status to answer with (``retry``: the same upload
+    may succeed in a few seconds)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry: bool = False):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry = status, message, retry
 
 
 @dataclass
@@ -151,6 +152,57 @@ def grade_upload(grader: Grader, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
                       why_not, close_call=close_call(grader, out))
 
 
+async def receive_upload(request, state: dict, max_bytes: int, seconds: float, max_uploads: int) -> bytes:
+    """The photograph of a multipart upload, received within the limits (bytes, time, uploads at once: counted in
+    ``state["uploading"]``), or a :class:`BadImage` saying which was broken."""
+    from starlette.exceptions import HTTPException
+
+    limit = max_bytes + 64 * 1024  # the file, and the multipart framing around it
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit:
+        raise BadImage(413, f"upload is {describe_size(declared)} (Content-Length)")
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        raise BadImage(415, "send the photograph as multipart/form-data in a field named 'file' "
+                            "(curl -F file=@photo.jpeg)")
+    if state["uploading"] >= max_uploads:  # each upload being read holds up to max_bytes of memory
+        raise BadImage(503, f"{max_uploads} uploads are already being received: retry in a few seconds", retry=True)
+    state["uploading"] += 1
+    try:
+        request._body = await read_body(request, limit, seconds)  # Starlette parses the form from it
+    finally:
+        state["uploading"] -= 1
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadImage(400, "no file: send the photograph in a multipart field named 'file'")
+            return await upload.read(max_bytes + 1)
+    except HTTPException as e:
+        raise BadImage(e.status_code, f"malformed upload: {e.detail}") from None
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken multipart body is the client's mistake
+        raise BadImage(400, f"malformed upload ({type(e).__name__})") from None
+
+
+def answer(result: Prediction, model_id: str, with_image: bool, explain: bool) -> dict:
+    """The JSON answer to one upload. A photograph that cannot be graded is an answer, not a failed request:
+    ``"gradable": false``, no grade, and the reason."""
+    body = {"gradable": result.gradable, "grade": result.grade, "grade_name": result.grade_name,
+            "probabilities": result.probabilities, "value": result.value, "close_call": result.close_call,
+            "model_id": model_id, "ms": round(result.ms, 1)}
+    if not result.gradable:
+        body["reason"] = result.reason
+    if with_image:
+        body["preprocessed"] = "data:image/png;base64," + base64.b64encode(result.preprocessed_png).decode()
+    if explain and result.gradable:
+        body["explanation"] = ("data:image/png;base64," + base64.b64encode(result.explanation_png).decode()
+                               if result.explanation_png else None)
+        if result.explanation_error:
+            body["explanation_error"] = result.explanation_error
+    return body
+
+
 #: explanations waiting or running at once in one process; more are refused (503): a plain answer never waits
 #: behind more than this many heat maps
 EXPLAIN_QUEUE = 2
@@ -230,8 +282,9 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
                                                       tta)
         yield
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+    def error(status: int, message: str, retry: bool = False) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status,
+                            headers={"Retry-After": "5"} if retry else None)
 
     async def page(request: Request):
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
@@ -243,41 +296,16 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
                              "card": g.card})
 
     async def predict(request: Request):
-        limit = max_bytes + 64 * 1024  # the file, and the multipart framing around it
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limit:
-            return error(413, f"upload is {describe_size(declared)} (Content-Length); {limit_text}")
-        if "multipart/form-data" not in request.headers.get("content-type", ""):
-            return error(415, "send the photograph as multipart/form-data in a field named 'file' "
-                              "(curl -F file=@photo.jpeg)")
-        if state["uploading"] >= max_uploads:  # each upload being read holds up to max_bytes of memory
-            return JSONResponse({"error": f"{max_uploads} uploads are already being received: retry in a few "
-                                          "seconds", "status": 503}, status_code=503, headers={"Retry-After": "5"})
-        state["uploading"] += 1
         try:
-            body = await read_body(request, limit, upload_seconds)
+            data = await receive_upload(request, state, max_bytes, upload_seconds, max_uploads)
         except BadImage as e:
-            return error(e.status, e.message if e.status != 413 else f"{e.message}; {limit_text}")
-        finally:
-            state["uploading"] -= 1
-        request._body = body  # Starlette parses the form from the body already read
-        try:
-            async with request.form(max_files=1, max_fields=4) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    return error(400, "no file: send the photograph in a multipart field named 'file'")
-                data = await upload.read(max_bytes + 1)
-        except HTTPException as e:
-            return error(e.status_code, f"malformed upload: {e.detail}")
-        except Exception as e:  # noqa: BLE001 - a broken multipart body is the client's mistake
-            return error(400, f"malformed upload ({type(e).__name__})")
+            return error(e.status, e.message if e.status != 413 else f"{e.message}; {limit_text}", e.retry)
         g = state["grader"]
         with_image = request.query_params.get("image") in ("1", "true")
         explain = request.query_params.get("explain") in ("1", "true")
         if explain and state["explaining"] >= EXPLAIN_QUEUE:  # a heat map costs many plain answers' time
-            return JSONResponse({"error": f"{state['explaining']} explanations are already being made: retry in a "
-                                          "few seconds, or ask without explain=1", "status": 503},
-                                status_code=503, headers={"Retry-After": "5"})
+            return error(503, f"{state['explaining']} explanations are already being made: retry in a few seconds, "
+                              "or ask without explain=1", retry=True)
         state["explaining"] += explain
         try:
             async with one_at_a_time:
@@ -286,20 +314,7 @@ def create_app(grader: Grader | None = None, model_paths: list[Path] | None = No
             return error(e.status, e.message)
         finally:
             state["explaining"] -= explain
-        # a photograph that cannot be graded is an answer, not a failed request: 200, "gradable": false, no grade
-        body = {"gradable": result.gradable, "grade": result.grade, "grade_name": result.grade_name,
-                "probabilities": result.probabilities, "value": result.value, "close_call": result.close_call,
-                "model_id": g.model_id, "ms": round(result.ms, 1)}
-        if not result.gradable:
-            body["reason"] = result.reason
-        if with_image:
-            body["preprocessed"] = "data:image/png;base64," + base64.b64encode(result.preprocessed_png).decode()
-        if explain and result.gradable:
-            body["explanation"] = ("data:image/png;base64," + base64.b64encode(result.explanation_png).decode()
-                                   if result.explanation_png else None)
-            if result.explanation_error:
-                body["explanation_error"] = result.explanation_error
-        return JSONResponse(body)
+        return JSONResponse(answer(result, g.model_id, with_image, explain))
 
     async def http_error(request: Request, exc: HTTPException):
         messages = {404: f"no such page: {request.url.path} (try / or POST /predict)",

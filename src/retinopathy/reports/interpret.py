@@ -24,7 +24,7 @@ from ..inference.oof import load_oof, oof_outputs
 from ..inference.tuning import read_rule
 from ..metrics import GRADE_NAMES, GRADES, quadratic_kappa
 from ..plots import draw_history, figure, save_figure
-from .results import write_comparison
+from .results import read_results, write_comparison
 
 
 def _save(fig, path: Path) -> Path:
@@ -364,37 +364,61 @@ def interpret(experiment: Experiment, fold: int | None = None, top: int = 16, he
                 if (fold is None or k == fold) and experiment.fold_files(k).lr_find[0].is_file()]
 
     step("the page")
+    page = _page(experiment, oof, scope, rule, screening, table, qwk, verdicts, lr_plots,
+                 (worst, unsure, overlays), _heat_map_note(config.image_size, drawn, heat_maps), out)
+    written = write_text(out / "index.html", page)
+    results = experiment.paths.reports / "results.csv"
+    if results.is_file():  # the comparison page links to the reports that exist: this one now does
+        with locked(results.with_name(".results.lock"), "reports/results.csv", wait=True):
+            write_comparison(read_results(results), experiment.paths.reports / "index.html")
+    return written
+
+
+def _heat_map_note(size: int, drawn: bool, heat_maps: str) -> str:
+    """What the page says of the heat maps: how to read them, or why there are none."""
     if drawn:
-        heat_map_note = HEAT_MAP_HELP
-    elif heat_maps == "auto":
-        heat_map_note = (f'<p class="note">No heat maps: at {config.image_size} px the model\'s last stage is '
-                         f"{cells} × {cells} cells, too coarse to point at a lesion (they resolve from about "
-                         f"{32 * HEAT_MAP_MIN_CELLS} px; --heat-maps always draws them anyway).</p>")
-    else:
-        heat_map_note = ""
-    config_path = experiment.files.config
-    config_text = config_path.read_text() if config_path.is_file() else config.to_yaml()
-    diagnosis = "".join(f"<li><b>fold {k}</b>: {html.escape(v[0] if v else 'healthy: nothing alarming')}</li>"
-                        for k, v in verdicts.items())
+        return HEAT_MAP_HELP
+    if heat_maps == "auto":
+        cells = size // 32
+        return (f'<p class="note">No heat maps: at {size} px the model\'s last stage is {cells} × {cells} cells, too '
+                f"coarse to point at a lesion (they resolve from about {32 * HEAT_MAP_MIN_CELLS} px; --heat-maps "
+                "always draws them anyway).</p>")
+    return ""
+
+
+def _summary(rule, screening, qwk: float) -> str:
+    """The page's cards: CV QWK and the referable-DR figures."""
     referable = screening.results[0]
-    thresholds = (", ".join(f"{t:.3f}" for t in rule.thresholds) if rule.use_values else
-                  "none: the head's own grade") + (f"; eye blend {rule.eye_blend:.2f}" if rule.eye_blend else "")
     tuned = rule.extra.get("oof_qwk_tuned")
     cards = [("CV QWK (pooled out of fold, tuned)", f"{tuned:.4f}" if tuned is not None else f"{qwk:.4f}"),
              ("referable DR AUC", referable.auc.plain()),
              ("referable sensitivity", referable.points[0].sensitivity.percent()),
              ("referable specificity", referable.points[0].specificity.percent())]
-    summary = "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in cards)
+    return "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in cards)
+
+
+def _page(experiment: Experiment, oof: pd.DataFrame, scope: str, rule, screening, table: pd.DataFrame, qwk: float,
+          verdicts: dict, lr_plots: list[Path], shown: tuple, heat_map_note: str, out: Path) -> str:
+    """The report's HTML, from the figures already drawn in ``out`` and the images ``shown`` (most wrong, least
+    sure, their heat maps)."""
+    config = experiment.config
+    worst, unsure, overlays = shown
+    config_path = experiment.files.config
+    config_text = config_path.read_text() if config_path.is_file() else config.to_yaml()
+    diagnosis = "".join(f"<li><b>fold {k}</b>: {html.escape(v[0] if v else 'healthy: nothing alarming')}</li>"
+                        for k, v in verdicts.items())
+    thresholds = (", ".join(f"{t:.3f}" for t in rule.thresholds) if rule.use_values else
+                  "none: the head's own grade") + (f"; eye blend {rule.eye_blend:.2f}" if rule.eye_blend else "")
     reliability = (f"<h3>Calibration</h3><p>{html.escape(screening.calibration.line())}</p>"
                    + _img(out / "reliability.png", "reliability diagram")) if screening.calibration else (
         '<p class="note">No calibration: this head states no probabilities.</p>')
-    page = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(config.name)}: interpretation</title>
 <style>{PAGE_STYLE}</style></head><body>
 <h1>{html.escape(config.name)}</h1>
 <p>{html.escape(experiment.competition.slug)}, {config.arch} at {config.image_size} px, {config.head} head,
 {scope}, {len(oof)} out-of-fold images (each judged by the fold that never saw it); thresholds {thresholds}.</p>
-<div class="summary" id="summary">{summary}</div>
+<div class="summary" id="summary">{_summary(rule, screening, qwk)}</div>
 <h2>Folds</h2>{fold_table(experiment, oof)}
 <h2>Screening</h2><p>Sensitivity and specificity with 95 % bootstrap intervals at the tuned grade rule and at the
 cut-offs on the score that reach 90 % and 95 % sensitivity out of fold.</p>{screening_table(screening)}
@@ -411,10 +435,3 @@ enlarge it; Escape closes it.</p>{heat_map_note}
 <script>{PAGE_SCRIPT}</script>
 </body></html>
 """
-    written = write_text(out / "index.html", page)
-    results = experiment.paths.reports / "results.csv"
-    if results.is_file():  # the comparison page links to the reports that exist: this one now does
-        with locked(results.with_name(".results.lock"), "reports/results.csv", wait=True):
-            write_comparison(pd.read_csv(results, dtype={"fingerprint": str}),
-                             experiment.paths.reports / "index.html")
-    return written

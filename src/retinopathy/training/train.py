@@ -197,33 +197,75 @@ def train_fold(experiment: Experiment, fold: int, verbose: bool = True, resume: 
 
 
 def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, callbacks) -> FoldResult | None:
-    from fastai.callback.progress import CSVLogger, ProgressCallback
+    """:func:`train_fold`'s work, under the fold's lock: the rows, the learner, the phases (resumed where an
+    interrupted run of the same config on the same rows left off), then the fold's outputs."""
     from fastai.torch_core import rank_distrib, set_seed
 
     config = experiment.config
     check_training_stack()
-    out = experiment.fold_dir(fold)
     main_process = rank_distrib() == 0
+
+    def say(line: str) -> None:
+        if verbose and main_process:
+            print(f"fold {fold}: {line}")
+
     start = time.time()
     set_seed(config.seed + fold, reproducible=True)
     folds_digest = experiment.folds_digest()  # the rows this training reads, recorded beside the export
+    dls = build_dataloaders(_fold_rows(experiment, fold, say), experiment, fold)
+    learn = _start_learner(dls, experiment, fold, say)
+    files = experiment.fold_files(fold)
+    # Only now is the config known good: a typo in it leaves the previous run's files as they were.
+    if main_process:
+        files.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(files.dir)
+        config.save(experiment.files.config)
+    run = f"{config.fingerprint}:{folds_digest}"  # a resumed run trains the same model on the same rows
+    state = _resume_state(files.dir, config, run) if resume else None
+    if state is None:
+        files.history.unlink(missing_ok=True)
+        files.resume_state.unlink(missing_ok=True)
+    else:
+        say(f"resuming after epoch {state['epoch'] + 1} of phase {state['phase'] + 1}")
+    phases = _planned_phases(learn, experiment, fold, state, main_process)
+    distributed = _distributed()
+    _fit_phases(learn, experiment, fold, phases, state, run, main_process, callbacks)
+    if distributed:
+        torch.distributed.barrier()  # every process has finished fitting
+        if not main_process:
+            return None
+    peak = phases[-1][2]
+    with _single_process_view() if distributed else contextlib.nullcontext():
+        return _finish_fold(learn, dls, experiment, fold, start, verbose,
+                            peak.stop if isinstance(peak, slice) else peak, folds_digest)
+
+
+def _fold_rows(experiment: Experiment, fold: int, say) -> pd.DataFrame:
+    """Every row the fold trains or validates on: the folds, plus pseudo-labelled test images and the extra sets'
+    images (training only), each said in a line."""
+    config = experiment.config
     table = training_table(experiment)
     if config.pseudo_labels:
         pseudo = pseudo_label_rows(experiment)
-        if verbose and main_process:
-            print(f"fold {fold}: {len(pseudo)} pseudo-labelled test images added to training (never validation)")
+        say(f"{len(pseudo)} pseudo-labelled test images added to training (never validation)")
         table = pd.concat([table, pseudo], ignore_index=True)
     if config.extra_data:
         extra = extra_data_rows(experiment, fold)
-        if verbose and main_process:
-            given = extra["source"].value_counts()
-            counts = ", ".join(f"{given.get(source, 0)} from {source}" + (
-                f" ({n} copies of this fold's validation photographs left out)" if n else "")
-                for source, n in extra.attrs["copies"].items())
-            print(f"fold {fold}: extra_data: {len(extra)} images added to training (never validation): {counts}")
+        given = extra["source"].value_counts()
+        counts = ", ".join(f"{given.get(source, 0)} from {source}" + (
+            f" ({n} copies of this fold's validation photographs left out)" if n else "")
+            for source, n in extra.attrs["copies"].items())
+        say(f"extra_data: {len(extra)} images added to training (never validation): {counts}")
         table = pd.concat([table, extra.drop(columns=["source"])], ignore_index=True)
-    dls = build_dataloaders(table, experiment, fold)
-    learn = build_learner(dls, experiment, out)
+    return table
+
+
+def _start_learner(dls, experiment: Experiment, fold: int, say):
+    """The fold's learner, its body from the hub, a weights file or another experiment's fold (said)."""
+    from fastai.callback.progress import ProgressCallback
+
+    config = experiment.config
+    learn = build_learner(dls, experiment, experiment.fold_dir(fold))
     if not sys.stdout.isatty():  # a log file: the epoch table as plain lines, no bar fragments
         learn.remove_cb(ProgressCallback)
         learn.add_cb(PlainTable())
@@ -231,41 +273,34 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
         from .weights import init_from_experiment
 
         check_init_overlap(experiment, fold)
+        say(init_from_experiment(learn.model, Path(config.init_from), fold))
+    if getattr(learn, "weights_loaded", None):
+        say(f"{config.pretrained_weights}: {learn.weights_loaded}")
+    return learn
 
-        copied = init_from_experiment(learn.model, Path(config.init_from), fold)
-        if verbose and main_process:
-            print(f"fold {fold}: {copied}")
-    if verbose and main_process and getattr(learn, "weights_loaded", None):
-        print(f"fold {fold}: {config.pretrained_weights}: {learn.weights_loaded}")
-    # Only now is the config known good: a typo in it leaves the previous run's files as they were.
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        config.save(experiment.files.config)
-    files = experiment.fold_files(fold)
-    history_file = files.history
 
-    run = f"{config.fingerprint}:{folds_digest}"  # a resumed run trains the same model on the same rows
-    state = _resume_state(out, config, run) if resume else None
-    if state is None:
-        history_file.unlink(missing_ok=True)
-        files.resume_state.unlink(missing_ok=True)
-    elif verbose and main_process:
-        print(f"fold {fold}: resuming after epoch {state['epoch'] + 1} of phase {state['phase'] + 1}")
-
+def _planned_phases(learn, experiment: Experiment, fold: int, state: dict | None, main_process: bool) -> list:
+    """The fits to run, at lr_find's suggestion where the config picks it (a resumed run at the rate its first part
+    picked: lr_find is not run twice, its trial steps would start from the checkpoint and pick another rate)."""
+    config, files = experiment.config, experiment.fold_files(fold)
     phases = phases_of(config)
     if config.lr_find != "off" and state is None and main_process:
-        suggested = run_lr_find(learn, out, config)
+        suggested = run_lr_find(learn, files.dir, config)
         print(f"fold {fold}: lr_find suggests {suggested:.2e} → {files.lr_find[0]}")
         if config.lr_find == "pick":
             phases = _picked(phases, suggested, config)
     elif config.lr_find == "pick" and state is not None:
-        # A resumed run goes on at the rate its first part picked, not the config's (lr_find is not run twice: its
-        # trial steps would start from the checkpoint, not the fresh model, and pick another rate).
         phases = _picked(phases, json.loads(files.lr_find[2].read_text())["suggestion"], config)
+    return phases
 
-    distributed = _distributed()
-    trackers = tracker_callbacks(config, out, fold) if main_process else []
+
+def _fit_phases(learn, experiment: Experiment, fold: int, phases: list, state: dict | None, run: str,
+                main_process: bool, callbacks) -> None:
+    """Fit each phase, from where ``state`` says an interrupted run stopped, checkpointing every epoch."""
+    from fastai.callback.progress import CSVLogger
+
+    config, files = experiment.config, experiment.fold_files(fold)
+    trackers = tracker_callbacks(config, files.dir, fold) if main_process else []
     for index, (name, n_epoch, lr) in enumerate(phases):
         if name == "unfrozen" and len(phases) > 1:
             learn.unfreeze()
@@ -291,24 +326,21 @@ def _train_fold(experiment: Experiment, fold: int, verbose: bool, resume: bool, 
             cbs.insert(0, CSVLogger(fname=FoldFiles.HISTORY, append=True))
             cbs += trackers
         with write_faults_named(files.checkpoints):  # the checkpoints are written by torch.save during the fit
-            if distributed:
-                import fastai.distributed  # noqa: F401 - gives Learner its distrib_ctx
+            _fit(learn, n_epoch, lr, start_epoch, cbs)
 
-                # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
-                cpu = not cuda_available()
-                with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), \
-                        (gloo_safe_broadcast() if cpu else contextlib.nullcontext()):
-                    fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
-            else:
-                fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)  # the best epoch is reloaded at the end
-    if distributed:
-        torch.distributed.barrier()  # every process has finished fitting
-        if not main_process:
-            return None
-    peak = phases[-1][2]
-    with _single_process_view() if distributed else contextlib.nullcontext():
-        return _finish_fold(learn, dls, experiment, fold, start, verbose,
-                            peak.stop if isinstance(peak, slice) else peak, folds_digest)
+
+def _fit(learn, n_epoch: int, lr, start_epoch: int, cbs: list) -> None:
+    """One phase's one-cycle fit, in fastai's distributed context under a launcher (the best epoch is reloaded at
+    the end)."""
+    if not _distributed():
+        fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
+        return
+    import fastai.distributed  # noqa: F401 - gives Learner its distrib_ctx
+
+    # SyncBatchNorm exists only on CUDA; CPU processes (gloo) keep per-process batch statistics.
+    cpu = not cuda_available()
+    with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu), (gloo_safe_broadcast() if cpu else contextlib.nullcontext()):
+        fit_one_cycle_from(learn, n_epoch, lr, start_epoch, cbs)
 
 
 def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, verbose: bool,
