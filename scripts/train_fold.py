@@ -1,10 +1,8 @@
-"""Train one fold (or all) with fastai; writes models/<exp>/fold<K>/ (export.pkl, oof.csv, history.csv, loss.png,
-config.yaml). Run one process per fold on a multi-GPU box, or --fold all one after another.
+"""Train one fold (or all) with fastai: how GPU users run it (``torchrun ... scripts/train_fold.py``). The very
+command of ``scripts/train.py`` and ``retinopathy train``; --help lists the options."""
 
-The same as ``retinopathy train``; --help lists the options."""
-
-from retinopathy import cli
-from retinopathy.commands.train import main
+import runpy
+from pathlib import Path
 
 if __name__ == "__main__":
-    cli.run(main)
+    runpy.run_path(str(Path(__file__).with_name("train.py")), run_name="__main__")

@@ -25,6 +25,12 @@ from .paths import ExperimentFiles, FoldFiles
 GROUPS = ("data", "preprocessing", "model", "training", "prediction", "runtime")
 #: groups whose keys change how a run goes or where it reads, never the model it trains
 RUNTIME_GROUPS = ("prediction", "runtime")
+#: the preprocessing methods by name, with their help (the image functions are in
+#: :mod:`retinopathy.preprocessing.fundus`): what ``--help``, the CLI and the docs list
+PREPROCESSING = {"none": "the whole frame, letterboxed square",
+                 "crop": "find the eye, crop it square and mask the surround",
+                 "ben": "crop, then Ben Graham's local colour normalisation (the 2015 winner's)",
+                 "clahe": "crop, then contrast-limited adaptive histogram equalisation"}
 #: the config's ``pool`` names (the layers are in :mod:`retinopathy.training.pooling`)
 POOLS = {"concat": "max and average side by side (fastai's default)", "avg": "average",
          "gem": "generalised mean with a learnt power (the 1st-place APTOS 2019 pooling)"}
@@ -79,8 +85,8 @@ class Config:
                               "e.g. 'eyepacs2015*0.5'", "data", fingerprint="when_set")
 
     # --- preprocessing: what the network sees of a photograph ---
-    preprocess: str = key("ben", "crop: find the eye, crop and mask it; ben and clahe also crop first",
-                          "preprocessing", ("none", "crop", "ben", "clahe"))
+    preprocess: str = key("ben", "what the network sees of a photograph: " + "; ".join(
+        f"{k}: {v}" for k, v in PREPROCESSING.items()), "preprocessing", tuple(PREPROCESSING))
     image_size: int = key(256, "side of the square images cached by preprocessing and fed to the network",
                           "preprocessing", bounds=(32, 2048))
 

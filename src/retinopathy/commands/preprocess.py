@@ -12,7 +12,7 @@ from ..preprocessing.fundus import METHODS
 def main(argv: list[str] | None = None) -> None:
     """Run the stage with the command-line arguments ``argv`` (default: the process's)."""
     p = cli.parser(__doc__)
-    p.add_argument("--method", choices=METHODS, help="none | crop | ben | clahe (the config's `preprocess`)")
+    p.add_argument("--method", choices=METHODS, help=" | ".join(METHODS) + " (the config's `preprocess`)")
     p.add_argument("--size", type=cli.number_in(32, 2048),
                    help="output side in pixels, 32-2048 (the config's `image_size`)")
     cli.add_workers(p)

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from .fundus import find_eye, prepare, resize_pad
+from .fundus import METHODS, find_eye, prepare, resize_pad
 from .image_io import decode_image
 
 
-def contact_sheet(sources: list, methods: tuple[str, ...] = ("none", "crop", "ben", "clahe"), size: int = 256,
+def contact_sheet(sources: list, methods: tuple[str, ...] = METHODS, size: int = 256,
                   labels: list[str] | None = None) -> np.ndarray:
     """A before/after grid: one row per image, the original (eye circle drawn in green) then each method."""
     rows = []

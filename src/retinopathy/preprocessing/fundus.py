@@ -10,9 +10,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..config import PREPROCESSING
 from ..errors import UserError
 
-METHODS = ("none", "crop", "ben", "clahe")
+METHODS = tuple(PREPROCESSING)
+
+
+def check_method(method: str) -> str:
+    """``method`` where it is a preprocessing method, else one line naming the known ones."""
+    if method not in METHODS:
+        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    return method
 
 # Bright text labels and speckle in the surround must not pass for retina: the eye is the largest bright region.
 _FIND_SIDE = 256  # the eye is located on a copy this size: its edge is smooth, so precision holds after scaling up
@@ -225,8 +233,7 @@ def prepare(img: np.ndarray, method: str, size: int) -> tuple[np.ndarray, Eye | 
     ``none`` letterboxes the whole frame; ``crop`` finds the eye, crops it square and masks the surround; ``ben``
     and ``clahe`` crop first and then normalise colour or contrast. An image with no eye found is letterboxed.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    check_method(method)
     rgb = to_rgb_uint8(img)
     eye = None if method == "none" else find_eye(rgb)
     return prepare_eye(rgb, eye, method, size)[0], eye

@@ -18,7 +18,7 @@ from ..competitions import PHOTO_FORMATS
 from ..errors import UserError
 from . import quality
 from .fingerprint import photo_hash
-from .fundus import METHODS, Eye, eye_square, find_eye, prepare_eye, to_rgb_uint8
+from .fundus import Eye, check_method, eye_square, find_eye, prepare_eye, to_rgb_uint8
 
 _REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
@@ -73,8 +73,7 @@ def examine_image(img: np.ndarray, method: str, size: int, original: tuple[int, 
                   hashed: bool = True) -> Examined:
     """A decoded photograph examined: the eye is found once and serves the preparation, the gradability and the
     hash (left empty unless ``hashed``: grading a photograph needs none, and a Kaggle kernel has no imagehash)."""
-    if method not in METHODS:
-        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    check_method(method)
     rgb = to_rgb_uint8(img)
     eye = find_eye(rgb)  # letterboxed whole (``none``), the eye is still what is assessed and hashed
     out, square = prepare_eye(rgb, None if method == "none" else eye, method, size)

@@ -21,7 +21,7 @@ from ..experiment import Experiment
 from ..files import atomic_path, process_pool, remove_stale_temporaries, write_csv
 from ..paths import MANIFEST
 from ..progress import progress_bar
-from .fundus import METHODS
+from .fundus import check_method
 from .image_io import encode_png, examine_file
 
 MANIFEST_COLUMNS = COLUMNS
@@ -104,8 +104,7 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
     the journal. A bad or blank image is recorded in the manifest's status, not fatal. Worker processes end with
     the stage.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown preprocessing method '{method}': use one of {', '.join(METHODS)}")
+    check_method(method)
     competition = detect_competition(raw_dir)
     items = [(i, "train") for i in read_labels(raw_dir, competition)["id"]] if "train" in splits else []
     test_ids = (read_test_ids(raw_dir, competition) or []) if "test" in splits else []
