@@ -1,8 +1,12 @@
-"""Train one fold (or all) with fastai: how GPU users run it (``torchrun ... scripts/train_fold.py``). The very
-command of ``scripts/train.py`` and ``retinopathy train``; --help lists the options."""
+"""Train one fold on one GPU, or on several under a launcher: how GPU users run it.
 
-import runpy
-from pathlib import Path
+  python scripts/train_fold.py --config aptos_gpu --fold 0
+  torchrun --nproc_per_node 4 scripts/train_fold.py --config aptos_gpu --fold 0
+
+The command of ``retinopathy train`` (and scripts/train.py); --help lists the options."""
+
+from retinopathy import cli
+from retinopathy.commands.train import main
 
 if __name__ == "__main__":
-    runpy.run_path(str(Path(__file__).with_name("train.py")), run_name="__main__")
+    cli.run(main)

@@ -72,6 +72,25 @@ def tiny_pipeline(raw: Path, work: Path, name: str, *overrides: str, folds=None)
     return Experiment(config, paths, only), run_pipeline(config, paths, folds=folds)
 
 
+def child_processes(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie or a dead one does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
 @contextlib.contextmanager
 def headless_chromium(width: int = 1300, height: int = 1000):
     """A Selenium driver of Debian's chromium, headless (skips where chromium or its driver is not installed)."""

@@ -21,7 +21,7 @@ from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
 
-from conftest import REPO, debug_config, run_script, tiny_pipeline
+from conftest import REPO, child_processes, debug_config, process_alive, run_script, tiny_pipeline
 
 
 # ----------------------------------------------------------------------------------------- the fingerprint
@@ -98,17 +98,23 @@ def test_a_config_mistake_leaves_the_previous_run_intact(trained):
     assert (experiment.fold_dir(0) / "export.pkl").is_file()
 
 
-def test_a_stale_onnx_file_is_refused(trained, tmp_path):
-    from retinopathy.errors import UserError
+def _exported_fold_copy(experiment, tmp_path) -> Path:
+    """Fold 0 exported to ONNX, its files copied to a folder of the test's own."""
     from retinopathy.inference.export import export_fold
-    from retinopathy.inference.grader import Grader
 
-    experiment, _, _ = trained
     export_fold(experiment, 0, engines=("onnx",), verbose=False)
     fold = tmp_path / "exp" / "fold0"
     fold.mkdir(parents=True)
     for name in ("model.onnx", "config.yaml", "export.pkl", "fingerprint.json"):
         shutil.copy(experiment.fold_dir(0) / name, fold / name)
+    return fold
+
+
+def test_a_stale_onnx_file_is_refused(trained, tmp_path):
+    from retinopathy.errors import UserError
+    from retinopathy.inference.grader import Grader
+
+    fold = _exported_fold_copy(trained[0], tmp_path)
     assert Grader([fold / "model.onnx"]).engine == "onnx", "an ONNX file knows what trained it"
     retrained = load_config(fold / "config.yaml", ["epochs=2"])
     retrained.save(fold / "config.yaml")  # the fold was trained again, its ONNX file was not exported again
@@ -122,15 +128,9 @@ def test_a_stale_onnx_file_is_refused(trained, tmp_path):
 def test_an_onnx_file_of_an_earlier_training_with_the_same_settings_is_refused(trained, tmp_path):
     from retinopathy.config import file_digest
     from retinopathy.errors import UserError
-    from retinopathy.inference.export import export_fold
     from retinopathy.inference.grader import Grader
 
-    experiment, _, _ = trained
-    export_fold(experiment, 0, engines=("onnx",), verbose=False)
-    fold = tmp_path / "exp" / "fold0"
-    fold.mkdir(parents=True)
-    for name in ("model.onnx", "config.yaml", "export.pkl", "fingerprint.json"):
-        shutil.copy(experiment.fold_dir(0) / name, fold / name)
+    fold = _exported_fold_copy(trained[0], tmp_path)
     assert Grader([fold / "model.onnx"]).engine == "onnx"
     with open(fold / "export.pkl", "ab") as f:  # the fold trained again with the very same config
         f.write(b"retrained")
@@ -293,23 +293,6 @@ def test_a_read_only_file_system_is_one_line(tiny_aptos, tmp_path, tiny_disk):
 
 
 # ----------------------------------------------------------------------------------------- killed preprocessing
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.mark.slow  # a killed and a resumed preprocessing process
 def test_preprocessing_survives_sigkill(tmp_path):
     from retinopathy.data.synthetic import make_competition
@@ -324,14 +307,14 @@ def test_preprocessing_survives_sigkill(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (journal.is_file() and len(journal.read_text().splitlines()) >= 10):
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = child_processes(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert workers, "the stage ran worker processes"
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(process_alive(w) for w in workers):
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers), "worker processes die with the stage"
+    assert not any(process_alive(w) for w in workers), "worker processes die with the stage"
     assert not (out / "manifest.csv").exists(), "killed before the manifest was written"
     finished = {json.loads(line)["id"] for line in journal.read_text().splitlines()[:-1]}
     assert 10 <= len(finished) < 120

@@ -234,22 +234,7 @@ def test_killing_the_pipeline_kills_the_folds_it_trains_side_by_side(tiny_aptos,
     import sys
     import time
 
-    from conftest import DEBUG_CONFIG, REPO
-
-    def children(pid):
-        found = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                found += [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return found
-
-    def alive(pid):
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
-        except (OSError, IndexError):
-            return False
+    from conftest import DEBUG_CONFIG, REPO, child_processes, process_alive
 
     pipeline = subprocess.Popen([sys.executable, str(REPO / "scripts" / "pipeline.py"), "--config", str(DEBUG_CONFIG),
                                  "--raw-dir", str(tiny_aptos), "--data-dir", str(tmp_path / "data"),
@@ -258,12 +243,13 @@ def test_killing_the_pipeline_kills_the_folds_it_trains_side_by_side(tiny_aptos,
                                 env={**os.environ, "RETINOPATHY_OUTPUT_DIR": str(tmp_path)})
     deadline, kids = time.time() + 120, []
     while time.time() < deadline and len(kids) < 2:
-        kids = [k for k in children(pipeline.pid) if "train" in Path(f"/proc/{k}/cmdline").read_text(errors="ignore")]
+        kids = [k for k in child_processes(pipeline.pid)
+                if "train" in Path(f"/proc/{k}/cmdline").read_text(errors="ignore")]
         time.sleep(0.2)
     assert len(kids) == 2, "both folds started"
     os.kill(pipeline.pid, signal.SIGKILL)
     pipeline.wait()
     deadline = time.time() + 20
-    while time.time() < deadline and any(alive(k) for k in kids):
+    while time.time() < deadline and any(process_alive(k) for k in kids):
         time.sleep(0.2)
-    assert not any(alive(k) for k in kids), "no fold trains on, orphaned"
+    assert not any(process_alive(k) for k in kids), "no fold trains on, orphaned"
