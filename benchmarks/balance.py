@@ -42,8 +42,10 @@ def main() -> None:
         paths = Paths(data=OUT / "data", output=OUT)
         start = time.time()
         run_pipeline(config, paths, folds=folds)
-        oof = load_oof(Experiment(config, paths))
-        pred, truth = GradeRule.plain(config.head).grades(oof_outputs(oof, config.head)), oof["grade"].to_numpy()
+        experiment = Experiment(config, paths, tuple(folds))
+        oof = load_oof(experiment)
+        pred = GradeRule.plain(experiment.head).grades(oof_outputs(oof, experiment.head))
+        truth = oof["grade"].to_numpy()
         recall = recall_score(truth, pred, labels=list(range(5)), average=None, zero_division=0)
         rows.append({"balance": mode, "OOF QWK": quadratic_kappa(pred, truth),
                      "accuracy": float((pred == truth).mean()),

@@ -123,7 +123,7 @@ def run_row(root: Path, test: pd.DataFrame, name: str, grouped: bool, policy: st
         oof = load_oof(experiment).merge(folds[["id", "group"]], on="id")
         folds_of_group = folds.groupby("group")["fold"].nunique()
         leaked = oof["group"].map(folds_of_group) > 1
-        grades = rule.grades(oof_outputs(oof, config.head), oof["id"].tolist())
+        grades = rule.grades(oof_outputs(oof, experiment.head), oof["id"].tolist())
         result["leaked"] = (int(leaked.sum()), quadratic_kappa(grades[leaked], oof["grade"][leaked]),
                             quadratic_kappa(grades[~leaked], oof["grade"][~leaked]))
     return result

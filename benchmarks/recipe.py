@@ -294,7 +294,8 @@ def blend(rows: list[str], test: pd.DataFrame, whole: bool) -> dict:
 
     named = [next(r for r in ROWS if r.startswith(w)) for w in rows]
     members = [Experiment(load_config(OUT / "models" / row_slug(r, whole) / "config.yaml"),
-                          Paths(data=OUT / (f"data-{row_slug(r, whole)}" if whole else "data"), output=OUT))
+                          Paths(data=OUT / (f"data-{row_slug(r, whole)}" if whole else "data"), output=OUT),
+                          None if whole else (0,))  # a one-model row trained fold 0 alone
                for r in named]
     name = "recipe-blend-" + "-".join(row_slug(r, whole)[7:17] for r in named)
     submission = ensemble_experiments(members, name, verbose=False)
@@ -319,10 +320,10 @@ def blend(rows: list[str], test: pd.DataFrame, whole: bool) -> dict:
 
 def each_fold_on(experiment, ids: list[str]) -> list[np.ndarray]:
     """Every trained fold's outputs, alone, on these test images (through the Grader, no flips)."""
+    from retinopathy.data.manifest import read_manifest_file
     from retinopathy.inference.grader import Grader
 
-    manifest = pd.read_csv(experiment.manifest_csv, dtype={"id": str}, keep_default_na=False).set_index("id")
-    paths = manifest.loc[ids, "path"].tolist()
+    paths = read_manifest_file(experiment.processed_dir).set_index("id").loc[ids, "path"].tolist()
     return [Grader.of_experiment(experiment, folds=[k], tta=False).outputs_of_files(paths)
             for k in experiment.trained_folds()]
 

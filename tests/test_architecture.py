@@ -179,3 +179,12 @@ def test_an_experiments_and_a_folds_file_names_are_written_in_one_module():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and names.search(repr(node.value)):
                 found.append(f"{module_name(path)}: {node.value!r}")
     assert not found, "ask paths.FoldFiles / ExperimentFiles: " + "; ".join(found)
+
+
+def test_heads_are_looked_up_by_name_in_few_places():
+    """A head travels as an object (``experiment.head``, ``GradeRule.head``, the served model's): its name is looked
+    up where a name comes in, not on every use."""
+    calls = [f"{module_name(path)}:{node.lineno}" for path in PACKAGE.rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "get_head"]
+    assert len(calls) <= 6, "; ".join(calls)

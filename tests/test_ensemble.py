@@ -99,8 +99,10 @@ def test_tuning_says_which_grade_no_threshold_can_reach(monkeypatch, capsys, tmp
     values[grades >= 3] = 1.2  # saturated: grades 3 and 4 get the very same output
     oof = pd.DataFrame({"id": [f"i{k}" for k in range(len(grades))], "grade": grades, "value": values})
     monkeypatch.setattr(tuning, "load_oof", lambda experiment: oof)
+    from retinopathy.heads import get_head
+
     experiment = SimpleNamespace(config=SimpleNamespace(head="regression", fingerprint="f"), dir=tmp_path,
-                                 competition=APTOS2019)
+                                 competition=APTOS2019, head=get_head("regression"))
     tuning.tune_experiment(experiment, verbose=True, write=False)
     said = capsys.readouterr().out
     assert "stays out of reach" in said and "balance=sampler" in said, said

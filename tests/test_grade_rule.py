@@ -73,7 +73,8 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
     outputs_of = get_head(head)
     # A tuned rule that differs from the plain one in everything a path could forget: scores cut at thresholds
     # (for every head), thresholds that spread these outputs over the grades, and eye blending for EyePACS.
-    thresholds = tuple(float(t) for t in np.quantile(outputs_of.scores(oof_outputs(oof, head)), [0.2, 0.4, 0.6, 0.8]))
+    scores = outputs_of.scores(oof_outputs(oof, outputs_of))
+    thresholds = tuple(float(t) for t in np.quantile(scores, [0.2, 0.4, 0.6, 0.8]))
     rule = GradeRule(True, thresholds, 0.4 if competition == "eyepacs" else 0.0, head)
     write_rule(trained.dir, rule)
 
@@ -116,8 +117,8 @@ def test_every_path_grades_the_same_images_alike(request, tmp_path, competition,
     from_torch = np.concatenate([plain.outputs(prepare_upload(plain, p).image[None]) for p in photos])
     assert rule(from_onnx).tolist() == rule(from_torch).tolist(), "ONNX engine"
     report = json.loads((experiment.fold_dir(0) / "onnx.json").read_text())
-    same_rule = quadratic_kappa(rule(oof_outputs(oof, head)), oof["grade"])
+    same_rule = quadratic_kappa(rule(oof_outputs(oof, outputs_of)), oof["grade"])
     assert report["onnx"]["qwk_reference"] == pytest.approx(same_rule), "the export checks against the same rule"
 
     interpreted = oof_with_losses(experiment).set_index("id").loc[oof["id"]]
-    assert interpreted["pred"].tolist() == rule(oof_outputs(oof, head), oof["id"]).tolist(), "interpretation"
+    assert interpreted["pred"].tolist() == rule(oof_outputs(oof, outputs_of), oof["id"]).tolist(), "interpretation"

@@ -13,6 +13,7 @@ from .competitions import Competition, detect_competition
 from .config import FIELDS, Config, file_digest, settings_difference
 from .errors import UserError
 from .files import locked, write_text
+from .heads import Head, get_head
 from .paths import MANIFEST, ExperimentFiles, FoldFiles, Paths
 
 
@@ -32,6 +33,11 @@ class Experiment:
         if self.config.raw_dir:
             return Path(self.config.raw_dir).expanduser().resolve()
         return self.paths.raw(self.config.dataset_name)
+
+    @functools.cached_property
+    def head(self) -> Head:
+        """The config's head, looked up once."""
+        return get_head(self.config.head)
 
     @functools.cached_property
     def competition(self) -> Competition:

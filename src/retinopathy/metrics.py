@@ -8,7 +8,7 @@ thresholds or EyePACS eye blending is graded the same way everywhere.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from .competitions import EYEPACS2015
 from .errors import UserError
 from .grades import DEFAULT_THRESHOLDS, GRADE_NAMES, GRADES, cut
-from .heads import get_head
+from .heads import Head, get_head
 from .paths import ExperimentFiles
 
 __all__ = ["GRADES", "GRADE_NAMES", "DEFAULT_THRESHOLDS", "TUNING", "GradeRule", "blend_eyes", "cut",
@@ -42,7 +42,8 @@ def blend_eyes(ids, values, weight: float) -> np.ndarray:
 class GradeRule:
     """How one experiment's outputs become grades.
 
-    ``head``: the head whose served outputs these are (it gives the continuous score and the untuned grade).
+    ``head``: the head whose served outputs these are (it gives the continuous score and the untuned grade); a
+    name is looked up once, here.
     ``use_values``: cut the score at ``thresholds`` instead of the head's untuned rule. ``eye_blend``: mix in the
     other eye of the same patient first, where both eyes are graded together (a submission, the OOF report).
     """
@@ -50,27 +51,29 @@ class GradeRule:
     use_values: bool = False
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     eye_blend: float = 0.0
-    head: str = "classification"
+    head: Head = "classification"
     #: what the tuning measured, kept with the rule so that tuning.json round-trips
     extra: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head", get_head(self.head))
+
     @classmethod
-    def plain(cls, head: str) -> GradeRule:
+    def plain(cls, head: str | Head) -> GradeRule:
         """The untuned rule of a head (a classifier's most probable grade, a regression cut at 0.5, 1.5, ...)."""
-        get_head(head)
         return cls(head=head)
 
     @classmethod
-    def from_dict(cls, tuning: dict, head: str = "classification") -> GradeRule:
+    def from_dict(cls, tuning: dict, head: str | Head = "classification") -> GradeRule:
         """A rule from the mapping ``tuning.json`` holds (``head`` where the file names none)."""
         known = {"use_values", "thresholds", "eye_blend", "head"}
         return cls(bool(tuning.get("use_values", False)),
                    tuple(float(t) for t in tuning.get("thresholds", DEFAULT_THRESHOLDS)),
-                   float(tuning.get("eye_blend", 0.0)), str(tuning.get("head", head)),
+                   float(tuning.get("eye_blend", 0.0)), tuning.get("head", head),
                    {k: v for k, v in tuning.items() if k not in known})
 
     @classmethod
-    def read(cls, experiment_dir: str | Path, head: str) -> GradeRule:
+    def read(cls, experiment_dir: str | Path, head: str | Head) -> GradeRule:
         """The experiment's tuned rule (``tuning.json`` in ``experiment_dir``), else the plain rule for its head."""
         path = Path(experiment_dir) / TUNING
         if not path.is_file():
@@ -80,7 +83,6 @@ class GradeRule:
             if not isinstance(tuning, dict):
                 raise ValueError(f"a {type(tuning).__name__}, not a mapping")
             rule = cls.from_dict(tuning, head)
-            get_head(rule.head)
             if not all(np.isfinite(rule.thresholds)) or len(rule.thresholds) != len(DEFAULT_THRESHOLDS):
                 raise ValueError(f"thresholds {list(rule.thresholds)}")
         except (ValueError, TypeError, UserError, UnicodeDecodeError) as e:
@@ -91,10 +93,8 @@ class GradeRule:
 
     def to_dict(self) -> dict:
         """The mapping written to ``tuning.json``."""
-        out = asdict(self)
-        out.pop("extra")
-        out["thresholds"] = [float(t) for t in self.thresholds]
-        return {**out, **self.extra}
+        return {"use_values": self.use_values, "thresholds": [float(t) for t in self.thresholds],
+                "eye_blend": self.eye_blend, "head": self.head.name, **self.extra}
 
     def with_extra(self, **extra) -> GradeRule:
         """The same rule carrying more of what the tuning measured."""
@@ -102,7 +102,7 @@ class GradeRule:
 
     def values(self, outputs, ids=None) -> np.ndarray:
         """The number each image is cut at: its head's score, blended with its other eye when ``ids`` are given."""
-        values = get_head(self.head).scores(outputs)
+        values = self.head.scores(outputs)
         if self.eye_blend > 0 and ids is not None:
             values = blend_eyes(ids, values, self.eye_blend)
         return values
@@ -110,7 +110,7 @@ class GradeRule:
     def grades(self, outputs, ids=None) -> np.ndarray:
         """Grades of n images from their served outputs; ``ids`` enable eye blending."""
         if not self.use_values and self.eye_blend == 0:
-            return get_head(self.head).plain_grades(outputs)
+            return self.head.plain_grades(outputs)
         return cut(self.values(outputs, ids), self.thresholds)
 
     __call__ = grades

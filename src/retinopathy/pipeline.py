@@ -15,7 +15,6 @@ from .data.folds import TEST_OUTPUTS, make_folds
 from .data.synthetic import SOLUTION, make_competition
 from .errors import UserError
 from .experiment import Experiment
-from .heads import get_head
 from .inference.oof import cv_report, oof_screening, screening_report
 from .inference.predict import predict_test
 from .inference.tuning import tune_experiment, write_rule
@@ -85,7 +84,7 @@ def run_pipeline(config: Config, paths: Paths, folds: list[int] | None = None) -
         # the operating points keep the cut-offs chosen out of fold: the test set only measures them
         outputs = pd.read_csv(experiment.dir / TEST_OUTPUTS, dtype={"id": str})
         answers = truth.set_index(comp.id_column).loc[outputs["id"], comp.label_column].to_numpy()
-        tested = screening_report(outputs["id"], get_head(config.head).outputs_of(outputs), answers, rule, comp,
+        tested = screening_report(outputs["id"], experiment.head.outputs_of(outputs), answers, rule, comp,
                                   "test set", screening.cutoffs)
         print("\n".join(tested.lines()))
     seconds = time.time() - start

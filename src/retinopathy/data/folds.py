@@ -15,7 +15,7 @@ from ..competitions import Competition, read_labels
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import write_csv
-from ..heads import get_head, head_of_columns
+from ..heads import head_of_columns
 from ..paths import MANIFEST, ExperimentFiles
 from .cleaning import apply_decisions, decisions_path
 from .duplicates import apply_policy, copies_of, copy_groups, duplicates_table, summary
@@ -124,7 +124,7 @@ def make_folds(experiment: Experiment, verbose: bool = True) -> pd.DataFrame:
     hashes = labels["id"].map(train["phash"]).fillna("")
     before = len(labels)
     labels = apply_policy(labels, copy_groups(hashes), config.conflicting_grades,
-                          numeric=not get_head(config.head).categorical_targets)
+                          numeric=not experiment.head.categorical_targets)
     if verbose and len(labels) < before:
         print(f"folds: conflicting_grades={config.conflicting_grades}: {before - len(labels)} image(s) left out")
     if config.exclude_ungradable:
@@ -182,7 +182,7 @@ def pseudo_label_rows(experiment: Experiment) -> pd.DataFrame:
         raise UserError(f"pseudo_labels: {source}, row {row + 2}: outputs {np.round(served[row], 3).tolist()} are "
                         "not a grader's (scores lie in 0-4, probabilities in 0-1): run predict with that "
                         "experiment's config again")
-    if get_head(config.head).categorical_targets:
+    if experiment.head.categorical_targets:
         grade, keep = grader.plain_grades(served), grader.confidence(served) >= config.pseudo_confidence
     else:
         grade, keep = grader.scores(served), np.ones(len(outputs), bool)

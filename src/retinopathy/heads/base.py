@@ -121,8 +121,10 @@ def register(cls: type[Head]) -> type[Head]:
     return cls
 
 
-def get_head(name: str) -> Head:
-    """A head by its config name, or one line naming the known ones."""
+def get_head(name: str | Head) -> Head:
+    """A head by its config name (a head given is itself), or one line naming the known ones."""
+    if isinstance(name, Head):
+        return name
     try:
         return HEADS[name]
     except KeyError:

@@ -13,7 +13,6 @@ import pandas as pd
 from ..config import NAME_PATTERN, load_config
 from ..errors import UserError
 from ..experiment import Experiment
-from ..heads import get_head
 from ..metrics import TUNING, GradeRule, blend_eyes
 from ..paths import ExperimentFiles
 from .oof import cv_report, load_oof, oof_values
@@ -66,7 +65,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
             raise UserError(f"experiments '{first.config.name}' and '{e.config.name}' were not trained on the same "
                             "images (compare their dataset and folds); only such experiments can be ensembled")
     grades = oofs[0]["grade"].to_numpy(int)
-    values = [oof_values(oof.loc[ids].reset_index(), e.config.head) for e, oof in zip(experiments, oofs, strict=False)]
+    values = [oof_values(oof.loc[ids].reset_index(), e.head) for e, oof in zip(experiments, oofs, strict=False)]
     thresholds = optimize_thresholds(np.mean(values, axis=0), grades)
     weights = optimize_weights(values, grades, thresholds)
     blended = weights @ np.vstack(values)
@@ -96,7 +95,7 @@ def ensemble_experiments(experiments: list[Experiment], name: str | None = None,
     if any(p is None for p in predictions):
         return None
     order = predictions[0].ids
-    test_values = np.vstack([pd.Series(get_head(e.config.head).scores(p.outputs), index=p.ids).reindex(order).to_numpy()
+    test_values = np.vstack([pd.Series(e.head.scores(p.outputs), index=p.ids).reindex(order).to_numpy()
                              for e, p in zip(experiments, predictions, strict=False)])
     combined = (weights @ test_values).reshape(-1, 1)
     merged = TestPredictions(predictions[0].sample_ids, order, combined, sum(p.n_models for p in predictions))

@@ -29,14 +29,13 @@ def heat_map(models: list[ServingModel], image: np.ndarray, grade: int | None = 
     ``models`` (the folds). The target is what each fold's head explains for ``grade``."""
     from pytorch_grad_cam import GradCAM
 
-    from ..heads import get_head
 
     maps = []
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     for served in models:
         net = served.model.float().eval()
         x = ((pixels - served.mean.float()) / served.std.float()).contiguous()
-        target = get_head(served.head).explain_target(int(grade or 0))
+        target = served.head.explain_target(int(grade or 0))
         with torch.enable_grad(), GradCAM(model=net, target_layers=[last_conv_stage(net)]) as cam:
             maps.append(cam(input_tensor=x, targets=[target])[0])
     mean = np.mean(maps, axis=0)

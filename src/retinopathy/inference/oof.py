@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiment import Experiment
-from ..heads import get_head
+from ..heads import Head
 from ..metrics import GRADES, GradeRule, quadratic_kappa
 from ..screening import (
     CONDITIONS,
@@ -29,15 +29,15 @@ def load_oof(experiment: Experiment) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def oof_outputs(oof: pd.DataFrame, head: str) -> np.ndarray:
+def oof_outputs(oof: pd.DataFrame, head: Head) -> np.ndarray:
     """What the models served per OOF row: the head's output columns."""
-    return get_head(head).outputs_of(oof)
+    return head.outputs_of(oof)
 
 
-def oof_values(oof: pd.DataFrame, head: str) -> np.ndarray:
+def oof_values(oof: pd.DataFrame, head: Head) -> np.ndarray:
     """One continuous score per OOF row, as the head computes it (a regression's value, a classifier's expected
     grade)."""
-    return get_head(head).scores(oof_outputs(oof, head))
+    return head.scores(oof_outputs(oof, head))
 
 
 def cv_report(experiment: Experiment) -> dict:
@@ -46,7 +46,7 @@ def cv_report(experiment: Experiment) -> dict:
     from sklearn.metrics import confusion_matrix
 
     oof = load_oof(experiment)
-    head = experiment.config.head
+    head = experiment.head
     rule = GradeRule.plain(head)
     per_fold = {int(k): quadratic_kappa(rule(oof_outputs(g, head)), g["grade"]) for k, g in oof.groupby("fold")}
     values = np.array(list(per_fold.values()))
@@ -100,7 +100,7 @@ def screening_report(ids, outputs: np.ndarray, true_grades, rule: GradeRule, com
         if patients is not None:
             results.append(screen(condition, *worse_eye(patients, scores, predicted, truth), unit="patient",
                                   cutoffs=chosen[condition], resamples=resamples))
-    probabilities = get_head(rule.head).grade_probabilities(outputs)
+    probabilities = rule.head.grade_probabilities(outputs)
     calibrated = calibration(probabilities, truth) if probabilities is not None else None
     return ScreeningReport(where, results, chosen, calibrated)
 

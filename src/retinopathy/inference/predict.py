@@ -13,7 +13,6 @@ from ..data.manifest import read_manifest_file
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import write_csv
-from ..heads import get_head
 from ..progress import progress_bar
 from .grader import Grader
 from .submission import TestPredictions, write_submission
@@ -48,7 +47,7 @@ def predict_test_outputs(experiment: Experiment, verbose: bool = True,
 def write_test_outputs(experiment: Experiment, predictions: TestPredictions) -> Path:
     """Every test image's fold-averaged output beside the folds (``test_outputs.csv``): what ``pseudo_labels``
     trains another experiment on."""
-    columns = get_head(experiment.config.head).frame_columns(predictions.outputs)
+    columns = experiment.head.frame_columns(predictions.outputs)
     return write_csv(pd.DataFrame({"id": predictions.ids, **columns}), experiment.dir / TEST_OUTPUTS)
 
 

@@ -16,7 +16,6 @@ from scipy.optimize import minimize
 
 from ..experiment import Experiment
 from ..files import write_text
-from ..heads import get_head
 from ..metrics import DEFAULT_THRESHOLDS, GRADES, TUNING, GradeRule, blend_eyes, cut, quadratic_kappa
 from .oof import load_oof, oof_outputs, oof_values
 
@@ -118,9 +117,9 @@ def tune_experiment(experiment: Experiment, verbose: bool = True, write: bool = 
     (Nelder-Mead from 0.5, 1.5, 2.5, 3.5), and for EyePACS the blending of a patient's two eyes, kept only where it
     raises the OOF QWK. Prints the OOF QWK before and after, and the grades no threshold could make reachable."""
     oof = load_oof(experiment)
-    name = experiment.config.head
+    name = experiment.head
     grades, values = oof["grade"].to_numpy(int), oof_values(oof, name)
-    cuts = get_head(name).cuts_scores
+    cuts = name.cuts_scores
     rule = GradeRule.plain(name)
     before = quadratic_kappa(rule(oof_outputs(oof, name)), grades)
     best = before

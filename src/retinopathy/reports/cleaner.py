@@ -11,7 +11,6 @@ from ..data.cleaning import record_decisions
 from ..data.folds import training_table
 from ..errors import UserError
 from ..experiment import load_learner_quietly
-from ..heads import get_head
 from ..metrics import GRADES
 
 
@@ -20,7 +19,7 @@ def cleaner_learner(experiment, fold: int = 0):
     folds, valid: this one), ready for fastai's ``ImageClassifierCleaner``, which shows images by file name."""
     from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, Normalize
 
-    if not get_head(experiment.config.head).categorical_targets:
+    if not experiment.head.categorical_targets:
         raise UserError(f"ImageClassifierCleaner needs a classification head; this experiment's is "
                         f"{experiment.config.head}")
     learn = load_learner_quietly(experiment.fold_files(fold).export)

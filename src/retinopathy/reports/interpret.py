@@ -19,7 +19,6 @@ from ..data.manifest import read_manifest_file
 from ..errors import UserError
 from ..experiment import Experiment
 from ..files import locked, write_csv, write_text
-from ..heads import get_head
 from ..inference.oof import load_oof, oof_outputs
 from ..inference.tuning import read_rule
 from ..metrics import GRADE_NAMES, GRADES, quadratic_kappa
@@ -37,9 +36,9 @@ def oof_with_losses(experiment: Experiment) -> pd.DataFrame:
     model was: the probability of its pick (classification) or the distance to the nearest threshold (regression)."""
     oof = load_oof(experiment)
     rule = read_rule(experiment)
-    head = get_head(experiment.config.head)
+    head = experiment.head
     grades = oof["grade"].to_numpy(int)
-    outputs = oof_outputs(oof, head.name)
+    outputs = oof_outputs(oof, head)
     oof["pred"] = rule.grades(outputs, oof["id"])
     if rule.use_values or not head.argmax_grade or head.grade_probabilities(outputs) is None:  # graded by a score
         values = rule.values(outputs, oof["id"])

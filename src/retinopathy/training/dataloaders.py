@@ -11,7 +11,6 @@ import pandas as pd
 from ..device import cuda_available
 from ..errors import UserError
 from ..experiment import Experiment
-from ..heads import get_head
 from ..metrics import GRADES
 from .losses import class_weights
 
@@ -88,7 +87,7 @@ def build_dataloaders(table: pd.DataFrame, experiment: Experiment, fold: int):
         raise UserError(f"fold {fold} is empty or holds every image: folds go 0..{table['fold'].max()}")
     # a classifier learns a category per image; the other heads learn the grade as a number (soft where a
     # pseudo-label gives one)
-    categorical = get_head(config.head).categorical_targets
+    categorical = experiment.head.categorical_targets
     table = table.assign(target=table["grade"] if categorical else table["grade"].astype(float))
     block = CategoryBlock(vocab=list(GRADES)) if categorical else RegressionBlock(n_out=1)
     # fastai adds the hub weights' own statistics; weights from a file or from scratch get the config's

@@ -125,7 +125,7 @@ def build_learner(dls, experiment: Experiment, path: Path):
     from .callbacks import CPUBFloat16
 
     config = experiment.config
-    head = get_head(config.head)
+    head = experiment.head
     metrics = [AccumMetric(partial(fn, head=head.name), flatten=False, to_np=False, name=name)
                for fn, name in ((output_kappa, "qwk"), (output_accuracy, "accuracy"),
                                 (output_error_rate, "error_rate"))]

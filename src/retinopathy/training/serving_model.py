@@ -10,21 +10,21 @@ import torch
 from torch import nn
 
 from ..device import cpu_prefers_channels_last
-from ..heads import get_head
+from ..heads import Head, get_head
 
 
 class ServingModel(nn.Module):
     """A fold's network with the input handling around it: uint8 RGB (N, H, W, 3) → the head's served outputs."""
 
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, head: str):
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, head: str | Head):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head = model, get_head(head)  # looked up once, not on every forward pass
         self.register_buffer("mean", mean.float().reshape(1, 3, 1, 1) * 255)  # folds the /255 into the constants
         self.register_buffer("std", std.float().reshape(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        return get_head(self.head).activate(self.model(x).float())
+        return self.head.activate(self.model(x).float())
 
 
 def serving_model(learn, head: str) -> ServingModel:

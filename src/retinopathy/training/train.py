@@ -27,7 +27,6 @@ from ..device import cuda_available
 from ..errors import UserError
 from ..experiment import Experiment, write_provenance
 from ..files import atomic_path, remove_stale_temporaries, write_csv, write_faults_named, write_text
-from ..heads import get_head
 from ..metrics import quadratic_kappa
 from ..paths import FoldFiles
 from ..plots import plot_history, plot_lr_find
@@ -368,7 +367,7 @@ def _finish_fold(learn, dls, experiment: Experiment, fold: int, start: float, ve
 
     # OOF predictions from exactly what is exported, run as the Grader runs it (no test-time views: what the
     # fold's own validation measured)
-    head = get_head(config.head)
+    head = experiment.head
     runner = TorchRunner(serving_model(learn, head.name), device="cuda" if cuda_available() else "cpu",
                          image_size=config.image_size)
     valid = dls.valid.items
