@@ -91,6 +91,13 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def trained_in(raw: Path, work: Path, name: str):
+    """A tiny experiment trained by the pipeline in ``work``, and the environment a user's shell needs to reach it:
+    (experiment, work, env)."""
+    experiment, _ = tiny_pipeline(raw, work, name)
+    return experiment, work, {"RETINOPATHY_OUTPUT_DIR": str(work), "RETINOPATHY_DATA_DIR": str(work / "data")}
+
+
 @contextlib.contextmanager
 def headless_chromium(width: int = 1300, height: int = 1000):
     """A Selenium driver of Debian's chromium, headless (skips where chromium or its driver is not installed)."""

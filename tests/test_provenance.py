@@ -21,7 +21,7 @@ from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess
 
-from conftest import REPO, child_processes, debug_config, process_alive, run_script, tiny_pipeline
+from conftest import REPO, child_processes, debug_config, process_alive, run_script, trained_in
 
 
 # ----------------------------------------------------------------------------------------- the fingerprint
@@ -41,10 +41,7 @@ def test_fingerprint_ignores_runtime_settings_and_the_path_to_the_data(tiny_apto
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):
     """A tiny experiment trained by the pipeline, and what a user's shell needs to reach it."""
-    work = tmp_path_factory.mktemp("provenance")
-    experiment, result = tiny_pipeline(tiny_aptos, work, "prov")
-    env = {"RETINOPATHY_OUTPUT_DIR": str(work), "RETINOPATHY_DATA_DIR": str(work / "data")}
-    return experiment, work, env
+    return trained_in(tiny_aptos, tmp_path_factory.mktemp("provenance"), "prov")
 
 
 def test_every_artefact_names_its_fingerprint(trained):

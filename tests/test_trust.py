@@ -14,15 +14,12 @@ from retinopathy.experiment import Experiment
 from retinopathy.paths import Paths
 from retinopathy.preprocessing.stage import preprocess, preprocess_dataset
 
-from conftest import debug_config, run_script, tiny_pipeline
+from conftest import debug_config, run_script, trained_in
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_aptos, tmp_path_factory):
-    work = tmp_path_factory.mktemp("trust")
-    experiment, _ = tiny_pipeline(tiny_aptos, work, "trust")
-    env = {"RETINOPATHY_OUTPUT_DIR": str(work), "RETINOPATHY_DATA_DIR": str(work / "data")}
-    return experiment, work, env
+    return trained_in(tiny_aptos, tmp_path_factory.mktemp("trust"), "trust")
 
 
 def _copy(raw, tmp_path, name="raw"):

@@ -32,6 +32,14 @@ def hash_bits(hashes: pd.Series) -> np.ndarray:
                      for h in hashes], dtype=np.uint8).reshape(len(hashes), width)
 
 
+def hamming(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The bits in which each of ``rows`` differs from each of ``others`` (hashes as bytes): a rows x others matrix."""
+    distance = np.zeros((len(rows), len(others)), np.int32)
+    for byte in range(others.shape[1]):
+        distance += np.bitwise_count(rows[:, byte, None] ^ others[None, :, byte])
+    return distance
+
+
 def copy_groups(hashes: pd.Series, max_distance: int = MAX_DISTANCE, block: int = 2048) -> np.ndarray:
     """A group number per photograph (photographs without a copy get a group of their own, as do those without a
     hash); numbered from 0 in order of first appearance."""
@@ -44,11 +52,7 @@ def copy_groups(hashes: pd.Series, max_distance: int = MAX_DISTANCE, block: int 
     rows, cols = [], []
     packed = bits[valid]
     for start in range(0, len(valid), block):  # blocks keep memory at block x N distances (EyePACS: 88,000 images)
-        chunk = packed[start:start + block]
-        distance = np.zeros((len(chunk), len(valid)), np.int32)
-        for byte in range(packed.shape[1]):
-            distance += np.bitwise_count(chunk[:, byte, None] ^ packed[None, :, byte])
-        a, b = np.nonzero(distance <= max_distance)
+        a, b = np.nonzero(hamming(packed[start:start + block], packed) <= max_distance)
         keep = start + a < b
         rows.append(valid[start + a[keep]])
         cols.append(valid[b[keep]])
@@ -72,11 +76,7 @@ def copies_of(hashes: pd.Series, others: pd.Series, max_distance: int = MAX_DIST
         return found
     mine, theirs = hash_bits(hashes[valid]), hash_bits(others)
     for start in range(0, len(valid), block):
-        chunk = mine[start:start + block]
-        distance = np.zeros((len(chunk), len(theirs)), np.int32)
-        for byte in range(theirs.shape[1]):
-            distance += np.bitwise_count(chunk[:, byte, None] ^ theirs[None, :, byte])
-        found[valid[start:start + block]] = (distance <= max_distance).any(axis=1)
+        found[valid[start:start + block]] = (hamming(mine[start:start + block], theirs) <= max_distance).any(axis=1)
     return found
 
 

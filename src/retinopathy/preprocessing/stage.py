@@ -24,8 +24,6 @@ from ..progress import progress_bar
 from .fundus import check_method
 from .image_io import encode_png, examine_file
 
-MANIFEST_COLUMNS = COLUMNS
-
 
 def source_stamp(source: str | os.PathLike) -> tuple[int, int] | None:
     """A raw photograph's size and modification time (None where it is missing): a file replaced in place since
@@ -150,7 +148,7 @@ def preprocess_dataset(raw_dir: Path, out_dir: Path, method: str, size: int, wor
                                     f"memory) after {len(done)} images: use fewer workers (--workers 1) or free "
                                     "memory; the images done so far are kept and a rerun goes on from there") \
                         from None
-    manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame([done[i] for i, _ in items if i in done], columns=COLUMNS)
     write_csv(manifest, manifest_path)
     journal_path.unlink(missing_ok=True)
     return absolute_paths(manifest, out_dir)
